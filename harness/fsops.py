@@ -1,0 +1,155 @@
+"""Raw filesystem steps the queue is built from, and the start-up probe.
+
+Everything here is a thin, explicit wrapper so the protocol code reads as
+its syscalls and the durability rule lives in one place: with ``durable``
+on, a file is fsynced before it is published and every directory whose
+entries changed is fsynced after the link/rename (fsync(2): syncing a file
+does not persist its directory entry).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Final
+
+# errnos by which filesystems say "no hard links / no atomic rename here".
+UNSUPPORTED_ERRNOS: Final = frozenset(
+    {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.ENOSYS, errno.EIO, errno.EOPNOTSUPP}
+)
+
+
+class UnsupportedFilesystem(RuntimeError):
+    """The queue directory cannot give the atomic operations the protocol needs."""
+
+    def __init__(self, path: Path | str, operation: str, reason: str) -> None:
+        self.path, self.operation, self.reason = Path(path), operation, reason
+        super().__init__(
+            f"{path}: {operation} failed: {reason}. The queue needs hard links, atomic rename,"
+            " O_EXCL and directory fsync on one filesystem; put the whole queue/ directory on"
+            " one local or NFSv3+ mount (not split across bind mounts or volumes)."
+        )
+
+
+def fsync_dir(path: Path | str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_new(path: Path | str, data: bytes, *, durable: bool) -> int:
+    """Create ``path`` exclusively, write ``data``; return the still-open fd.
+
+    The caller owns the fd (it may flock it) and must close it. Raises
+    FileExistsError if the name is taken.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if durable:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    return fd
+
+
+def write_atomic(path: Path, data: bytes, *, tmp_dir: Path, durable: bool,
+                 replace: bool = True) -> bool:
+    """Publish ``data`` at ``path`` so readers see the old or the new file, never half.
+
+    The staging file lives in ``tmp_dir`` (same filesystem, dot-named so
+    scanners skip it). With ``replace`` it is renamed over ``path``; without,
+    it is linked, so an existing file wins and False is returned.
+    """
+    tmp = tmp_dir / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}"
+    os.close(write_new(tmp, data, durable=durable))
+    try:
+        if replace:
+            os.rename(tmp, path)
+        else:
+            os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        unlink_quiet(tmp)
+    if durable:
+        fsync_dir(path.parent)
+    return True
+
+
+def unlink_quiet(path: Path | str) -> bool:
+    """Unlink; True if this call removed it, False if it was already gone."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def same_file(a: Path | str, b: Path | str) -> bool:
+    """True if both names exist and are links to one inode (checked now, not remembered)."""
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except FileNotFoundError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def probe(root: Path, subdirs: list[str]) -> None:
+    """Check that ``root``'s queue directories support the protocol; raise UnsupportedFilesystem.
+
+    Tries, in ``root/tmp``: O_EXCL create (twice: the second must fail with
+    EEXIST), link into another directory (same inode, st_nlink 2, a second
+    link must fail with EEXIST), rename into a third directory, fsync of
+    the directories, and equal st_dev for every directory.
+    """
+    dev = os.stat(root).st_dev
+    for sub in subdirs:
+        if os.stat(root / sub).st_dev != dev:
+            raise UnsupportedFilesystem(root / sub, "same-device check",
+                                        f"{sub}/ is on another device than {root}")
+    name = f".probe-{os.getpid()}-{os.urandom(4).hex()}"
+    src, linked, renamed = root / "tmp" / name, root / subdirs[1] / name, root / subdirs[2] / name
+    try:
+        _probe_steps(src, linked, renamed)
+    finally:
+        for p in (src, linked, renamed):
+            unlink_quiet(p)
+
+
+def _step(path: Path, operation: str, fn, *args) -> None:
+    try:
+        fn(*args)
+    except OSError as exc:
+        raise UnsupportedFilesystem(path, operation, os.strerror(exc.errno or 0)) from exc
+
+
+def _probe_steps(src: Path, linked: Path, renamed: Path) -> None:
+    _step(src, "O_EXCL create", lambda: os.close(write_new(src, b"probe", durable=True)))
+    try:
+        os.close(os.open(src, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        pass
+    else:
+        raise UnsupportedFilesystem(src, "O_EXCL create", "a second exclusive create succeeded")
+    _step(linked, "link", os.link, src, linked)
+    if not same_file(src, linked) or os.stat(src).st_nlink != 2:
+        raise UnsupportedFilesystem(linked, "link", "the new name is not a second link to the file")
+    try:
+        os.link(src, linked)
+    except FileExistsError:
+        pass
+    else:
+        raise UnsupportedFilesystem(linked, "link", "linking onto an existing name succeeded")
+    _step(renamed, "rename", os.rename, linked, renamed)
+    if os.path.exists(linked) or not same_file(src, renamed):
+        raise UnsupportedFilesystem(renamed, "rename", "rename did not move the name")
+    for d in (src.parent, linked.parent, renamed.parent):
+        _step(d, "directory fsync", fsync_dir, d)

@@ -1,0 +1,99 @@
+"""The work item document and its validation.
+
+An item file is small immutable JSON. Once published it is never rewritten:
+every queue name of the item is a hard link to the same inode, so the file
+read from any state is the one that was enqueued.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from harness import names
+
+
+class InvalidItem(ValueError):
+    """An item document failed validation; ``source`` names where it came from."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        self.source, self.reason = source, reason
+        super().__init__(f"{source}: {reason}")
+
+
+class Item(BaseModel):
+    """One unit of work. ``id`` is assigned at enqueue when missing."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str | None = None
+    title: str = ""
+    type: str = "task"
+    priority: int = names.DEFAULT_PRIORITY
+    rig: str = ""
+    prompt: str | None = None
+    command: list[str] | str | None = None
+    depends_on: list[str] = Field(default_factory=list)
+    max_attempts: int | None = Field(default=None, ge=1, le=100)
+    meta: dict[str, Any] = Field(default_factory=dict)
+    enqueued_at: float | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, value: str | None) -> str | None:
+        return None if value is None else names.validate_id(value)
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _check_priority(cls, value: Any) -> int:
+        return names.priority_value(value)
+
+    @field_validator("depends_on")
+    @classmethod
+    def _check_deps(cls, value: list[str]) -> list[str]:
+        return [names.validate_id(v) for v in value]
+
+    def stamped(self) -> Item:
+        """This item with an id and an enqueue time (what gets written to disk)."""
+        return self.model_copy(update={
+            "id": self.id or names.new_id(),
+            "enqueued_at": self.enqueued_at or time.time(),
+        })
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.model_dump(exclude_none=True), option=orjson.OPT_SORT_KEYS)
+
+
+def validate(data: Item | dict[str, Any], source: str = "item") -> Item:
+    """Validate a mapping as an Item; raise InvalidItem naming the field at fault."""
+    if isinstance(data, Item):
+        return data
+    if not isinstance(data, dict):
+        raise InvalidItem(source, f"expected a JSON object, got {type(data).__name__}")
+    try:
+        return Item.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidItem(source, _describe(exc)) from None
+
+
+def load(raw: bytes, source: str) -> Item:
+    """Parse and validate an item file's bytes; raise InvalidItem with the reason."""
+    if not raw.strip():
+        raise InvalidItem(source, "empty file")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidItem(source, f"malformed JSON: {exc}") from None
+    return validate(data, source)
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(item)"
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"field {field!r}: {msg}")
+    return "; ".join(parts)

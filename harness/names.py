@@ -1,0 +1,141 @@
+"""The one place that renders and parses queue names.
+
+A queue name carries everything status needs without opening the file::
+
+    5.18a3f0c2d4e5b6a7.fix-flaky-test~2          pending/, claimed/, done/, failed/
+    5.18a3f0c2d4e5b6a7.fix-flaky-test~3~1763787600123   waiting/ (due, epoch ms)
+    5.18a3f0c2d4e5b6a7.build-docs~1~dep          waiting/ (for dependencies)
+
+``priority.order.id~attempt[~due]``: one digit of priority (0 runs first),
+16 hex digits of enqueue time in ns (so plain string sort is (priority,
+enqueue order)), the item id, the attempt number (the fencing token), and in
+waiting/ the due time or ``dep``. Ids never contain ``~`` so the grammar is
+unambiguous. Names starting with ``.`` are never item names (probe files, NFS
+silly-renames) and every scanner skips them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass, replace
+from typing import Final
+
+ID_MAX_LEN: Final = 128
+ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,%d}" % (ID_MAX_LEN - 1))
+PRIORITY_WORDS: Final = {"high": 2, "medium": 5, "low": 8}
+DEFAULT_PRIORITY: Final = 5
+DEP: Final = "dep"
+REASON_SUFFIX: Final = ".reason"
+
+_last_order = 0
+
+
+class BadName(ValueError):
+    """A directory entry that is not a queue name (hand-dropped or foreign)."""
+
+
+def validate_id(item_id: str) -> str:
+    """Return ``item_id`` if it is safe as a file name component, else raise ValueError."""
+    if not isinstance(item_id, str) or not ID_PATTERN.fullmatch(item_id):
+        raise ValueError(
+            f"invalid id {item_id!r}: use 1-{ID_MAX_LEN} letters, digits, '.', '_' or '-',"
+            " starting with a letter or digit"
+        )
+    return item_id
+
+
+def priority_value(priority: int | str) -> int:
+    """Map ``high``/``medium``/``low`` or 0-9 (also as a string) to 0-9."""
+    if isinstance(priority, str):
+        word = priority.strip().lower()
+        if word in PRIORITY_WORDS:
+            return PRIORITY_WORDS[word]
+        if word.isdigit():
+            priority = int(word)
+        else:
+            raise ValueError(f"invalid priority {priority!r}: use high, medium, low or 0-9")
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
+        raise ValueError(f"invalid priority {priority!r}: use high, medium, low or 0-9")
+    return priority
+
+
+def next_order() -> str:
+    """A 16-hex-digit enqueue-order key, strictly increasing within this process."""
+    global _last_order
+    now = max(time.time_ns(), _last_order + 1)
+    _last_order = now
+    return f"{now:016x}"
+
+
+def new_id() -> str:
+    """A sortable unique id for items enqueued without one: ``YYYYmmdd-HHMMSS-mmm-xxxxxx``."""
+    now = time.time()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
+    return f"{stamp}-{int(now * 1000) % 1000:03d}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True, slots=True)
+class ItemName:
+    """A parsed queue name. ``due`` is None, an epoch-ms int, or ``DEP``."""
+
+    priority: int
+    order: str
+    id: str
+    attempt: int
+    due: int | str | None = None
+
+    def __str__(self) -> str:
+        base = f"{self.priority}.{self.order}.{self.id}~{self.attempt}"
+        return base if self.due is None else f"{base}~{self.due}"
+
+    @property
+    def key(self) -> str:
+        """The name without attempt and due: identical in every state of one item."""
+        return f"{self.priority}.{self.order}.{self.id}"
+
+    def with_attempt(self, attempt: int, due: int | str | None = None) -> ItemName:
+        return replace(self, attempt=attempt, due=due)
+
+    def ready(self) -> ItemName:
+        """The same attempt without a due time (its pending/claimed form)."""
+        return replace(self, due=None)
+
+
+def parse(name: str) -> ItemName:
+    """Parse a queue name; raise BadName for anything that is not one."""
+    try:
+        prio, order, rest = name.split(".", 2)
+        parts = rest.split("~")
+        item_id, attempt = parts[0], int(parts[1])
+        due: int | str | None = None
+        if len(parts) == 3:
+            due = DEP if parts[2] == DEP else int(parts[2])
+        elif len(parts) != 2:
+            raise ValueError("wrong number of '~' fields")
+        if len(prio) != 1 or not prio.isdigit() or len(order) != 16 or attempt < 1:
+            raise ValueError("bad priority, order or attempt field")
+        int(order, 16)
+        validate_id(item_id)
+    except (ValueError, IndexError) as exc:
+        raise BadName(f"{name!r} is not a queue name ({exc})") from None
+    return ItemName(int(prio), order, item_id, attempt, due)
+
+
+def try_parse(name: str) -> ItemName | None:
+    try:
+        return parse(name)
+    except BadName:
+        return None
+
+
+def is_entry(name: str) -> bool:
+    """True for directory entries scanners should look at (not dotfiles, not sidecars)."""
+    return not name.startswith(".") and not name.endswith(REASON_SUFFIX)
+
+
+def entries(directory: str | os.PathLike[str]) -> list[str]:
+    """The names in ``directory`` that scanners consider, unsorted."""
+    return [n for n in os.listdir(directory) if is_entry(n)]

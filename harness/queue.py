@@ -1,0 +1,449 @@
+"""The lock-free filesystem work queue.
+
+Every state change of an item is one ``link`` or ``rename`` of one name
+(see docs/protocol.md for the state machine and the crash analysis of each
+step). All names of an item are hard links to one immutable inode:
+``ids/<id>`` (the uniqueness reservation) plus exactly one live or terminal
+name in ``pending/``, ``claimed/``, ``waiting/``, ``done/`` or ``failed/``.
+
+This module knows nothing of git, agents, heartbeats or the CLI. A caller
+that needs the owner of a claim recorded (the worker's heartbeat) passes
+``on_claim``; it runs after the claim link and before the pending name is
+removed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from harness import failpoints, fsops, names
+from harness.item import InvalidItem, Item, load, validate
+from harness.names import ItemName
+
+STATES: Final = ("pending", "claimed", "waiting", "done", "failed")
+DIRS: Final = ("tmp", "ids", *STATES)
+
+_fp_enqueue_staged = failpoints.define(
+    "enqueue.after-stage", "item written and locked in tmp/; id not reserved")
+_fp_enqueue_reserved = failpoints.define(
+    "enqueue.after-reserve", "ids/<id> linked; no pending/ or waiting/ name yet")
+_fp_enqueue_published = failpoints.define(
+    "enqueue.after-publish", "pending/ (or waiting/) name linked; tmp/ name not yet removed")
+_fp_claim_linked = failpoints.define(
+    "claim.after-link", "claimed/N linked; owner not recorded; pending/N still present")
+_fp_claim_recorded = failpoints.define(
+    "claim.after-record", "owner recorded; pending/N still present")
+_fp_claim_unlinked = failpoints.define(
+    "claim.after-unlink", "pending/N removed; item not yet read by the claimant")
+_fp_complete_before = failpoints.define(
+    "complete.before-rename", "work finished; claimed/N not yet renamed to done/")
+_fp_complete_after = failpoints.define(
+    "complete.after-rename", "done/N in place; caller not yet told")
+_fp_fail_before = failpoints.define(
+    "fail.before-rename", "attempt failed; claimed/N not yet moved to waiting/ or failed/")
+_fp_fail_after = failpoints.define(
+    "fail.after-rename", "moved to failed/N; reason file not yet written")
+_fp_revoke_unlinked = failpoints.define(
+    "revoke.after-unlink", "leftover pending/N removed; claimed/N not yet renamed")
+_fp_revoke_after = failpoints.define(
+    "revoke.after-rename", "claimed/N renamed to the next attempt or failed/; no reason yet")
+_fp_promote_before = failpoints.define(
+    "promote.before-rename", "waiting/N is due; not yet renamed to pending/")
+
+
+class QueueError(Exception):
+    """Base class; ``path`` is the file the operation was about."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+class DuplicateId(QueueError):
+    """The id is already in the queue (in any state, done and failed included)."""
+
+
+class Fenced(QueueError):
+    """The claim was revoked: this attempt no longer owns the item and must record nothing."""
+
+
+Outcome = Literal["retry", "failed"]
+RevokeResult = Literal["retry", "failed", "lost"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Ownership of one attempt of one item, proven by the name ``claimed/<name>``."""
+
+    queue: Queue
+    name: ItemName
+    item: Item
+
+    @property
+    def id(self) -> str:
+        return self.name.id
+
+    @property
+    def attempt(self) -> int:
+        return self.name.attempt
+
+    @property
+    def path(self) -> Path:
+        return self.queue.root / "claimed" / str(self.name)
+
+    def is_live(self) -> bool:
+        """True while the claim has not been revoked (a cheap check between work steps)."""
+        return self.path.exists()
+
+    def complete(self) -> Path:
+        """Record success: one rename of claimed/N to done/N. Raises Fenced if revoked."""
+        return self.queue._complete(self)
+
+    def fail(self, reason: str, *, retry: bool = True) -> Outcome:
+        """Record failure: retry later (waiting/, attempt+1) or dead-letter (failed/).
+
+        Retries until the item's ``max_attempts``; ``retry=False`` dead-letters at
+        once. Raises Fenced if the claim was revoked meanwhile.
+        """
+        return self.queue._fail(self, reason, retry=retry)
+
+
+@dataclass
+class Queue:
+    """A queue rooted at ``root`` (a workspace's ``queue/`` directory).
+
+    ``clock`` gives wall time in seconds (due times are persisted, so they are
+    wall-clock); tests inject one. ``relist_interval`` bounds how long a
+    cached pending/ listing is trusted before a fresh one is taken, so a new
+    high-priority item is seen within that time.
+    """
+
+    root: Path
+    durable: bool = False
+    max_attempts: int = 3
+    backoff_base: float = 5.0
+    backoff_max: float = 300.0
+    clock: Callable[[], float] = time.time
+    relist_interval: float = 0.25
+    _cache: list[str] = field(default_factory=list, repr=False)
+    _cache_at: float = field(default=-1e9, repr=False)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        for d in DIRS:
+            (self.root / d).mkdir(parents=True, exist_ok=True)
+
+    def dir(self, state: str) -> Path:
+        return self.root / state
+
+    def probe(self) -> None:
+        """Refuse (UnsupportedFilesystem) unless link/rename/O_EXCL/fsync work here."""
+        fsops.probe(self.root, list(DIRS[1:]))
+
+    # -- enqueue -------------------------------------------------------------
+
+    def enqueue(self, data: Item | dict[str, Any], source: str = "item") -> ItemName:
+        """Validate and publish one item; return its name.
+
+        Raises InvalidItem (bad document, unknown dependency) or DuplicateId.
+        The id reservation is a ``link`` into ids/, so two processes enqueueing
+        one id at once get exactly one success, and an id stays taken after
+        the item is done or failed.
+        """
+        item = validate(data, source).stamped()
+        assert item.id is not None
+        for dep in item.depends_on:
+            if dep == item.id or not (self.root / "ids" / dep).exists():
+                raise InvalidItem(source, f"depends_on: unknown item {dep!r} (enqueue it first)")
+        name = ItemName(item.priority, names.next_order(), item.id, 1,
+                        names.DEP if item.depends_on else None)
+        staged = self.root / "tmp" / str(name)
+        fd = fsops.write_new(staged, item.to_json(), durable=self.durable)
+        try:
+            # The lock tells recover() this enqueue is in progress, not crashed.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            _fp_enqueue_staged()
+            self._publish(staged, name, source)
+        finally:
+            os.close(fd)
+        return name
+
+    def _publish(self, staged: Path, name: ItemName, source: str) -> None:
+        try:
+            os.link(staged, self.root / "ids" / name.id)
+        except FileExistsError:
+            os.unlink(staged)
+            raise DuplicateId(self.root / "ids" / name.id,
+                              f"{source}: id {name.id!r} is already in the queue") from None
+        _fp_enqueue_reserved()
+        state = "waiting" if name.due == names.DEP else "pending"
+        os.link(staged, self.dir(state) / str(name))
+        self._sync("ids", state)
+        _fp_enqueue_published()
+        os.unlink(staged)
+
+    # -- claim ---------------------------------------------------------------
+
+    def claim(self, on_claim: Callable[[ItemName], None] | None = None) -> Claim | None:
+        """Claim the first claimable pending item in (priority, order); None if there is none.
+
+        ``link(pending/N, claimed/N)``: EEXIST or ENOENT means another claimant
+        won, so move on. Then ``on_claim(N)`` records the owner, then the
+        pending name is removed. A claimed item that cannot be read or
+        validated is dead-lettered with the reason and the next one is tried.
+        """
+        while True:
+            candidate = self._next_candidate()
+            if candidate is None:
+                return None
+            claim = self._try_claim(candidate, on_claim)
+            if claim is not None:
+                return claim
+
+    def _next_candidate(self) -> str | None:
+        now = time.monotonic()
+        if not self._cache or now - self._cache_at > self.relist_interval:
+            self._cache = sorted(names.entries(self.dir("pending")), reverse=True)
+            self._cache_at = now
+        while self._cache:
+            entry = self._cache.pop()
+            if names.try_parse(entry) is not None:
+                return entry
+        return None
+
+    def _try_claim(self, entry: str, on_claim: Callable[[ItemName], None] | None) -> Claim | None:
+        src, dst = self.dir("pending") / entry, self.dir("claimed") / entry
+        try:
+            os.link(src, dst)
+        except (FileExistsError, FileNotFoundError):
+            return None
+        _fp_claim_linked()
+        name = names.parse(entry)
+        if on_claim is not None:
+            on_claim(name)
+        _fp_claim_recorded()
+        fsops.unlink_quiet(src)
+        self._sync("pending", "claimed")
+        _fp_claim_unlinked()
+        try:
+            item = load(dst.read_bytes(), str(dst))
+        except (OSError, InvalidItem) as exc:
+            self._dead_letter(dst, name, f"unreadable item: {exc}")
+            return None
+        return Claim(self, name, item)
+
+    # -- outcomes ------------------------------------------------------------
+
+    def _complete(self, claim: Claim) -> Path:
+        _fp_complete_before()
+        dst = self.dir("done") / str(claim.name)
+        self._move_claim(claim, dst)
+        _fp_complete_after()
+        return dst
+
+    def _fail(self, claim: Claim, reason: str, *, retry: bool) -> Outcome:
+        _fp_fail_before()
+        limit = claim.item.max_attempts or self.max_attempts
+        if retry and claim.attempt < limit:
+            due = int((self.clock() + self.backoff(claim.attempt)) * 1000)
+            self._move_claim(claim, self.dir("waiting") / str(claim.name.with_attempt(
+                claim.attempt + 1, due)))
+            return "retry"
+        dst = self.dir("failed") / str(claim.name)
+        self._move_claim(claim, dst)
+        _fp_fail_after()
+        self.write_reason(dst, reason)
+        return "failed"
+
+    def _move_claim(self, claim: Claim, dst: Path) -> None:
+        try:
+            os.rename(claim.path, dst)
+        except FileNotFoundError:
+            raise Fenced(claim.path, f"attempt {claim.attempt} of {claim.id!r} was revoked;"
+                         " its outcome is not recorded") from None
+        self._sync("claimed", dst.parent.name)
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds before attempt ``attempt + 1`` may start: exponential, capped."""
+        return min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
+
+    # -- coordinator operations ---------------------------------------------
+
+    def revoke(self, name: ItemName | str, reason: str) -> RevokeResult:
+        """Take a claim back from a dead or stale owner.
+
+        Removes a leftover pending/N of the same inode first (a claimant that
+        died between link and unlink; without this, a slow lister could claim
+        attempt N again), then one rename of claimed/N to pending/ at the next
+        attempt, or to failed/ when attempts are used up. Races safely with
+        the owner's completion: exactly one rename wins; "lost" means the
+        owner's did.
+        """
+        entry = str(name)
+        src = self.dir("claimed") / entry
+        leftover = self.dir("pending") / entry
+        if fsops.same_file(src, leftover):
+            fsops.unlink_quiet(leftover)
+        _fp_revoke_unlinked()
+        parsed = names.parse(entry)
+        try:
+            limit = load(src.read_bytes(), str(src)).max_attempts or self.max_attempts
+        except FileNotFoundError:
+            return "lost"
+        except InvalidItem:
+            limit = 0
+        if parsed.attempt < limit:
+            dst, outcome = self.dir("pending") / str(parsed.with_attempt(parsed.attempt + 1)), "retry"
+        else:
+            dst, outcome = self.dir("failed") / entry, "failed"
+        try:
+            os.rename(src, dst)
+        except FileNotFoundError:
+            return "lost"
+        self._sync("claimed", dst.parent.name)
+        _fp_revoke_after()
+        if outcome == "failed":
+            self.write_reason(dst, f"revoked after attempt {parsed.attempt}: {reason}")
+        return outcome  # type: ignore[return-value]
+
+    def promote(self, now: float | None = None) -> list[ItemName]:
+        """Move due retries, and items whose dependencies are all done, to pending/.
+
+        An item whose dependency ended in failed/ is dead-lettered with that
+        reason. Returns the names now pending.
+        """
+        now_ms = int((self.clock() if now is None else now) * 1000)
+        waiting = [n for n in map(names.try_parse, names.entries(self.dir("waiting"))) if n]
+        terminal = self._terminal_states() if any(n.due == names.DEP for n in waiting) else {}
+        promoted = []
+        for name in waiting:
+            if name.due == names.DEP:
+                blocker = self._blocking_dependency(name, terminal)
+                if blocker is None:
+                    pass
+                elif blocker[1]:
+                    self._dead_letter(self.dir("waiting") / str(name), name, blocker[1])
+                    continue
+                else:
+                    continue
+            elif name.due is not None and name.due > now_ms:
+                continue
+            _fp_promote_before()
+            try:
+                os.rename(self.dir("waiting") / str(name), self.dir("pending") / str(name.ready()))
+            except FileNotFoundError:
+                continue
+            promoted.append(name.ready())
+        if promoted:
+            self._sync("waiting", "pending")
+        return promoted
+
+    def _terminal_states(self) -> dict[str, str]:
+        states = {}
+        for state in ("done", "failed"):
+            for entry in names.entries(self.dir(state)):
+                parsed = names.try_parse(entry)
+                if parsed:
+                    states[parsed.id] = state
+        return states
+
+    def _blocking_dependency(self, name: ItemName, terminal: dict[str, str]
+                             ) -> tuple[str, str] | None:
+        """None if every dependency is done; else (dep, reason-to-fail or '')."""
+        try:
+            item = load((self.dir("waiting") / str(name)).read_bytes(), str(name))
+        except FileNotFoundError:
+            return ("", "")
+        except InvalidItem as exc:
+            return ("", f"unreadable item: {exc}")
+        for dep in item.depends_on:
+            state = terminal.get(dep)
+            if state == "failed":
+                return (dep, f"dependency {dep!r} failed: {self.failure_reason(dep)}")
+            if state != "done":
+                return (dep, "")
+        return None
+
+    # -- sidecars and lookups ------------------------------------------------
+
+    def write_reason(self, failed_path: Path, reason: str, *, replace: bool = True) -> None:
+        """Write the reason file beside a failed/ item, atomically.
+
+        ``replace=False`` keeps a reason that is already there (recovery uses
+        it so it never overwrites the reason a live worker just wrote).
+        """
+        fsops.write_atomic(failed_path.with_name(failed_path.name + names.REASON_SUFFIX),
+                           reason.encode() + b"\n", tmp_dir=self.root / "tmp",
+                           durable=self.durable, replace=replace)
+
+    def failure_reason(self, item_id: str) -> str:
+        for entry in names.entries(self.dir("failed")):
+            parsed = names.try_parse(entry)
+            if parsed and parsed.id == item_id:
+                path = self.dir("failed") / (entry + names.REASON_SUFFIX)
+                try:
+                    return path.read_text().strip()
+                except FileNotFoundError:
+                    return "(no reason recorded)"
+        return "(not failed)"
+
+    def _dead_letter(self, path: Path, name: ItemName, reason: str) -> bool:
+        """Move a live name straight to failed/ with ``reason``; False if it was gone."""
+        dst = self.dir("failed") / str(name.ready())
+        try:
+            os.rename(path, dst)
+        except FileNotFoundError:
+            return False
+        self._sync(path.parent.name, "failed")
+        self.write_reason(dst, reason)
+        return True
+
+    def counts(self) -> dict[str, int]:
+        """Items per state, from directory listings only (no file is opened)."""
+        return {state: len(names.entries(self.dir(state))) for state in STATES}
+
+    def scan(self) -> dict[str, list[ItemName]]:
+        """Parsed names per state, plus unparseable entries under ``foreign/<state>``.
+
+        States are listed in protocol order (pending, claimed, waiting, done,
+        failed): an item moved forward by a worker during the scan is seen at
+        least once.
+        """
+        result: dict[str, list[Any]] = {}
+        for state in STATES:
+            parsed, foreign = [], []
+            for entry in names.entries(self.dir(state)):
+                n = names.try_parse(entry)
+                (parsed if n else foreign).append(n or entry)
+            result[state] = sorted(parsed, key=str)
+            if foreign:
+                result[f"foreign/{state}"] = sorted(foreign)
+        return result
+
+    def read(self, state: str, name: ItemName | str) -> Item:
+        path = self.dir(state) / str(name)
+        return load(path.read_bytes(), str(path))
+
+    def _sync(self, *dirs: str) -> None:
+        if self.durable:
+            for d in dict.fromkeys(dirs):
+                fsops.fsync_dir(self.root / d)
+
+
+def enqueue_many(queue: Queue, items: Iterable[Item | dict[str, Any]]
+                 ) -> tuple[list[ItemName], list[tuple[int, Exception]]]:
+    """Enqueue each item; return (added names, [(index, error)]) without stopping early."""
+    added, refused = [], []
+    for index, data in enumerate(items):
+        try:
+            added.append(queue.enqueue(data, source=f"item #{index}"))
+        except (InvalidItem, DuplicateId) as exc:
+            refused.append((index, exc))
+    return added, refused
+

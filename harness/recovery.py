@@ -1,0 +1,208 @@
+"""Bring a queue back to a consistent state after crashes: ``recover()``.
+
+Idempotent, and safe to run while workers claim and complete (the
+coordinator runs it at start with adopted workers alive). It must not run
+concurrently with another recovery, revoke or promote: those are the single
+coordinator's job. What each crash point leaves and how this resolves it is
+tabulated in docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Final
+
+from harness import fsops, names
+from harness.item import InvalidItem, load
+from harness.names import ItemName
+from harness.queue import DuplicateId, Queue
+
+STAGING_DEBRIS_AGE: Final = 60.0  # seconds; a sidecar being written is done in microseconds
+
+
+def recover(queue: Queue, *, revoke_claims: bool = False) -> list[str]:
+    """Repair ``queue``; return one line per change made.
+
+    ``revoke_claims`` also returns every claim to pending/ (use only when no
+    worker can be alive, e.g. ``fsck --repair`` on a stopped workspace).
+    """
+    actions: list[str] = []
+    _finish_staged(queue, actions)
+    for state in ("pending", "claimed", "waiting"):
+        _adopt_foreign(queue, state, actions)
+    seen = _dedupe_names(queue, actions)
+    _dead_letter_lost(queue, seen, actions)
+    _fix_reasons(queue, actions)
+    if revoke_claims:
+        for entry in names.entries(queue.dir("claimed")):
+            outcome = queue.revoke(entry, "recovered: no live owner")
+            actions.append(f"revoked claimed/{entry}: {outcome}")
+    return actions
+
+
+def _finish_staged(queue: Queue, actions: list[str]) -> None:
+    """Roll forward enqueues that crashed after staging; drop stale sidecar staging."""
+    tmp = queue.dir("tmp")
+    for entry in os.listdir(tmp):
+        path = tmp / entry
+        if entry.startswith("."):
+            if _older_than(path, STAGING_DEBRIS_AGE) and fsops.unlink_quiet(path):
+                actions.append(f"removed stale staging file tmp/{entry}")
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)  # an enqueue in progress holds it
+            continue
+        try:
+            actions.append(_roll_forward(queue, path, entry))
+        finally:
+            os.close(fd)
+
+
+def _roll_forward(queue: Queue, path: Path, entry: str) -> str:
+    name = names.try_parse(entry)
+    if name is None:
+        return _dead_letter_file(queue, path, entry, "not a queue name in tmp/")
+    reservation = queue.dir("ids") / name.id
+    try:
+        os.link(path, reservation)
+    except FileExistsError:
+        if not fsops.same_file(path, reservation):
+            os.unlink(path)  # never acknowledged: the enqueuer crashed before learning it lost
+            return f"dropped unacknowledged duplicate enqueue tmp/{entry}"
+    if os.stat(path).st_nlink == 2:  # only tmp/ and ids/: no queue name yet
+        state = "waiting" if name.due == names.DEP else "pending"
+        try:
+            os.link(path, queue.dir(state) / entry)
+        except FileExistsError:
+            pass
+    os.unlink(path)
+    return f"finished interrupted enqueue of {name.id!r}"
+
+
+def _adopt_foreign(queue: Queue, state: str, actions: list[str]) -> None:
+    """Enqueue hand-dropped item files properly, or dead-letter them with the reason."""
+    for entry in names.entries(queue.dir(state)):
+        if names.try_parse(entry) is not None:
+            continue
+        path = queue.dir(state) / entry
+        try:
+            item = load(path.read_bytes(), f"{state}/{entry}")
+            if state != "pending":
+                raise InvalidItem(f"{state}/{entry}", f"files may be dropped only into pending/")
+            name = queue.enqueue(item, source=f"{state}/{entry}")
+        except FileNotFoundError:
+            continue
+        except (InvalidItem, DuplicateId, OSError) as exc:
+            actions.append(_dead_letter_file(queue, path, entry, str(exc)))
+            continue
+        os.unlink(path)
+        actions.append(f"enqueued hand-dropped {state}/{entry} as {name}")
+
+
+def _dead_letter_file(queue: Queue, path: Path, entry: str, reason: str) -> str:
+    """Move a foreign file into failed/ under a free name (link: never overwrite)."""
+    for n in range(1000):
+        dst = queue.dir("failed") / (entry if n == 0 else f"{entry}.{n}")
+        try:
+            os.link(path, dst)
+        except FileExistsError:
+            continue
+        os.unlink(path)
+        queue.write_reason(dst, reason)
+        return f"moved {path.parent.name}/{entry} to failed/{dst.name}: {reason}"
+    raise RuntimeError(f"{path}: no free name in failed/")
+
+
+def _dedupe_names(queue: Queue, actions: list[str]) -> set[str]:
+    """Leave each id one name: terminal beats live, higher attempt beats lower.
+
+    Returns every id seen. Only names that are links to the id's own inode
+    are removed; removing one deletes no data.
+    """
+    by_id: dict[str, list[tuple[str, ItemName]]] = defaultdict(list)
+    for state in ("pending", "claimed", "waiting", "done", "failed"):
+        for entry in names.entries(queue.dir(state)):
+            parsed = names.try_parse(entry)
+            if parsed:
+                by_id[parsed.id].append((state, parsed))
+    for item_id, held in by_id.items():
+        if len(held) > 1:
+            _keep_one(queue, item_id, held, actions)
+    return set(by_id)
+
+
+def _rank(state: str, name: ItemName) -> tuple[int, int, int]:
+    terminal = state in ("done", "failed")
+    return (terminal, name.attempt, state == "claimed")
+
+
+def _keep_one(queue: Queue, item_id: str, held: list[tuple[str, ItemName]],
+              actions: list[str]) -> None:
+    held = sorted(held, key=lambda sn: _rank(*sn), reverse=True)
+    keep_state, keep = held[0]
+    reservation = queue.dir("ids") / item_id
+    for state, name in held[1:]:
+        if state in ("done", "failed"):
+            continue  # two terminal names need a human; fsck reports them
+        path = queue.dir(state) / str(name)
+        if fsops.same_file(path, reservation) and fsops.unlink_quiet(path):
+            actions.append(f"removed {state}/{name}: superseded by {keep_state}/{keep}")
+
+
+def _dead_letter_lost(queue: Queue, seen: set[str], actions: list[str]) -> None:
+    """An id whose reservation is its only link has no name anywhere: put it in failed/."""
+    for item_id in os.listdir(queue.dir("ids")):
+        if item_id in seen or item_id.startswith("."):
+            continue
+        path = queue.dir("ids") / item_id
+        try:
+            if os.stat(path).st_nlink != 1:
+                continue
+            item = load(path.read_bytes(), f"ids/{item_id}")
+        except FileNotFoundError:
+            continue
+        except InvalidItem:
+            item = None
+        order = f"{int((item.enqueued_at if item else 0) * 1e9):016x}"
+        prio = item.priority if item else names.DEFAULT_PRIORITY
+        dst = queue.dir("failed") / str(ItemName(prio, order, item_id, 1))
+        try:
+            os.link(path, dst)
+        except FileExistsError:
+            continue
+        queue.write_reason(dst, "lost: the item had no queue name left (removed by hand?);"
+                                " `parallel-harness retry` requeues it")
+        actions.append(f"dead-lettered lost item {item_id!r} as failed/{dst.name}")
+
+
+def _fix_reasons(queue: Queue, actions: list[str]) -> None:
+    failed = queue.dir("failed")
+    present = set(os.listdir(failed))
+    for entry in present:
+        if entry.startswith("."):
+            continue
+        if entry.endswith(names.REASON_SUFFIX):
+            if entry.removesuffix(names.REASON_SUFFIX) not in present:
+                fsops.unlink_quiet(failed / entry)
+                actions.append(f"removed orphan reason file failed/{entry}")
+        elif entry + names.REASON_SUFFIX not in present:
+            queue.write_reason(failed / entry, "no reason recorded (crashed before writing it)",
+                               replace=False)
+            actions.append(f"wrote missing reason for failed/{entry}")
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - os.stat(path).st_mtime > seconds
+    except FileNotFoundError:
+        return False
