@@ -6,9 +6,11 @@ A queue name carries everything status needs without opening the file::
     5.18a3f0c2d4e5b6a7.fix-flaky-test~3~1763787600123   waiting/ (due, epoch ms)
     5.18a3f0c2d4e5b6a7.build-docs~1~dep          waiting/ (for dependencies)
 
-``priority.order.id~attempt[~due]``: one digit of priority (0 runs first),
-16 hex digits of enqueue time in ns (so plain string sort is (priority,
-enqueue order)), the item id, the attempt number (the fencing token), and in
+``priority.order.id~attempt[+free][~due]``: one digit of priority (0 runs
+first), 16 hex digits of enqueue time in ns (so plain string sort is
+(priority, enqueue order)), the item id, the attempt number (the fencing
+token; it rises on every retry), how many of those attempts were free
+(released for a rate limit, not counted against ``max_attempts``), and in
 waiting/ the due time or ``dep``. Ids never contain ``~`` so the grammar is
 unambiguous. Names starting with ``.`` are never item names (probe files, NFS
 silly-renames) and every scanner skips them.
@@ -28,6 +30,7 @@ ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,%d}" % (ID_MAX_LEN 
 PRIORITY_WORDS: Final = {"high": 2, "medium": 5, "low": 8}
 DEFAULT_PRIORITY: Final = 5
 DEP: Final = "dep"
+STATES: Final = ("pending", "claimed", "waiting", "done", "failed")
 REASON_SUFFIX: Final = ".reason"
 
 _last_order = 0
@@ -39,10 +42,12 @@ class BadName(ValueError):
 
 def validate_id(item_id: str) -> str:
     """Return ``item_id`` if it is safe as a file name component, else raise ValueError."""
-    if not isinstance(item_id, str) or not ID_PATTERN.fullmatch(item_id):
+    # Ids become file names and git branch names (harness/<id>), so they obey both.
+    if (not isinstance(item_id, str) or not ID_PATTERN.fullmatch(item_id)
+            or ".." in item_id or item_id.endswith((".", ".lock"))):
         raise ValueError(
             f"invalid id {item_id!r}: use 1-{ID_MAX_LEN} letters, digits, '.', '_' or '-',"
-            " starting with a letter or digit"
+            " starting with a letter or digit (no '..', not ending in '.' or '.lock')"
         )
     return item_id
 
@@ -86,18 +91,28 @@ class ItemName:
     id: str
     attempt: int
     due: int | str | None = None
+    free: int = 0
 
     def __str__(self) -> str:
         base = f"{self.priority}.{self.order}.{self.id}~{self.attempt}"
+        if self.free:
+            base += f"+{self.free}"
         return base if self.due is None else f"{base}~{self.due}"
+
+    @property
+    def counted(self) -> int:
+        """Attempts that count against max_attempts (free ones excluded)."""
+        return self.attempt - self.free
 
     @property
     def key(self) -> str:
         """The name without attempt and due: identical in every state of one item."""
         return f"{self.priority}.{self.order}.{self.id}"
 
-    def with_attempt(self, attempt: int, due: int | str | None = None) -> ItemName:
-        return replace(self, attempt=attempt, due=due)
+    def with_attempt(self, attempt: int, due: int | str | None = None, *,
+                     free: bool = False) -> ItemName:
+        """The name of a later attempt; ``free`` marks the one given up as not counted."""
+        return replace(self, attempt=attempt, due=due, free=self.free + free)
 
     def ready(self) -> ItemName:
         """The same attempt without a due time (its pending/claimed form)."""
@@ -109,7 +124,12 @@ def parse(name: str) -> ItemName:
     try:
         prio, order, rest = name.split(".", 2)
         parts = rest.split("~")
-        item_id, attempt = parts[0], int(parts[1])
+        item_id = parts[0]
+        attempt_text, _, free_text = parts[1].partition("+")
+        attempt, free = int(attempt_text), int(free_text or 0)
+        if not attempt_text.isdigit() or (free_text and not free_text.isdigit()) \
+                or free >= attempt:
+            raise ValueError("bad attempt field")
         due: int | str | None = None
         if len(parts) == 3:
             due = DEP if parts[2] == DEP else int(parts[2])
@@ -121,7 +141,12 @@ def parse(name: str) -> ItemName:
         validate_id(item_id)
     except (ValueError, IndexError) as exc:
         raise BadName(f"{name!r} is not a queue name ({exc})") from None
-    return ItemName(int(prio), order, item_id, attempt, due)
+    parsed = ItemName(int(prio), order, item_id, attempt, due, free)
+    # Only the canonical spelling is a name: "~02" or "~2+" would not round-trip, and
+    # every operation addresses files by str(name).
+    if str(parsed) != name:
+        raise BadName(f"{name!r} is not a queue name (not in canonical form)")
+    return parsed
 
 
 def try_parse(name: str) -> ItemName | None:

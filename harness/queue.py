@@ -26,7 +26,7 @@ from harness import failpoints, fsops, names
 from harness.item import InvalidItem, Item, load, validate
 from harness.names import ItemName
 
-STATES: Final = ("pending", "claimed", "waiting", "done", "failed")
+STATES: Final = names.STATES
 DIRS: Final = ("tmp", "ids", *STATES)
 
 _fp_enqueue_staged = failpoints.define(
@@ -112,6 +112,16 @@ class Claim:
         once. Raises Fenced if the claim was revoked meanwhile.
         """
         return self.queue._fail(self, reason, retry=retry)
+
+    def release(self, delay: float) -> None:
+        """Give the item back without counting this attempt (e.g. the agent hit a rate limit).
+
+        It waits ``delay`` seconds in waiting/ at the next attempt, marked free.
+        Raises Fenced if the claim was revoked meanwhile.
+        """
+        due = int((self.queue.clock() + delay) * 1000)
+        self.queue._move_claim(self, self.queue.dir("waiting") / str(
+            self.name.with_attempt(self.attempt + 1, due, free=True)))
 
 
 @dataclass
@@ -250,7 +260,7 @@ class Queue:
     def _fail(self, claim: Claim, reason: str, *, retry: bool) -> Outcome:
         _fp_fail_before()
         limit = claim.item.max_attempts or self.max_attempts
-        if retry and claim.attempt < limit:
+        if retry and claim.name.counted < limit:
             due = int((self.clock() + self.backoff(claim.attempt)) * 1000)
             self._move_claim(claim, self.dir("waiting") / str(claim.name.with_attempt(
                 claim.attempt + 1, due)))
@@ -275,7 +285,7 @@ class Queue:
 
     # -- coordinator operations ---------------------------------------------
 
-    def revoke(self, name: ItemName | str, reason: str) -> RevokeResult:
+    def revoke(self, name: ItemName | str, reason: str, *, count: bool = True) -> RevokeResult:
         """Take a claim back from a dead or stale owner.
 
         Removes a leftover pending/N of the same inode first (a claimant that
@@ -283,7 +293,8 @@ class Queue:
         attempt N again), then one rename of claimed/N to pending/ at the next
         attempt, or to failed/ when attempts are used up. Races safely with
         the owner's completion: exactly one rename wins; "lost" means the
-        owner's did.
+        owner's did. ``count=False`` (a graceful shutdown) never dead-letters:
+        the attempt was not the item's fault.
         """
         entry = str(name)
         src = self.dir("claimed") / entry
@@ -298,7 +309,7 @@ class Queue:
             return "lost"
         except InvalidItem:
             limit = 0
-        if parsed.attempt < limit:
+        if parsed.counted < limit or not count:
             dst, outcome = self.dir("pending") / str(parsed.with_attempt(parsed.attempt + 1)), "retry"
         else:
             dst, outcome = self.dir("failed") / entry, "failed"

@@ -1,0 +1,147 @@
+"""``harness.toml``: configuration, validated, with env and CLI overrides.
+
+Precedence, lowest first: defaults, the file, environment variables named
+``HARNESS_<SECTION>_<KEY>`` (e.g. ``HARNESS_RUN_AGENTS=4``), CLI flags.
+Unknown keys and bad values raise ConfigError naming the file and the key;
+the CLI turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(Exception):
+    def __init__(self, source: str, key: str, reason: str) -> None:
+        self.source, self.key, self.reason = source, key, reason
+        where = f"{source}: {key}" if key else source
+        super().__init__(f"{where}: {reason}")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(_Section):
+    agents: int = Field(3, ge=0, le=256, description="number of worker processes")
+    tick: float = Field(0.25, gt=0, le=60, description="coordinator loop period, seconds")
+    heartbeat_interval: float = Field(0.5, gt=0, le=60, description="worker heartbeat period, seconds")
+    stale_after: float = Field(30.0, gt=0, description="heartbeat counter unchanged this long = stale")
+    stale_kill_grace: float = Field(30.0, ge=0, description="a stale worker sent TERM is KILLed after this")
+    orphan_grace: float = Field(5.0, ge=0, description="a claim no live worker names is revoked after this")
+    start_timeout: float = Field(20.0, gt=0, description="a new worker must heartbeat within this")
+    shutdown_grace: float = Field(10.0, ge=0, description="on SIGINT/SIGTERM, running items get this long")
+    coordinator_gone_after: float = Field(60.0, gt=0, description="workers stop claiming after the coordinator is gone this long")
+    session_timeout: float = Field(3600.0, gt=0, description="an attempt is killed after this long (timed_out)")
+    stall_after: float = Field(300.0, gt=0, description="a streaming agent silent this long is killed (stalled)")
+    result_grace: float = Field(10.0, ge=0, description="an agent that reported its result is killed if still running after this")
+    max_attempts: int = Field(3, ge=1, le=100, description="attempts per item before it is dead-lettered")
+    backoff_base: float = Field(5.0, ge=0, description="retry delay after attempt 1; doubles each attempt")
+    backoff_max: float = Field(300.0, ge=0, description="cap on the retry delay")
+    max_consecutive_failures: int = Field(5, ge=0, description="circuit breaker: pause after this many failed attempts in a row; 0 disables")
+    budget_tokens: int = Field(0, ge=0, description="run budget in tokens (input+output+cache); 0 = none")
+    budget_usd: float = Field(0.0, ge=0, description="run budget in dollars; 0 = none")
+    memory_floor_mb: int = Field(512, ge=0, description="no new workers while free memory is below this")
+    restart_backoff_max: float = Field(30.0, ge=0, description="cap on the delay before restarting a worker that keeps dying")
+    log_cap_mb: int = Field(50, ge=1, description="cap per attempt on events.jsonl and on stderr.log")
+    durable: bool = Field(False, description="fsync files and directories on every queue transition")
+
+
+class GitConfig(_Section):
+    repo: str = Field(".", description="repository the worktrees are made from (relative to the workspace)")
+    target_branch: str = Field("main", description="every attempt starts from this branch; merges go here")
+    verify: str | list[str] = Field("", description="command run in the worktree after the agent; failure = verify_failed")
+    verify_timeout: float = Field(900.0, gt=0, description="seconds before verify is killed")
+    integrate: Literal["none", "merge"] = Field("none", description="merge done items into target_branch, one at a time")
+
+
+PLACEHOLDERS = frozenset({"prompt", "session_id", "system_prompt_file", "prompt_file",
+                          "item_file", "model", "worktree", "attempt", "item_id", "python"})
+Preset = Literal["claude", "codex", "shell", "sim", "custom"]
+
+
+class AgentConfig(_Section):
+    preset: Preset = Field("shell", description="claude, codex, shell, sim or custom")
+    command: list[str] = Field(default_factory=list, description="argv template for preset=custom")
+    output: Literal["stream-json", "text"] | None = Field(None, description="agent stdout format; default by preset")
+    model: str = Field("", description="model name passed to the agent (empty = agent default)")
+    allowed_tools: list[str] = Field(default_factory=lambda: ["Bash", "Read", "Edit", "Write", "Glob", "Grep"])
+    max_turns: int = Field(50, ge=1, description="per attempt, passed to the agent")
+    max_budget_usd: float = Field(0.0, ge=0, description="per attempt, passed to the agent; 0 = none")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment for the agent")
+    memory_mb: int = Field(0, ge=0, description="address-space limit for the agent (RLIMIT_AS); 0 = none")
+    cpu_seconds: int = Field(0, ge=0, description="CPU time limit for the agent (RLIMIT_CPU); 0 = none")
+    open_files: int = Field(0, ge=0, description="open file limit for the agent (RLIMIT_NOFILE); 0 = inherit")
+
+    @field_validator("command")
+    @classmethod
+    def _check_placeholders(cls, argv: list[str]) -> list[str]:
+        for arg in argv:
+            try:
+                fields = {f for _, f, _, _ in string.Formatter().parse(arg) if f is not None}
+            except ValueError as exc:
+                raise ValueError(f"bad argument {arg!r}: {exc}") from None
+            unknown = fields - PLACEHOLDERS
+            if unknown:
+                raise ValueError(f"unknown placeholder(s) {sorted(unknown)} in {arg!r};"
+                                 f" known: {sorted(PLACEHOLDERS)}")
+        return argv
+
+    @property
+    def streams(self) -> bool:
+        if self.output is not None:
+            return self.output == "stream-json"
+        return self.preset != "shell"
+
+
+class PathsConfig(_Section):
+    bootstrap: str = Field("prompts/bootstrap.md", description="prompt template (relative to the workspace)")
+
+
+class Config(_Section):
+    run: RunConfig = Field(default_factory=RunConfig)
+    git: GitConfig = Field(default_factory=GitConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+
+
+def load(path: Path, overrides: dict[str, dict[str, Any]] | None = None,
+         environ: dict[str, str] | None = None) -> Config:
+    """Load ``path`` (absent = defaults), apply env then ``overrides`` ({section: {key: value}})."""
+    data: dict[str, Any] = {}
+    source = str(path)
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(source, "", f"not valid TOML: {exc}") from None
+    env = os.environ if environ is None else environ
+    origin: dict[str, str] = {}
+    for section, fields in Config.model_fields.items():
+        sub = fields.annotation.model_fields  # type: ignore[union-attr]
+        for key in sub:
+            value: Any = env.get(f"HARNESS_{section}_{key}".upper())
+            if value is None:
+                continue
+            if sub[key].annotation == list[str]:
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            data.setdefault(section, {})[key] = value
+            origin[f"{section}.{key}"] = f"environment variable " + f"HARNESS_{section}_{key}".upper()
+    for section, values in (overrides or {}).items():
+        for key, value in values.items():
+            if value is not None:
+                data.setdefault(section, {})[key] = value
+                origin[f"{section}.{key}"] = "command line"
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"] if err["type"] != "extra_forbidden" else "unknown key"
+        raise ConfigError(origin.get(key, source), key, msg) from None

@@ -1,0 +1,407 @@
+"""The coordinator: supervises N workers and trusts only what it reads on disk.
+
+Each tick (sub-second by default) it
+1. checks every worker slot: dead (reaped, lock free, or identity gone),
+   stale (heartbeat counter unchanged for ``stale_after`` on this
+   process's monotonic clock) or alive; revokes the claims of dead and
+   stale workers (killing a stale local worker's process groups first) and
+   restarts them with a fresh generation (with backoff if they keep dying);
+2. revokes orphaned claims that no live worker names after ``orphan_grace``;
+3. promotes due retries and items whose dependencies are done;
+4. applies ``state/desired-workers`` and the memory floor;
+5. trips the circuit breaker after ``max_consecutive_failures``.
+
+A restarted coordinator adopts workers that are still alive. SIGINT/SIGTERM
+stop claiming, give running items ``shutdown_grace``, then kill what is left
+and return its claims to pending/.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+from filelock import FileLock, Timeout
+
+from harness import heartbeat, names, runner
+from harness.config import Config
+from harness.liveness import ProcessIdentity, lock_is_held
+from harness.queue import Queue
+from harness.recovery import recover
+from harness.workspace import EventTail, Workspace
+
+QUICK_DEATH = 10.0  # a worker that dies sooner than this after start counts as crash-looping
+OK_REASONS = frozenset({"succeeded", "fenced", "rate_limited"})
+
+
+class CoordinatorError(Exception):
+    """Cannot start (another coordinator, unusable filesystem, bad repo): exit code 2."""
+
+
+@dataclass
+class Slot:
+    """One worker position, ``w1`` .. ``wN``; outlives the processes that fill it."""
+
+    id: str
+    generation: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+    identity: ProcessIdentity | None = None
+    started: float = 0.0
+    quick_deaths: int = 0
+    restart_at: float = 0.0
+    retiring: bool = False
+
+    @property
+    def running(self) -> bool:
+        return bool(self.generation)
+
+
+@dataclass
+class Coordinator:
+    ws: Workspace
+    cfg: Config
+    forever: bool = False
+    clock: Any = time.monotonic
+    slots: dict[str, Slot] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        run = self.cfg.run
+        self.queue = Queue(self.ws.queue_dir, durable=run.durable, max_attempts=run.max_attempts,
+                           backoff_base=run.backoff_base, backoff_max=run.backoff_max)
+        self.staleness = heartbeat.Staleness(self.clock)
+        self.orphans: dict[str, float] = {}
+        self.stop_requested: str | None = None
+        self.consecutive_failures = 0
+        self.memory_held = False
+        self.lock = FileLock(str(self.ws.coordinator_lock))
+        self.doomed: list[tuple[ProcessIdentity, float]] = []
+
+    # -- start ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Take the singleton lock, check the filesystem, recover, adopt live workers."""
+        self.ws.make_dirs()
+        try:
+            self.lock.acquire(timeout=0)
+        except Timeout:
+            other = heartbeat.read(self.ws.coordinator_file) or {}
+            raise CoordinatorError(
+                f"another coordinator is running for {self.ws.root}: pid {other.get('pid', '?')}"
+                f" on {other.get('host', '?')}, started {other.get('started_at', '?')}"
+                f" (lock {self.ws.coordinator_lock})") from None
+        self.queue.probe()
+        me = ProcessIdentity.of()
+        heartbeat.HeartbeatWriter(self.ws.coordinator_file, self.ws.tmp_dir, **me.as_record(),
+                                  started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z")).beat()
+        for action in recover(self.queue):
+            self.event("recovered", action=action)
+        self.failed_at_start = self._ids_in("failed")
+        self.tail = EventTail(self.ws.events_file)
+        self._adopt()
+        self.event("coordinator-start", agents=self.desired_workers(), forever=self.forever)
+
+    def _adopt(self) -> None:
+        for worker, hb in heartbeat.read_all(self.ws.heartbeats_dir).items():
+            ident = ProcessIdentity.from_record(hb)
+            if lock_is_held(self.ws.worker_lock(worker)) and ident and ident.is_running() is not False:
+                self.slots[worker] = Slot(worker, str(hb.get("generation")), None, ident,
+                                          self.clock())
+                self.event("worker-adopted", worker=worker, pid=ident.pid)
+            else:
+                self._bury(worker, hb, "dead before this coordinator started")
+
+    # -- the loop ------------------------------------------------------------
+
+    def run(self) -> int:
+        """Supervise until the batch is finished (or a signal); return the exit code."""
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while not self.stop_requested:
+                self.tick()
+                if not self.forever and self.finished():
+                    break
+                time.sleep(self.cfg.run.tick)
+            self.shutdown()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            self.ws.coordinator_file.unlink(missing_ok=True)
+            self.lock.release()
+        failed = self._ids_in("failed") - self.failed_at_start
+        self.event("coordinator-exit", reason=self.stop_requested or "batch finished",
+                   failed=len(failed))
+        if self.stop_requested:
+            return 128 + signal.Signals[self.stop_requested].value
+        return 1 if failed else 0
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.stop_requested = signal.Signals(signum).name
+
+    def tick(self) -> None:
+        hbs = heartbeat.read_all(self.ws.heartbeats_dir)
+        for slot in list(self.slots.values()):
+            self.check_slot(slot, hbs.get(slot.id))
+        self.reap_doomed()
+        self.revoke_orphans(hbs)
+        self.queue.promote()
+        self.scale()
+        self.watch_events()
+
+    def finished(self) -> bool:
+        counts = self.queue.counts()
+        return counts["pending"] + counts["claimed"] + counts["waiting"] == 0
+
+    # -- worker health ---------------------------------------------------------
+
+    def check_slot(self, slot: Slot, hb: dict[str, Any] | None) -> None:
+        if not slot.running:
+            return
+        now = self.clock()
+        mine = hb is not None and str(hb.get("generation")) == slot.generation
+        if self._is_dead(slot, mine):
+            self._bury(slot.id, hb, "worker died")
+            self._reset(slot, now)
+        elif not mine:
+            if now - slot.started > self.cfg.run.start_timeout:
+                self.event("worker-start-timeout", worker=slot.id)
+                if slot.proc is not None:
+                    runner.kill_group(slot.proc.pid, grace=0)
+                    slot.proc.wait()
+                self._bury(slot.id, hb, "worker never sent a heartbeat")
+                self._reset(slot, now)
+        elif self.staleness.observe(slot.id, slot.generation, hb.get("counter")) > \
+                self.cfg.run.stale_after:
+            self.event("worker-stale", worker=slot.id, item=hb.get("item"),
+                       stale_after=self.cfg.run.stale_after)
+            self._stop_stale(hb)
+            self._bury(slot.id, hb, f"worker stale for {self.cfg.run.stale_after}s")
+            self._reset(slot, now)
+
+    def _is_dead(self, slot: Slot, has_heartbeat: bool) -> bool:
+        """Reaped, or its lock is free (a child that has not locked yet is still starting)."""
+        if slot.proc is not None and slot.proc.poll() is not None:
+            return True
+        if lock_is_held(self.ws.worker_lock(slot.id)):
+            return False
+        return slot.proc is None or has_heartbeat
+
+    def _stop_stale(self, hb: dict[str, Any]) -> None:
+        """Kill a stale local worker's agent now; TERM the worker, KILL it after a grace.
+
+        The TERM lets a worker that was only paused (SIGSTOP, swapped out) wake,
+        find its claim fenced, record nothing, and exit; the KILL that follows
+        ``stale_kill_grace`` later ends one that is truly hung. A worker on
+        another host cannot be signalled: fencing alone protects the queue.
+        """
+        ident = ProcessIdentity.from_record(hb)
+        if ident is None or not ident.is_local():
+            return
+        if hb.get("agent_pid"):
+            runner.kill_group(int(hb["agent_pid"]), grace=0, start_time=hb.get("agent_start"))
+        try:
+            os.kill(ident.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        self.doomed.append((ident, self.clock() + self.cfg.run.stale_kill_grace))
+
+    def reap_doomed(self) -> None:
+        now, keep = self.clock(), []
+        for ident, deadline in self.doomed:
+            if ident.is_running() is False:
+                continue
+            if now >= deadline:
+                runner.kill_group(ident.pid, grace=0, start_time=ident.start_time)
+                self.event("worker-killed", pid=ident.pid, why="still alive after stale_kill_grace")
+            else:
+                keep.append((ident, deadline))
+        self.doomed = keep
+
+    def _bury(self, worker: str, hb: dict[str, Any] | None, why: str, count: bool = True) -> None:
+        """Return a dead worker's claim to the queue and remove its heartbeat."""
+        if hb and hb.get("agent_pid"):
+            runner.kill_group(int(hb["agent_pid"]), grace=0, start_time=hb.get("agent_start"))
+        item = hb.get("item") if hb else None
+        if item:
+            outcome = self.queue.revoke(item, why, count=count)
+            self.event("revoke", worker=worker, item=item, outcome=outcome, why=why)
+        self.ws.heartbeat_file(worker).unlink(missing_ok=True)
+        self.staleness.forget(worker)
+        self.event("worker-dead", worker=worker, why=why)
+
+    def _reset(self, slot: Slot, now: float) -> None:
+        quick = now - slot.started < QUICK_DEATH
+        slot.quick_deaths = slot.quick_deaths + 1 if quick else 0
+        delay = min(self.cfg.run.restart_backoff_max, 0.5 * 2 ** slot.quick_deaths) if quick else 0
+        slot.generation, slot.proc, slot.identity, slot.restart_at = "", None, None, now + delay
+        if slot.retiring:
+            del self.slots[slot.id]
+
+    def revoke_orphans(self, hbs: dict[str, dict[str, Any]]) -> None:
+        """Revoke claims that no worker's heartbeat names, once they stay unnamed for the grace."""
+        named = {hb.get("item") for hb in hbs.values()}
+        now = self.clock()
+        claimed = set(names.entries(self.queue.dir("claimed")))
+        self.orphans = {c: t for c, t in self.orphans.items() if c in claimed and c not in named}
+        for entry in claimed - named:
+            first = self.orphans.setdefault(entry, now)
+            if now - first > self.cfg.run.orphan_grace:
+                outcome = self.queue.revoke(entry, "orphaned claim: no live worker names it")
+                self.event("revoke", item=entry, outcome=outcome, why="orphaned")
+                self.orphans.pop(entry)
+
+    # -- pool size -------------------------------------------------------------
+
+    def desired_workers(self) -> int:
+        try:
+            return max(0, int(self.ws.desired_workers_file.read_text().strip()))
+        except (FileNotFoundError, ValueError):
+            return self.cfg.run.agents
+
+    def scale(self) -> None:
+        want = self.desired_workers()
+        ids = [f"w{i}" for i in range(1, want + 1)]
+        for worker, slot in self.slots.items():
+            if worker not in ids and slot.running and not slot.retiring:
+                slot.retiring = True
+                self._signal(slot, signal.SIGTERM)
+                self.event("worker-retire", worker=worker)
+        for worker in ids:
+            slot = self.slots.setdefault(worker, Slot(worker))
+            slot.retiring = False
+            if (not slot.running and self.clock() >= slot.restart_at
+                    and not lock_is_held(self.ws.worker_lock(worker)) and self._memory_ok()):
+                self.spawn(slot)
+        for worker in [w for w, s in self.slots.items() if s.retiring and not s.running]:
+            del self.slots[worker]
+
+    def _memory_ok(self) -> bool:
+        free_mb = psutil.virtual_memory().available // 2**20
+        ok = free_mb >= self.cfg.run.memory_floor_mb
+        if ok == self.memory_held:
+            self.memory_held = not ok
+            self.event("memory-floor", held=not ok, free_mb=free_mb,
+                       floor_mb=self.cfg.run.memory_floor_mb)
+        return ok
+
+    def spawn(self, slot: Slot) -> None:
+        slot.generation = secrets.token_hex(4)
+        log = open(self.ws.locks_dir / f"{slot.id}.log", "ab")
+        with log:
+            slot.proc = subprocess.Popen(
+                [sys.executable, "-m", "harness.worker", "--root", str(self.ws.root),
+                 "--id", slot.id, "--generation", slot.generation],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        slot.started = self.clock()
+        slot.identity = None
+        self.event("worker-spawn", worker=slot.id, generation=slot.generation, pid=slot.proc.pid)
+
+    def _signal(self, slot: Slot, signum: int) -> None:
+        pid = slot.proc.pid if slot.proc else slot.identity.pid if slot.identity else None
+        if pid is None:
+            return
+        ident = slot.identity
+        if ident is not None and ident.is_running() is False:
+            return
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    # -- failures and pause ---------------------------------------------------
+
+    def watch_events(self) -> None:
+        limit = self.cfg.run.max_consecutive_failures
+        for ev in self.tail.read():
+            if ev.get("event") != "attempt-end":
+                continue
+            if ev.get("reason") in OK_REASONS:
+                self.consecutive_failures = 0
+                continue
+            self.consecutive_failures += 1
+            if limit and self.consecutive_failures >= limit and not self.ws.interrupt_file.exists():
+                reason = (f"circuit breaker: {self.consecutive_failures} consecutive failed"
+                          f" attempts (last: {ev.get('item')}: {ev.get('detail')});"
+                          " fix the cause, then `parallel-harness resume`")
+                self.ws.interrupt_file.write_text(reason + "\n")
+                self.event("circuit-open", reason=reason)
+
+    # -- shutdown --------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Stop claiming, let running items finish up to the grace, then kill and revoke."""
+        running = [s for s in self.slots.values() if s.running]
+        self.event("shutdown", reason=self.stop_requested or "batch finished",
+                   workers=len(running), grace=self.cfg.run.shutdown_grace)
+        for slot in running:
+            self._signal(slot, signal.SIGTERM)
+        deadline = self.clock() + (self.cfg.run.shutdown_grace if self.stop_requested else 30.0)
+        while self.clock() < deadline and any(self._alive(s) for s in running):
+            time.sleep(0.05)
+        hbs = heartbeat.read_all(self.ws.heartbeats_dir)
+        for slot in running:
+            hb = hbs.get(slot.id)
+            if self._alive(slot):
+                self._kill_now(slot, hb)
+            if hb is not None:
+                self._bury(slot.id, hb, "shutdown", count=False)
+            slot.generation = ""
+
+    def _kill_now(self, slot: Slot, hb: dict[str, Any] | None) -> None:
+        """After the shutdown grace: KILL the worker, then TERM/KILL its agent's group.
+
+        The worker goes first so it cannot record the killed agent as a failed
+        attempt; its claim is then revoked without counting the attempt.
+        """
+        pid = slot.proc.pid if slot.proc else slot.identity.pid if slot.identity else None
+        if pid is not None:
+            runner.kill_group(pid, grace=0,
+                              start_time=slot.identity.start_time if slot.identity else None)
+        if slot.proc is not None:
+            slot.proc.wait()
+        if hb and hb.get("agent_pid"):
+            runner.kill_group(int(hb["agent_pid"]), start_time=hb.get("agent_start"))
+
+    def _alive(self, slot: Slot) -> bool:
+        if slot.proc is not None:
+            return slot.proc.poll() is None
+        return lock_is_held(self.ws.worker_lock(slot.id))
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _ids_in(self, state: str) -> set[str]:
+        return {n.id for n in map(names.try_parse, names.entries(self.queue.dir(state))) if n}
+
+    def event(self, kind: str, **fields: Any) -> None:
+        self.ws.log_event(kind, source="coordinator", **fields)
+
+
+def run_coordinator(ws: Workspace, overrides: dict[str, dict[str, Any]], *, forever: bool) -> int:
+    """Load config, start, supervise, print the summary; return the exit code."""
+    from harness import config as config_mod
+    from harness.fsops import UnsupportedFilesystem
+    from harness.status import collect, render_summary
+
+    try:
+        cfg = config_mod.load(ws.config_file, overrides)
+        repo = (ws.root / cfg.git.repo).resolve()
+        if not (repo / ".git").exists():
+            raise CoordinatorError(f"{repo} is not a git repository ([git] repo in"
+                                   f" {ws.config_file}); workers need one for their worktrees")
+        coordinator = Coordinator(ws, cfg, forever=forever)
+        coordinator.start()
+    except (config_mod.ConfigError, CoordinatorError, UnsupportedFilesystem) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"parallel-harness: {coordinator.desired_workers()} worker(s) in {ws.root}"
+          f" ({'forever' if forever else 'until the queue is drained'}); Ctrl-C stops",
+          flush=True)
+    code = coordinator.run()
+    print(render_summary(collect(ws)), flush=True)
+    return code

@@ -1,0 +1,212 @@
+"""Run one agent process: its own process group, stdin closed, output read live.
+
+The agent (any argv) starts in a new session, so one ``killpg`` reaches
+everything it spawned. Its stdout is read as it arrives (never waiting for
+a pipe buffer to fill or for EOF), split into lines, written raw to a
+capped log and handed to ``on_line``; stderr goes to a capped log. Between
+reads ``on_poll`` refreshes the heartbeat and may return a reason to abort
+(fenced, cancelled). The process group is killed (TERM, grace, KILL) on
+timeout, on a stall (no output line for ``stall_after``), on abort, and
+when the agent has reported its result but does not exit within
+``result_grace``.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Final
+
+import psutil
+
+TERM_GRACE: Final = 2.0  # seconds between TERM and KILL of an agent's process group
+DRAIN_AFTER_EXIT: Final = 1.0  # a grandchild may hold stdout open after the agent exits
+
+
+@dataclass(frozen=True)
+class Limits:
+    timeout: float
+    stall_after: float | None = None
+    result_grace: float = 10.0
+    log_cap_bytes: int = 50 * 2**20
+
+
+@dataclass(frozen=True)
+class ProcessOutcome:
+    """How the process ended. ``aborted`` is the on_poll reason that stopped it, if any."""
+
+    exit_code: int | None
+    signal: int | None
+    timed_out: bool
+    stalled: bool
+    killed_after_result: bool
+    aborted: str | None
+    duration: float
+    truncated_bytes: int = 0
+
+
+def kill_group(pgid: int, grace: float = TERM_GRACE, start_time: float | None = None) -> None:
+    """TERM the process group, wait up to ``grace`` for its leader, then KILL the group.
+
+    With ``start_time`` the leader's identity is checked first, so a recycled
+    pid is never signalled.
+    """
+    if start_time is not None:
+        try:
+            if abs(psutil.Process(pgid).create_time() - start_time) > 0.01:
+                return
+        except psutil.Error:
+            pass  # leader gone; members of its group may remain, signal the group anyway
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _leader_alive(pgid):
+        time.sleep(0.01)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _leader_alive(pgid: int) -> bool:
+    try:
+        return psutil.Process(pgid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for an agent: inherited, minus nested-session and harness variables."""
+    env = {k: v for k, v in os.environ.items()
+           if k != "CLAUDECODE" and not k.startswith(("CLAUDE_CODE_", "HARNESS_"))}
+    env.update(extra or {})
+    return env
+
+
+class _CappedLog:
+    def __init__(self, path: Path, cap: int) -> None:
+        self.file: BinaryIO = open(path, "ab")
+        self.room, self.dropped = cap, 0
+
+    def write(self, data: bytes) -> None:
+        kept = data[: max(0, self.room)]
+        self.file.write(kept)
+        self.room -= len(kept)
+        self.dropped += len(data) - len(kept)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def run(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], stdout: Path, stderr: Path,
+        limits: Limits, poll: float, on_start: Callable[[psutil.Process], None],
+        on_poll: Callable[[], str | None], on_line: Callable[[bytes], None] | None = None,
+        result_seen: Callable[[], bool] = lambda: False,
+        preexec: Callable[[], None] | None = None) -> ProcessOutcome:
+    """Run ``argv`` until it exits or is killed for a timeout, stall, abort or result grace."""
+    started = time.monotonic()
+    proc = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True, preexec_fn=preexec)
+    out, err = _CappedLog(stdout, limits.log_cap_bytes), _CappedLog(stderr, limits.log_cap_bytes)
+    watch = _Watch(proc, limits, started)
+    try:
+        on_start(psutil.Process(proc.pid))
+        _pump(proc, out, err, poll, watch, on_poll, on_line or (lambda line: None), result_seen)
+    finally:
+        if proc.poll() is None:  # killed by a verdict, or an exception escaped
+            kill_group(proc.pid)
+        proc.wait()
+        _kill_stragglers(proc.pid)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+        out.close()
+        err.close()
+    code = proc.returncode
+    return ProcessOutcome(code if code >= 0 else None, -code if code < 0 else None,
+                          watch.timed_out, watch.stalled, watch.after_result, watch.aborted,
+                          time.monotonic() - started, out.dropped + err.dropped)
+
+
+@dataclass
+class _Watch:
+    proc: subprocess.Popen[bytes]
+    limits: Limits
+    started: float
+    last_output: float = 0.0
+    result_at: float | None = None
+    timed_out: bool = False
+    stalled: bool = False
+    after_result: bool = False
+    aborted: str | None = None
+    exited_at: float | None = None
+
+    def verdict(self, now: float, abort: str | None, result: bool) -> bool:
+        """Decide whether to kill now; record why."""
+        if result and self.result_at is None:
+            self.result_at = now
+        if abort:
+            self.aborted = abort
+        elif now - self.started > self.limits.timeout:
+            self.timed_out = True
+        elif self.result_at is not None and now - self.result_at > self.limits.result_grace:
+            self.after_result = True
+        elif (self.limits.stall_after is not None and self.result_at is None
+              and now - max(self.last_output, self.started) > self.limits.stall_after):
+            self.stalled = True
+        elif self.exited_at is not None and now - self.exited_at > DRAIN_AFTER_EXIT:
+            return True  # agent exited; a straggler holds the pipes
+        else:
+            return False
+        return True
+
+
+def _pump(proc: subprocess.Popen[bytes], out: _CappedLog, err: _CappedLog, poll: float,
+          watch: _Watch, on_poll: Callable[[], str | None], on_line: Callable[[bytes], None],
+          result_seen: Callable[[], bool]) -> None:
+    sel = selectors.DefaultSelector()
+    assert proc.stdout is not None and proc.stderr is not None
+    for stream, log in ((proc.stdout, out), (proc.stderr, err)):
+        os.set_blocking(stream.fileno(), False)
+        sel.register(stream, selectors.EVENT_READ, log)
+    partial = b""
+    while sel.get_map():
+        for key, _ in sel.select(timeout=poll):
+            data = os.read(key.fd, 65536)
+            if not data:
+                sel.unregister(key.fileobj)
+                continue
+            key.data.write(data)
+            if key.data is out:
+                watch.last_output = time.monotonic()
+                *lines, partial = (partial + data).split(b"\n")
+                for line in lines:
+                    on_line(line)
+        if watch.exited_at is None and proc.poll() is not None:
+            watch.exited_at = time.monotonic()
+        if watch.verdict(time.monotonic(), on_poll(), result_seen()):
+            break
+    if partial:
+        on_line(partial)
+    sel.close()
+
+
+def _kill_stragglers(pgid: int) -> None:
+    """Whatever the agent left in its process group (daemons, stuck children) dies with it.
+
+    The group id stays reserved while any member lives, so this cannot hit
+    an unrelated process.
+    """
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

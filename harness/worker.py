@@ -1,0 +1,323 @@
+"""One worker process: claim, run the attempt in its own worktree, record, repeat.
+
+Started by the coordinator as ``python -m harness.worker --root R --id w1
+--generation G``. The worker
+
+- holds ``state/workers/<id>.lock`` for its whole life (proof of life);
+- rewrites ``state/heartbeats/<id>.json`` with a rising counter and what its
+  agent is doing (last tool, turns, tokens);
+- records each claim in its heartbeat (``item``) between the claim link and
+  the removal of the pending name, so the coordinator knows the owner;
+- on SIGTERM stops claiming and finishes its current item;
+- stops claiming and exits when the coordinator has been gone too long.
+
+A worker never records the outcome of an attempt it no longer owns: the
+queue raises Fenced and only a ``fenced`` result.json is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+
+from harness import agents, heartbeat, prompts, runner, session, worktrees
+from harness import config as config_mod
+from harness.config import Config
+from harness.liveness import ProcessIdentity, hold_lock
+from harness.names import ItemName
+from harness.queue import Claim, Fenced, Queue
+from harness.workspace import Workspace
+
+EXIT_SLOT_TAKEN = 3
+IDLE_POLL = 0.1
+RATE_LIMIT_DEFAULT_PAUSE = 900.0  # seconds, when the agent does not say when its quota resets
+
+
+def attempt_branch(item_id: str, attempt: int) -> str:
+    return f"harness-attempts/{item_id}/{attempt}"
+
+
+def item_branch(item_id: str) -> str:
+    return f"harness/{item_id}"
+
+
+class Attempt:
+    """What one attempt produced: terminal reason, detail, commit, metrics."""
+
+    def __init__(self) -> None:
+        self.reason, self.detail = "failed", ""
+        self.sha: str | None = None
+        self.stream = session.StreamState()
+        self.resets_at: float | None = None
+
+    def end(self, reason: str, detail: str) -> Attempt:
+        self.reason, self.detail = reason, detail
+        return self
+
+
+class Worker:
+    def __init__(self, ws: Workspace, cfg: Config, worker_id: str, generation: str) -> None:
+        self.ws, self.cfg, self.id, self.generation = ws, cfg, worker_id, generation
+        run = cfg.run
+        self.queue = Queue(ws.queue_dir, durable=run.durable, max_attempts=run.max_attempts,
+                           backoff_base=run.backoff_base, backoff_max=run.backoff_max)
+        self.hb = heartbeat.HeartbeatWriter(
+            ws.heartbeat_file(worker_id), ws.tmp_dir, worker=worker_id, generation=generation,
+            **ProcessIdentity.of().as_record(), state="starting", item=None)
+        self.repo = (ws.root / cfg.git.repo).resolve()
+        self.template_path = ws.root / cfg.paths.bootstrap
+        self.stopping = False
+        self._last_beat = 0.0
+        self._coordinator_gone_since: float | None = None
+
+    # -- loop ----------------------------------------------------------------
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        self.beat(force=True, state="idle")
+        self.ws.log_event("worker-start", worker=self.id, generation=self.generation)
+        # Holding the slot lock proves the previous holder of this worktree is dead.
+        worktrees.remove_stale_index_lock(self.ws.worktree(self.id), owner_dead=True)
+        reason = "stopped"
+        while not self.stopping:
+            if self.coordinator_gone():
+                reason = "coordinator gone"
+                break
+            paused = self.ws.interrupt_reason()
+            claim = None if paused else self.queue.claim(on_claim=self._record_claim)
+            if claim is None:
+                self.beat(state="paused" if paused else "idle", doing=paused)
+                time.sleep(IDLE_POLL)
+                continue
+            self.process(claim)
+        self.ws.log_event("worker-exit", worker=self.id, generation=self.generation, reason=reason)
+        self.hb.remove()
+        return 0
+
+    def _stop(self, signum: int, frame: Any) -> None:
+        self.stopping = True
+
+    def beat(self, force: bool = False, **fields: Any) -> None:
+        """Update the heartbeat record; write it if forced or the interval has passed."""
+        self.hb.record.update(fields)
+        now = time.monotonic()
+        if force or now - self._last_beat >= self.cfg.run.heartbeat_interval:
+            self.hb.beat()
+            self._last_beat = now
+
+    def coordinator_gone(self) -> bool:
+        record = heartbeat.read(self.ws.coordinator_file)
+        ident = ProcessIdentity.from_record(record) if record else None
+        if ident is not None and ident.is_running() is not False:
+            self._coordinator_gone_since = None
+            return False
+        now = time.monotonic()
+        if self._coordinator_gone_since is None:
+            self._coordinator_gone_since = now
+        return now - self._coordinator_gone_since > self.cfg.run.coordinator_gone_after
+
+    def _record_claim(self, name: ItemName) -> None:
+        self.beat(force=True, state="working", item=str(name), item_id=name.id,
+                  attempt=name.attempt, claimed_at=time.time(), doing="claimed")
+
+    # -- one attempt ---------------------------------------------------------
+
+    def process(self, claim: Claim) -> None:
+        started = time.time()
+        log_dir = self.ws.attempt_dir(claim.id, claim.attempt)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        (log_dir / "item.json").write_bytes(claim.item.to_json())
+        self.ws.log_event("claim", worker=self.id, item=claim.id, attempt=claim.attempt)
+        att = self.attempt(claim, log_dir)
+        queue_state = self.record(claim, att)
+        metrics = att.stream.metrics.as_dict()
+        metrics["duration_s"] = round(time.time() - started, 3)
+        result = {"item": claim.id, "attempt": claim.attempt, "worker": self.id,
+                  "generation": self.generation, "reason": att.reason, "detail": att.detail,
+                  "queue": queue_state, "branch": attempt_branch(claim.id, claim.attempt),
+                  "commit": att.sha, "started_at": started, "ended_at": time.time()}
+        _write_json(log_dir / "metrics.json", metrics)
+        _write_json(log_dir / "result.json", result)
+        self.ws.log_event("attempt-end", worker=self.id, item=claim.id, attempt=claim.attempt,
+                          reason=att.reason, queue=queue_state, detail=att.detail[:500],
+                          metrics={k: metrics[k] for k in ("input_tokens", "output_tokens",
+                                   "cache_creation_tokens", "cache_read_tokens", "cost_usd")})
+        self.beat(force=True, state="idle", item=None, item_id=None, attempt=None,
+                  claimed_at=None, doing=None, agent_pid=None, agent_start=None,
+                  tokens=None, cost_usd=None, turns=None, last_tool=None)
+
+    def attempt(self, claim: Claim, log_dir: Path) -> Attempt:
+        """Prepare the worktree, run the agent and verify; never raises for agent trouble."""
+        att = Attempt()
+        target = self.cfg.git.target_branch
+        session_id = str(uuid.uuid4())
+        try:
+            argv = self._argv(claim, log_dir, session_id)
+            self.beat(force=True, doing="preparing worktree")
+            wt = worktrees.ensure_worktree(self.repo, self.ws.worktree(self.id), target)
+            worktrees.start_attempt(wt, target, attempt_branch(claim.id, claim.attempt))
+        except (agents.AgentError, prompts.PromptError) as exc:
+            return att.end("failed", str(exc))
+        except worktrees.GitError as exc:
+            return att.end("failed", f"worktree: {exc}")
+        self._run_agent(claim, att, argv, wt, log_dir, session_id)
+        if att.reason not in ("succeeded", "failed", "budget_exceeded", "stalled",
+                              "timed_out", "crashed"):
+            return att  # fenced or rate limited: nothing of this attempt is kept
+        try:
+            att.sha = worktrees.commit_attempt(wt, f"harness: {claim.id} attempt {claim.attempt}"
+                                                   f"\n\n{claim.item.title}".strip())
+        except worktrees.GitError as exc:
+            return att.end("failed", f"commit: {exc}")
+        if att.reason == "succeeded" and self.cfg.git.verify:
+            self._verify(claim, att, wt, log_dir)
+        return att
+
+    def _argv(self, claim: Claim, log_dir: Path, session_id: str) -> list[str]:
+        item = claim.item
+        values = prompts.item_values(item, session_id=session_id, attempt=claim.attempt,
+                                     worker=self.id)
+        ctx = {"prompt": item.prompt or item.title, "session_id": session_id,
+               "system_prompt_file": str(log_dir / "prompt.md"),
+               "prompt_file": str(log_dir / "prompt.md"), "item_file": str(log_dir / "item.json"),
+               "model": self.cfg.agent.model, "worktree": str(self.ws.worktree(self.id)),
+               "attempt": str(claim.attempt), "item_id": claim.id, "python": sys.executable}
+        if self.cfg.agent.preset != "shell":
+            template = prompts.load_template(self.template_path)
+            rendered = prompts.render(template, str(self.template_path), values)
+            (log_dir / "prompt.md").write_text(rendered)
+        return agents.build_argv(self.cfg.agent, item, ctx)
+
+    def _run_agent(self, claim: Claim, att: Attempt, argv: list[str], wt: Path, log_dir: Path,
+                   session_id: str) -> None:
+        run, agent = self.cfg.run, self.cfg.agent
+        streams = agent.streams
+        env = runner.clean_env({**agent.env, "HARNESS_ITEM": claim.id,
+                                "HARNESS_ATTEMPT": str(claim.attempt), "HARNESS_WORKER": self.id,
+                                "HARNESS_SESSION_ID": session_id})
+        limits = runner.Limits(timeout=run.session_timeout,
+                               stall_after=run.stall_after if streams else None,
+                               result_grace=run.result_grace, log_cap_bytes=run.log_cap_mb * 2**20)
+        outcome = runner.run(
+            argv, cwd=wt, env=env, limits=limits, poll=min(0.2, run.heartbeat_interval),
+            stdout=log_dir / ("events.jsonl" if streams else "stdout.log"),
+            stderr=log_dir / "stderr.log", preexec=agents.resource_limiter(agent),
+            on_start=lambda p: self._agent_started(claim, p),
+            on_poll=lambda: self._poll(claim, att),
+            on_line=att.stream.feed if streams else None,
+            result_seen=lambda: att.stream.result is not None)
+        if outcome.aborted:
+            att.end("fenced", "the claim was revoked while the agent ran")
+        elif streams:
+            att.end(*session.classify(outcome.exit_code, outcome.signal, att.stream,
+                                      timed_out=outcome.timed_out, stalled=outcome.stalled,
+                                      killed_after_result=outcome.killed_after_result))
+            if att.stream.rate_limit:
+                att.resets_at = att.stream.rate_limit.get("resets_at")
+        else:
+            att.end(*_classify_exit(outcome))
+
+    def _verify(self, claim: Claim, att: Attempt, wt: Path, log_dir: Path) -> None:
+        verify = self.cfg.git.verify
+        argv = list(verify) if isinstance(verify, list) else ["/bin/sh", "-c", verify]
+        self.beat(force=True, doing="verifying")
+        outcome = runner.run(
+            argv, cwd=wt, env=runner.clean_env({"HARNESS_ITEM": claim.id}),
+            limits=runner.Limits(timeout=self.cfg.git.verify_timeout),
+            poll=min(0.2, self.cfg.run.heartbeat_interval), stdout=log_dir / "verify.log",
+            stderr=log_dir / "verify.log", on_start=lambda p: self._agent_started(claim, p),
+            on_poll=lambda: self._poll(claim, att))
+        if outcome.aborted:
+            att.end("fenced", "the claim was revoked during verify")
+        elif outcome.exit_code != 0:
+            how = "timed out" if outcome.timed_out else f"exit {outcome.exit_code}"
+            att.end("verify_failed", f"verify {how}; see {log_dir / 'verify.log'}")
+
+    def _agent_started(self, claim: Claim, proc: psutil.Process) -> None:
+        self.beat(force=True, doing="running", agent_pid=proc.pid, agent_start=proc.create_time())
+        self.ws.log_event("agent-start", worker=self.id, item=claim.id, attempt=claim.attempt,
+                          agent_pid=proc.pid, agent_start=proc.create_time())
+
+    def _poll(self, claim: Claim, att: Attempt) -> str | None:
+        """Between agent reads: refresh the heartbeat; abort if the claim was revoked."""
+        m = att.stream.metrics
+        self.beat(doing=att.stream.activity, last_tool=att.stream.last_tool, turns=m.turns,
+                  tokens=m.input_tokens + m.output_tokens + m.cache_creation_tokens
+                  + m.cache_read_tokens, cost_usd=round(m.cost_usd, 6),
+                  progress_at=time.time())
+        return None if claim.is_live() else "fenced"
+
+    def record(self, claim: Claim, att: Attempt) -> str:
+        """Move the claim to its outcome; return the queue state it went to."""
+        try:
+            if att.reason == "fenced":
+                raise Fenced(claim.path, att.detail)
+            if att.reason == "succeeded":
+                claim.complete()
+                if att.sha is not None:
+                    worktrees.accept(self.repo, item_branch(claim.id), att.sha)
+                return "done"
+            if att.reason == "rate_limited":
+                return self._pause_for_quota(claim, att)
+            return claim.fail(f"{att.reason}: {att.detail}")
+        except Fenced:
+            att.end("fenced", "the claim was revoked; this attempt's outcome is discarded")
+            return "none"
+
+    def _pause_for_quota(self, claim: Claim, att: Attempt) -> str:
+        """Pause the whole pool until the quota resets; the item waits, its attempt not counted."""
+        resume = att.resets_at or time.time() + RATE_LIMIT_DEFAULT_PAUSE
+        delay = max(0.0, resume - time.time())
+        claim.release(delay)
+        self.ws.pause(f"rate limited: {att.detail} (item {claim.id}, worker {self.id})", resume)
+        self.ws.log_event("rate-limited", worker=self.id, item=claim.id, resume_at=resume)
+        return "waiting"
+
+
+def _classify_exit(outcome: runner.ProcessOutcome) -> tuple[str, str]:
+    if outcome.timed_out:
+        return "timed_out", f"killed after {outcome.duration:.1f}s (session_timeout)"
+    if outcome.signal:
+        return "crashed", f"agent killed by signal {outcome.signal}"
+    if outcome.exit_code == 0:
+        return "succeeded", "exit 0"
+    return "failed", f"agent exited with status {outcome.exit_code}"
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="harness.worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default=os.environ.get("HARNESS_ROOT", "."))
+    parser.add_argument("--id", required=True, help="worker slot, e.g. w1")
+    parser.add_argument("--generation", default=os.urandom(4).hex())
+    args = parser.parse_args(argv)
+    ws = Workspace.at(args.root)
+    try:
+        cfg = config_mod.load(ws.config_file)
+    except config_mod.ConfigError as exc:
+        print(f"worker {args.id}: {exc}", file=sys.stderr)
+        return 2
+    ws.make_dirs()
+    lock_fd = hold_lock(ws.worker_lock(args.id))
+    if lock_fd is None:
+        print(f"worker {args.id}: slot is held by another live worker"
+              f" ({ws.worker_lock(args.id)})", file=sys.stderr)
+        return EXIT_SLOT_TAKEN
+    return Worker(ws, cfg, args.id, args.generation).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

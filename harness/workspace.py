@@ -1,0 +1,175 @@
+"""Paths of a workspace (the operator's API on disk) and its event log.
+
+Every other module gets its paths from here, so the layout in DESIGN.md is
+written down once::
+
+    harness.toml  prompts/  queue/  state/  worktrees/  logs/
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | os.PathLike[str]) -> Workspace:
+        return cls(Path(root).resolve())
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "harness.toml"
+
+    @property
+    def queue_dir(self) -> Path:
+        return self.root / "queue"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def heartbeats_dir(self) -> Path:
+        return self.state_dir / "heartbeats"
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.state_dir / "workers"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.state_dir / "tmp"
+
+    @property
+    def events_file(self) -> Path:
+        return self.state_dir / "events.jsonl"
+
+    @property
+    def interrupt_file(self) -> Path:
+        return self.state_dir / "interrupt-request.txt"
+
+    @property
+    def desired_workers_file(self) -> Path:
+        return self.state_dir / "desired-workers"
+
+    @property
+    def coordinator_file(self) -> Path:
+        return self.state_dir / "coordinator.json"
+
+    @property
+    def coordinator_lock(self) -> Path:
+        return self.state_dir / "coordinator.lock"
+
+    @property
+    def worktrees_dir(self) -> Path:
+        return self.root / "worktrees"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    def heartbeat_file(self, worker: str) -> Path:
+        return self.heartbeats_dir / f"{worker}.json"
+
+    def worker_lock(self, worker: str) -> Path:
+        return self.locks_dir / f"{worker}.lock"
+
+    def worktree(self, worker: str) -> Path:
+        return self.worktrees_dir / worker
+
+    def attempt_dir(self, item_id: str, attempt: int) -> Path:
+        return self.logs_dir / item_id / str(attempt)
+
+    def make_dirs(self) -> None:
+        for d in (self.queue_dir, self.heartbeats_dir, self.locks_dir, self.tmp_dir,
+                  self.worktrees_dir, self.logs_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def interrupt_reason(self) -> str | None:
+        """The pause reason if the interrupt file is present, else None."""
+        try:
+            return self.interrupt_file.read_text().strip() or "paused"
+        except FileNotFoundError:
+            return None
+
+    def pause(self, reason: str, resume_at: float | None = None) -> None:
+        """Write the interrupt file (no new claims). With ``resume_at`` the coordinator lifts it then."""
+        text = reason.strip()
+        if resume_at is not None:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(resume_at))
+            text += f"\nresume-at: {resume_at:.0f} ({stamp})"
+        from harness.fsops import write_atomic
+
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.interrupt_file, text.encode() + b"\n", tmp_dir=self.state_dir,
+                     durable=False)
+
+    def resume(self) -> bool:
+        """Remove the interrupt file; True if it was there."""
+        try:
+            self.interrupt_file.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def resume_at(self) -> float | None:
+        """The automatic resume time written by :meth:`pause`, if any."""
+        reason = self.interrupt_reason() or ""
+        for line in reason.splitlines():
+            if line.startswith("resume-at: "):
+                try:
+                    return float(line.split()[1])
+                except (IndexError, ValueError):
+                    return None
+        return None
+
+    def log_event(self, event: str, **fields: Any) -> None:
+        append_event(self.events_file, event, **fields)
+
+
+def append_event(path: Path, event: str, **fields: Any) -> None:
+    """Append one JSON line with a single O_APPEND write (lines from many processes never mix)."""
+    line = orjson.dumps({"ts": round(time.time(), 3), "event": event, "pid": os.getpid(),
+                         **fields}) + b"\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+class EventTail:
+    """Reads the lines appended to an event log since the last call."""
+
+    def __init__(self, path: Path, from_end: bool = True) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if from_end and path.exists() else 0
+        self._partial = b""
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        data = self._partial + data
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        out = []
+        for line in lines:
+            try:
+                out.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                continue
+        return out

@@ -1,0 +1,230 @@
+"""Coordinator and workers as real processes: kills, zombies, restarts, shutdown."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from harness import names
+from harness.invariants import check
+from harness.queue import Queue
+from tests.wsutil import (events, gone, heartbeat_of, kill_all, live_recorded, make_workspace,
+                          start_coordinator, wait_for)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def ws(tmp_path):
+    ws = make_workspace(tmp_path / "ws")
+    yield ws
+    kill_all(ws)
+
+
+def busy_worker(ws, item_id):
+    def find():
+        for w in (f"w{i}" for i in range(1, 9)):
+            hb = heartbeat_of(ws, w)
+            if hb and hb.get("item_id") == item_id and hb.get("agent_pid"):
+                return hb
+        return None
+    return find
+
+
+def names_in(ws, state):
+    return [names.parse(e) for e in names.entries(ws.queue_dir / state)]
+
+
+def finish(proc, timeout=60):
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+
+
+def test_sigkilled_worker_is_replaced_and_its_item_requeued(ws):
+    release = ws.root / "release"
+    q = Queue(ws.queue_dir)
+    q.enqueue({"id": "blocker", "command": f"while [ ! -f {release} ]; do sleep 0.02; done"})
+    # stale_after is long: death must be noticed through the worker's lock, not staleness.
+    (ws.root / "harness.toml").write_text(
+        (ws.root / "harness.toml").read_text().replace("stale_after = 2.0", "stale_after = 60"))
+    coord = start_coordinator(ws, "--agents", "2")
+    try:
+        hb = wait_for(busy_worker(ws, "blocker"), 20, "a worker running the blocker")
+        os.kill(hb["pid"], signal.SIGKILL)
+        requeued = wait_for(lambda: [n for n in names_in(ws, "pending") + names_in(ws, "claimed")
+                                     if n.attempt == 2], 5, "the item back at attempt 2")
+        assert requeued[0].id == "blocker"
+        wait_for(lambda: (heartbeat_of(ws, hb["worker"]) or {}).get("generation")
+                 not in (None, hb["generation"]), 5, "a replacement worker, new generation")
+        wait_for(lambda: gone(hb["agent_pid"]), 5, "the dead worker's agent to be killed")
+        release.touch()
+        assert finish(coord) == 0
+    finally:
+        kill_all(ws, coord)
+    done = names_in(ws, "done")
+    assert [(n.id, n.attempt) for n in done] == [("blocker", 2)]
+    assert check(ws.queue_dir, enqueued=["blocker"], expect_finished=True) == []
+    assert live_recorded(ws) == []
+
+
+def test_restarted_coordinator_adopts_live_workers(ws):
+    release = ws.root / "release"
+    q = Queue(ws.queue_dir)
+    ids = [f"item-{i}" for i in range(9)]
+    for item_id in ids:
+        q.enqueue({"id": item_id, "command": f"while [ ! -f {release} ]; do sleep 0.02; done"})
+    coord = start_coordinator(ws, "--agents", "3")
+    try:
+        wait_for(lambda: len(names_in(ws, "claimed")) == 3, 20, "three busy workers")
+        pids = {w: heartbeat_of(ws, w)["pid"] for w in ("w1", "w2", "w3")}
+        os.killpg(coord.pid, signal.SIGKILL)
+        coord.wait()
+        assert all(psutil.pid_exists(p) for p in pids.values())
+        coord = start_coordinator(ws, "--agents", "3")
+        wait_for(lambda: sum(e["event"] == "worker-adopted" for e in events(ws)) == 3, 10,
+                 "three adopted workers")
+        adopted = {e["worker"]: e["pid"] for e in events(ws) if e["event"] == "worker-adopted"}
+        assert adopted == pids
+        release.touch()
+        assert finish(coord) == 0
+    finally:
+        kill_all(ws, coord)
+    assert sorted(n.id for n in names_in(ws, "done")) == ids
+    assert all(n.attempt == 1 for n in names_in(ws, "done")), "nothing was reclaimed"
+    assert not any(e["event"] == "revoke" for e in events(ws))
+    assert check(ws.queue_dir, enqueued=ids, expect_finished=True) == []
+    assert live_recorded(ws) == []
+
+
+def test_stopped_worker_is_fenced_when_it_wakes(ws):
+    q = Queue(ws.queue_dir)
+    # Attempt 1 hangs; any later attempt succeeds.
+    q.enqueue({"id": "zombie", "command":
+               'if [ "$HARNESS_ATTEMPT" = 1 ]; then sleep 600; fi; echo ok > result.txt'})
+    coord = start_coordinator(ws, "--agents", "2", "--stale-after", "1")
+    try:
+        hb = wait_for(busy_worker(ws, "zombie"), 20, "a worker running attempt 1")
+        os.kill(hb["pid"], signal.SIGSTOP)
+        wait_for(lambda: [n for n in names_in(ws, "done") if n.attempt == 2], 20,
+                 "attempt 2 done by the other worker")
+        os.kill(hb["pid"], signal.SIGCONT)
+        result1 = ws.attempt_dir("zombie", 1) / "result.json"
+        wait_for(result1.exists, 20, "the woken worker to record its attempt")
+        assert finish(coord) == 0
+    finally:
+        kill_all(ws, coord)
+    import orjson
+
+    r1 = orjson.loads(result1.read_bytes())
+    r2 = orjson.loads((ws.attempt_dir("zombie", 2) / "result.json").read_bytes())
+    assert r1["reason"] == "fenced" and r1["queue"] == "none"
+    assert r2["reason"] == "succeeded" and r2["queue"] == "done"
+    branch_sha = subprocess.run(["git", "rev-parse", "harness/zombie"], cwd=ws.root,
+                                capture_output=True, text=True, check=True).stdout.strip()
+    assert branch_sha == r2["commit"]
+    assert [(n.id, n.attempt) for n in names_in(ws, "done")] == [("zombie", 2)]
+    assert check(ws.queue_dir, enqueued=["zombie"], revoked=[("zombie", 1)],
+                 expect_finished=True) == []
+
+
+def test_graceful_shutdown_leaves_no_process_and_no_claim(ws):
+    q = Queue(ws.queue_dir)
+    for i in range(4):
+        q.enqueue({"id": f"long-{i}", "command": "sleep 600"})
+    coord = start_coordinator(ws, "--agents", "3")
+    try:
+        wait_for(lambda: all((heartbeat_of(ws, w) or {}).get("agent_pid")
+                             for w in ("w1", "w2", "w3")), 20, "three running agents")
+        agents = [heartbeat_of(ws, w)["agent_pid"] for w in ("w1", "w2", "w3")]
+        coord.send_signal(signal.SIGTERM)
+        code = finish(coord, 30)
+    finally:
+        kill_all(ws, coord)
+    assert code == 128 + signal.SIGTERM
+    assert names_in(ws, "claimed") == []
+    assert sorted(n.id for n in names_in(ws, "pending")) == [f"long-{i}" for i in range(4)]
+    assert all(gone(p) for p in agents)
+    assert live_recorded(ws) == []
+    assert check(ws.queue_dir) == []
+
+
+def test_exit_codes_for_failed_items_and_bad_config(ws):
+    Queue(ws.queue_dir).enqueue({"id": "broken", "command": "exit 7", "max_attempts": 1})
+    Queue(ws.queue_dir).enqueue({"id": "fine", "command": "true"})
+    coord = start_coordinator(ws, "--agents", "2")
+    assert finish(coord) == 1
+    reason = (ws.queue_dir / "failed" / (str(names_in(ws, "failed")[0]) + ".reason")).read_text()
+    assert "exited with status 7" in reason
+    (ws.root / "harness.toml").write_text("[run]\nagnets = 3\n")
+    bad = subprocess.run([sys.executable, "-m", "harness.cli", "--root", str(ws.root), "run"],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2
+    assert "harness.toml" in bad.stderr and "run.agnets" in bad.stderr
+
+
+def test_second_coordinator_refuses_naming_the_first(ws):
+    coord = start_coordinator(ws, "--agents", "1", "--forever")
+    try:
+        wait_for(lambda: heartbeat_of(ws, "w1"), 20, "the first coordinator's worker")
+        second = subprocess.run([sys.executable, "-m", "harness.cli", "--root", str(ws.root),
+                                 "run", "--agents", "1"], capture_output=True, text=True,
+                                timeout=30)
+        assert second.returncode == 2
+        assert f"pid {coord.pid}" in second.stderr
+        coord.send_signal(signal.SIGINT)
+        assert finish(coord, 30) == 128 + signal.SIGINT
+    finally:
+        kill_all(ws, coord)
+    assert live_recorded(ws) == []
+
+
+def test_chaos_kills_and_stops_lose_nothing(tmp_path):
+    ws = make_workspace(tmp_path / "ws", stale_after=1.0, stale_kill_grace=1.0)
+    q = Queue(ws.queue_dir)
+    ids = [f"c{i:03d}" for i in range(150)]
+    for item_id in ids:
+        q.enqueue({"id": item_id, "command": f"echo {item_id} > out.txt"})
+    rng = random.Random(7)
+    coord = start_coordinator(ws, "--agents", "8")
+    stopped: list[int] = []
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and len(names_in(ws, "done")) < len(ids):
+            time.sleep(rng.uniform(0.1, 0.4))
+            victim = heartbeat_of(ws, f"w{rng.randint(1, 8)}")
+            action = rng.random()
+            if action < 0.1 and coord.poll() is None:
+                os.killpg(coord.pid, signal.SIGKILL)
+                coord.wait()
+            elif action < 0.5 and victim:
+                os.kill(victim["pid"], signal.SIGKILL)
+            elif action < 0.7 and victim:
+                os.kill(victim["pid"], signal.SIGSTOP)
+                stopped.append(victim["pid"])
+            elif stopped:
+                pid = stopped.pop(0)
+                if psutil.pid_exists(pid):
+                    os.kill(pid, signal.SIGCONT)
+            if coord.poll() is not None:
+                coord = start_coordinator(ws, "--agents", "8")
+        for pid in stopped:
+            if psutil.pid_exists(pid):
+                os.kill(pid, signal.SIGCONT)
+        if coord.poll() is not None:
+            coord = start_coordinator(ws, "--agents", "8")
+        assert finish(coord, 90) in (0, 1)
+    finally:
+        kill_all(ws, coord)
+    assert check(ws.queue_dir, enqueued=ids, expect_finished=True) == []
+    assert len(names_in(ws, "done")) + len(names_in(ws, "failed")) == len(ids)
+    assert live_recorded(ws) == []

@@ -1,0 +1,132 @@
+"""Helpers for tests that run a real coordinator and workers in a temporary workspace.
+
+Every process a test starts is recorded (the coordinator's Popen, and the
+worker and agent pids the workspace's own event log records) and killed by
+pid or process group at teardown, never by name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+
+from harness.demo import make_repo
+from harness.workspace import Workspace
+
+FAST_CONFIG = """\
+[run]
+tick = 0.05
+heartbeat_interval = 0.1
+stale_after = {stale_after}
+stale_kill_grace = {stale_kill_grace}
+orphan_grace = 1.0
+start_timeout = 10
+shutdown_grace = {shutdown_grace}
+coordinator_gone_after = {coordinator_gone_after}
+backoff_base = 0.05
+backoff_max = 0.2
+max_attempts = {max_attempts}
+max_consecutive_failures = 0
+memory_floor_mb = 0
+"""
+
+
+def make_workspace(root: Path, **overrides: Any) -> Workspace:
+    settings = {"stale_after": 2.0, "stale_kill_grace": 30.0, "shutdown_grace": 2.0,
+                "coordinator_gone_after": 30.0, "max_attempts": 3, **overrides}
+    make_repo(root)
+    (root / "harness.toml").write_text(FAST_CONFIG.format(**settings))
+    ws = Workspace.at(root)
+    ws.make_dirs()
+    return ws
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, what: str, step: float = 0.02) -> Any:
+    """Poll ``cond`` until truthy; fail the test naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(step)
+
+
+def start_coordinator(ws: Workspace, *args: str) -> subprocess.Popen[bytes]:
+    log = open(ws.root / "coordinator.out", "ab")
+    with log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "harness.cli", "--root", str(ws.root), "run", *args],
+            stdout=log, stderr=log, start_new_session=True)
+
+
+def events(ws: Workspace) -> list[dict[str, Any]]:
+    try:
+        raw = ws.events_file.read_bytes()
+    except FileNotFoundError:
+        return []
+    return [orjson.loads(line) for line in raw.splitlines() if line.strip()]
+
+
+def recorded_pids(ws: Workspace) -> set[tuple[int, float | None]]:
+    """(pid, start time or None) of every worker and agent the workspace's log recorded."""
+    out: set[tuple[int, float | None]] = set()
+    for ev in events(ws):
+        if ev["event"] == "worker-spawn":
+            out.add((ev["pid"], None))
+        elif ev["event"] == "worker-start":
+            out.add((ev["pid"], None))
+        elif ev["event"] == "agent-start":
+            out.add((ev["agent_pid"], ev.get("agent_start")))
+    return out
+
+
+def gone(pid: int) -> bool:
+    """True if ``pid`` no longer runs (exited; an unreaped zombie counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def live_recorded(ws: Workspace) -> list[int]:
+    alive = []
+    for pid, start in recorded_pids(ws):
+        try:
+            proc = psutil.Process(pid)
+            if start is not None and abs(proc.create_time() - start) > 0.01:
+                continue
+            if proc.status() != psutil.STATUS_ZOMBIE and str(ws.root) in " ".join(
+                    proc.cmdline() + [proc.cwd()]):
+                alive.append(pid)
+        except psutil.Error:
+            continue
+    return alive
+
+
+def kill_all(ws: Workspace, coordinator: subprocess.Popen[bytes] | None = None) -> None:
+    if coordinator is not None and coordinator.poll() is None:
+        os.killpg(coordinator.pid, signal.SIGKILL)
+        coordinator.wait()
+    for pid in live_recorded(ws):
+        for sig in (signal.SIGCONT, signal.SIGKILL):
+            try:
+                os.killpg(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def heartbeat_of(ws: Workspace, worker: str) -> dict[str, Any] | None:
+    from harness import heartbeat
+
+    return heartbeat.read(ws.heartbeat_file(worker))
