@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import resource
 import sys
+from pathlib import Path
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -37,7 +38,8 @@ def build_argv(agent: AgentConfig, item: Any, ctx: Mapping[str, str]) -> list[st
         return [arg.format_map(ctx) for arg in agent.command]
     model = ["--model", agent.model] if agent.model else []
     if agent.preset == "sim":
-        return [sys.executable, "-m", "harness.sim", "--item", ctx["item_file"],
+        # By path, not -m: the agent runs in a worktree where the package may not be importable.
+        return [sys.executable, str(Path(__file__).with_name("sim.py")), "--item", ctx["item_file"],
                 "--session-id", ctx["session_id"], "--prompt-file", ctx["prompt_file"]]
     if agent.preset == "codex":
         return ["codex", "exec", "--json", *model, ctx["prompt"]]

@@ -80,6 +80,10 @@ class Coordinator:
         self.stop_requested: str | None = None
         self.consecutive_failures = 0
         self.memory_held = False
+        self.budget_hit: str | None = None
+        self.spent = {"tokens": 0, "cost_usd": 0.0}
+        self.merges: list[str] = []
+        self.repo = (self.ws.root / self.cfg.git.repo).resolve()
         self.lock = FileLock(str(self.ws.coordinator_lock))
         self.doomed: list[tuple[ProcessIdentity, float]] = []
 
@@ -105,6 +109,9 @@ class Coordinator:
         self.failed_at_start = self._ids_in("failed")
         self.tail = EventTail(self.ws.events_file)
         self._adopt()
+        self.reconcile_branches()
+        if self.cfg.git.integrate == "merge":
+            self.merges = self._unmerged_done()
         self.event("coordinator-start", agents=self.desired_workers(), forever=self.forever)
 
     def _adopt(self) -> None:
@@ -139,6 +146,11 @@ class Coordinator:
                    failed=len(failed))
         if self.stop_requested:
             return 128 + signal.Signals[self.stop_requested].value
+        if self.budget_hit:
+            if (self.ws.interrupt_reason() or "") == self.budget_hit:
+                self.ws.resume()
+            print(f"parallel-harness: stopped: {self.budget_hit}", file=sys.stderr)
+            return 1
         return 1 if failed else 0
 
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -153,10 +165,15 @@ class Coordinator:
         self.queue.promote()
         self.scale()
         self.watch_events()
+        self.merge_next()
+        self.auto_resume()
 
     def finished(self) -> bool:
+        """The batch is over: nothing live and nothing left to merge, or the budget is spent."""
         counts = self.queue.counts()
-        return counts["pending"] + counts["claimed"] + counts["waiting"] == 0
+        if self.budget_hit and counts["claimed"] == 0:
+            return True
+        return counts["pending"] + counts["claimed"] + counts["waiting"] == 0 and not self.merges
 
     # -- worker health ---------------------------------------------------------
 
@@ -321,6 +338,9 @@ class Coordinator:
         for ev in self.tail.read():
             if ev.get("event") != "attempt-end":
                 continue
+            self._spend(ev.get("metrics") or {})
+            if ev.get("queue") == "done" and self.cfg.git.integrate == "merge":
+                self.merges.append(ev["item"])
             if ev.get("reason") in OK_REASONS:
                 self.consecutive_failures = 0
                 continue
@@ -331,6 +351,100 @@ class Coordinator:
                           " fix the cause, then `parallel-harness resume`")
                 self.ws.interrupt_file.write_text(reason + "\n")
                 self.event("circuit-open", reason=reason)
+
+    def _spend(self, metrics: dict[str, Any]) -> None:
+        """Add an attempt's usage to the run total; pause new attempts at the run budget."""
+        run = self.cfg.run
+        self.spent["tokens"] += sum(int(metrics.get(k) or 0) for k in (
+            "input_tokens", "output_tokens", "cache_creation_tokens", "cache_read_tokens"))
+        self.spent["cost_usd"] += float(metrics.get("cost_usd") or 0.0)
+        over = ((run.budget_tokens and self.spent["tokens"] >= run.budget_tokens)
+                or (run.budget_usd and self.spent["cost_usd"] >= run.budget_usd))
+        if over and not self.budget_hit:
+            self.budget_hit = (f"run budget reached: {self.spent['tokens']} tokens,"
+                               f" ${self.spent['cost_usd']:.2f} (budget_tokens {run.budget_tokens},"
+                               f" budget_usd {run.budget_usd}); running attempts finish,"
+                               " no new ones start")
+            self.ws.pause(self.budget_hit)
+            self.event("budget-reached", **self.spent)
+
+    def auto_resume(self) -> None:
+        """Lift a quota pause at the reset time the agent reported."""
+        resume_at = self.ws.resume_at()
+        if resume_at is not None and time.time() >= resume_at and self.ws.resume():
+            self.event("resumed", why="rate-limit reset time reached")
+
+    def merge_next(self) -> None:
+        """Integrate finished items into the target branch, one at a time, in completion order."""
+        from harness import merge
+
+        while self.merges:
+            item_id = self.merges.pop(0)
+            name = self._done_name(item_id)
+            if name is None:
+                continue
+            try:
+                result = merge.integrate(self.repo, self.cfg.git.target_branch, f"harness/{item_id}",
+                                         message=f"harness: merge {item_id}")
+            except merge.MergeRaceError as exc:
+                self.merges.insert(0, item_id)  # the target keeps moving: try again next tick
+                self.event("merge-race", item=item_id, error=str(exc))
+                return
+            except merge.MergeError as exc:
+                self.queue.reject(name, f"merge failed: {exc}; branch harness/{item_id} kept")
+                self.event("merge-failed", item=item_id, error=str(exc))
+                continue
+            if result.status == "conflict":
+                reason = (f"conflict: harness/{item_id} conflicts with {self.cfg.git.target_branch}"
+                          f" in {', '.join(result.conflicts) or '(unknown paths)'};"
+                          f" branch harness/{item_id} kept")
+                self.queue.reject(name, reason)
+                self.event("merge-conflict", item=item_id, paths=list(result.conflicts))
+            else:
+                self.event("merged", item=item_id, status=result.status, sha=result.target_sha)
+
+    def reconcile_branches(self) -> None:
+        """Give every done item its ``harness/<id>`` branch (a worker may have died in between).
+
+        The accepted attempt is the one in done/, so its attempt branch is the result.
+        """
+        refs = subprocess.run(["git", "for-each-ref", "--format=%(refname:short)",
+                               "refs/heads/harness/", "refs/heads/harness-attempts/"],
+                              cwd=self.repo, capture_output=True, text=True).stdout.split()
+        have = set(refs)
+        for entry in names.entries(self.queue.dir("done")):
+            parsed = names.try_parse(entry)
+            if parsed is None or f"harness/{parsed.id}" in have:
+                continue
+            attempt = f"harness-attempts/{parsed.id}/{parsed.attempt}"
+            if attempt in have:
+                subprocess.run(["git", "branch", f"harness/{parsed.id}", attempt],
+                               cwd=self.repo, capture_output=True)
+                self.event("branch-reconciled", item=parsed.id, attempt=parsed.attempt)
+
+    def _done_name(self, item_id: str) -> str | None:
+        for entry in names.entries(self.queue.dir("done")):
+            parsed = names.try_parse(entry)
+            if parsed is not None and parsed.id == item_id:
+                return entry
+        return None
+
+    def _unmerged_done(self) -> list[str]:
+        """Done items whose branch is not in the target yet, oldest completion first."""
+        from harness import merge
+
+        done = []
+        for entry in names.entries(self.queue.dir("done")):
+            parsed = names.try_parse(entry)
+            try:
+                merged = parsed is None or merge.is_merged(
+                    self.repo, self.cfg.git.target_branch, f"harness/{parsed.id}")
+                ctime = os.stat(self.queue.dir("done") / entry).st_ctime
+            except (merge.MergeError, FileNotFoundError):
+                continue
+            if not merged:
+                done.append((ctime, parsed.id))
+        return [item_id for _, item_id in sorted(done)]
 
     # -- shutdown --------------------------------------------------------------
 
@@ -386,6 +500,7 @@ def run_coordinator(ws: Workspace, overrides: dict[str, dict[str, Any]], *, fore
     """Load config, start, supervise, print the summary; return the exit code."""
     from harness import config as config_mod
     from harness.fsops import UnsupportedFilesystem
+    from harness.prompts import PromptError
     from harness.status import collect, render_summary
 
     try:
@@ -394,9 +509,18 @@ def run_coordinator(ws: Workspace, overrides: dict[str, dict[str, Any]], *, fore
         if not (repo / ".git").exists():
             raise CoordinatorError(f"{repo} is not a git repository ([git] repo in"
                                    f" {ws.config_file}); workers need one for their worktrees")
+        if cfg.agent.preset != "shell":
+            from harness import prompts
+
+            path = ws.root / cfg.paths.bootstrap
+            prompts.check_static(prompts.load_template(path), str(path))
+        if cfg.agent.preset == "custom" and not cfg.agent.command:
+            raise CoordinatorError(f"{ws.config_file}: agent.command: preset 'custom' needs an"
+                                   " argv template")
         coordinator = Coordinator(ws, cfg, forever=forever)
         coordinator.start()
-    except (config_mod.ConfigError, CoordinatorError, UnsupportedFilesystem) as exc:
+    except (config_mod.ConfigError, CoordinatorError, UnsupportedFilesystem,
+            PromptError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"parallel-harness: {coordinator.desired_workers()} worker(s) in {ws.root}"

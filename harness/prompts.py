@@ -1,10 +1,11 @@
 """Prompt templates: ``{{VARIABLE}}`` substitution with no silent blanks.
 
 Variables: SESSION_ID, ITERATION (the attempt number), WORK_ITEM (the id),
-RIG, TITLE, PROMPT, TYPE, PRIORITY, WORKER, and every key of the item's
-``meta`` (as written, e.g. ``{{ticket}}``). A variable the item cannot fill
-is an error (PromptError names the template and the variable), found at
-enqueue or run start, never rendered as an empty string.
+RIG, TITLE, PROMPT, TYPE, PRIORITY, WORKER, and ``meta.KEY`` for every key
+of the item's ``meta`` (e.g. ``{{meta.ticket}}``). A variable that cannot be
+filled is an error (PromptError names the template and the variable): a
+misspelt built-in at run start (:func:`check_static`), a ``meta.KEY`` the
+item lacks at enqueue (:func:`check`); never an empty string.
 """
 
 from __future__ import annotations
@@ -46,18 +47,30 @@ def variables_in(template: str) -> set[str]:
     return set(VARIABLE.findall(template))
 
 
-def check(template: str, source: str, meta_keys: Iterable[str] = ()) -> None:
-    """Raise PromptError if the template uses a variable that would have no value."""
-    unknown = sorted(variables_in(template) - BUILTIN - set(meta_keys))
+def _refuse(source: str, unknown: Iterable[str], what: str) -> None:
+    unknown = sorted(unknown)
     if unknown:
-        raise PromptError(source, "unknown template variable(s) "
-                          + ", ".join("{{%s}}" % v for v in unknown)
-                          + f"; known: {', '.join(sorted(BUILTIN))} and the item's meta keys")
+        raise PromptError(source, f"{what} " + ", ".join("{{%s}}" % v for v in unknown)
+                          + f"; known: {', '.join(sorted(BUILTIN))} and meta.KEY for the"
+                          " item's meta keys")
+
+
+def check_static(template: str, source: str) -> None:
+    """Run-start check: every variable is a built-in or a ``meta.KEY`` reference."""
+    _refuse(source, {v for v in variables_in(template) - BUILTIN if not v.startswith("meta.")},
+            "unknown template variable(s)")
+
+
+def check(template: str, source: str, meta_keys: Iterable[str] = ()) -> None:
+    """Raise PromptError if the template uses a variable this item cannot fill."""
+    check_static(template, source)
+    _refuse(source, variables_in(template) - BUILTIN - {f"meta.{k}" for k in meta_keys},
+            "item has no meta key for")
 
 
 def item_values(item: Any, *, session_id: str, attempt: int, worker: str) -> dict[str, str]:
     """The variables for one attempt of ``item`` (an harness.item.Item)."""
-    values = {k: str(v) for k, v in item.meta.items()}
+    values = {f"meta.{k}": str(v) for k, v in item.meta.items()}
     values.update({
         "SESSION_ID": session_id, "ITERATION": str(attempt), "WORK_ITEM": item.id or "",
         "RIG": item.rig, "TITLE": item.title, "PROMPT": item.prompt or item.title,
@@ -67,7 +80,7 @@ def item_values(item: Any, *, session_id: str, attempt: int, worker: str) -> dic
 
 
 def render(template: str, source: str, values: Mapping[str, str]) -> str:
-    check(template, source, values.keys())
+    _refuse(source, variables_in(template) - values.keys(), "no value for")
     return VARIABLE.sub(lambda m: values[m.group(1)], template)
 
 

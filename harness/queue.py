@@ -323,6 +323,21 @@ class Queue:
             self.write_reason(dst, f"revoked after attempt {parsed.attempt}: {reason}")
         return outcome  # type: ignore[return-value]
 
+    def reject(self, name: ItemName | str, reason: str) -> bool:
+        """Move a done item to failed/ with ``reason`` (its result could not be integrated).
+
+        One rename of done/N; False if it is no longer in done/.
+        """
+        src = self.dir("done") / str(name)
+        dst = self.dir("failed") / str(name)
+        try:
+            os.rename(src, dst)
+        except FileNotFoundError:
+            return False
+        self._sync("done", "failed")
+        self.write_reason(dst, reason)
+        return True
+
     def promote(self, now: float | None = None) -> list[ItemName]:
         """Move due retries, and items whose dependencies are all done, to pending/.
 

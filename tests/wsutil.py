@@ -40,11 +40,16 @@ memory_floor_mb = 0
 """
 
 
-def make_workspace(root: Path, **overrides: Any) -> Workspace:
+def make_workspace(root: Path, extra: str = "", **overrides: Any) -> Workspace:
+    """A git repo with a fast harness.toml; ``extra`` is appended TOML ([agent], [git] ...)."""
+    from harness.prompts import DEFAULT_BOOTSTRAP
+
     settings = {"stale_after": 2.0, "stale_kill_grace": 30.0, "shutdown_grace": 2.0,
                 "coordinator_gone_after": 30.0, "max_attempts": 3, **overrides}
     make_repo(root)
-    (root / "harness.toml").write_text(FAST_CONFIG.format(**settings))
+    (root / "harness.toml").write_text(FAST_CONFIG.format(**settings) + extra)
+    (root / "prompts").mkdir(exist_ok=True)
+    (root / "prompts" / "bootstrap.md").write_text(DEFAULT_BOOTSTRAP)
     ws = Workspace.at(root)
     ws.make_dirs()
     return ws

@@ -1,0 +1,549 @@
+"""Git plumbing for the workers' worktrees: create once, reset per attempt, never lose work.
+
+Each worker owns one linked worktree (``worktrees/<worker>/``) that it reuses
+for every item: a new attempt is a branch switch plus a clean (a few ms), not a
+``git worktree add`` (a lot more). This module knows nothing of the queue or of
+agents; the worker calls:
+
+    ensure_worktree(repo, path, target)      once per attempt; free when it exists
+    start_attempt(wt, target, branch)        fresh branch at target, clean tree
+    commit_attempt(wt, message)              git add -A + commit, returns HEAD sha
+    accept(repo, item_branch, sha)           refs/heads/<item_branch> = sha
+    remove_stale_index_lock(wt, owner_dead)  only with proof that the owner is dead
+    remove_worktree(repo, path)              refuses unsaved work
+    has_unsaved_work(wt)
+
+Rules (research/fsqueue.md §3.3):
+
+- ``git worktree add/remove/prune`` are serialised by one repo-wide lock,
+  ``<git-common-dir>/harness-worktrees.lock`` (:func:`worktree_lock`).
+  Concurrent ``worktree add`` is not safe in git: with two paths of the same
+  basename it fails with "failed to read .git/worktrees/wt/commondir: Success"
+  (reproduced here with git 2.39: 7 failures in 80 unlocked adds).
+- Work is never destroyed. Before a worktree is reset, uncommitted changes and
+  untracked files are committed (onto the current ``harness`` branch, else onto
+  a new ``harness/rescue/...`` branch), and a detached HEAD whose commits no
+  branch contains gets a rescue branch. Removal refuses (:class:`UnsavedWork`)
+  instead of rescuing, so an operator sees it. Files that ``.gitignore`` matches
+  are not work: they are not saved, and ``start_attempt(clean_ignored=True)``
+  deletes them.
+- git's own ``index.lock`` is never broken unless the caller proves the owner
+  is dead.
+
+The hot path reads git's administrative files directly where that is exact
+(is this directory a registered worktree? which sha is HEAD now?) and runs
+three git processes per ``start_attempt`` (status, checkout, clean) when the
+tree is already clean, four on the first attempt after creation (plus a
+reachability check of the detached HEAD). ``bench/worktree_cost.py`` measures it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import filelock
+
+LOCK_NAME = "harness-worktrees.lock"
+LOCK_TIMEOUT = 600.0  # seconds; a worktree add of a large repo can take a while
+SAVE_MESSAGE = "harness: save uncommitted work before next attempt"
+RESCUE_PREFIX = "harness/rescue/"
+# Branches the harness owns: uncommitted work found on them is committed onto them.
+HARNESS_BRANCH_PREFIXES = ("harness/", "harness-")
+IDENTITY = {
+    "GIT_AUTHOR_NAME": "parallel-harness",
+    "GIT_AUTHOR_EMAIL": "parallel-harness@localhost",
+    "GIT_COMMITTER_NAME": "parallel-harness",
+    "GIT_COMMITTER_EMAIL": "parallel-harness@localhost",
+}
+# Variables that would point git at another repository than the cwd's.
+_REPO_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR",
+             "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_NAMESPACE",
+             "GIT_PREFIX", "GIT_CEILING_DIRECTORIES")
+_SHA = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
+_UNSAFE_REF_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class GitError(Exception):
+    """A git operation failed; carries the command, the path it ran in and git's stderr."""
+
+    def __init__(self, message: str, *, cmd: Sequence[str] = (), path: Path | str | None = None,
+                 stderr: str = "", returncode: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.cmd = list(cmd)
+        self.path = Path(path) if path is not None else None
+        self.stderr = stderr
+        self.returncode = returncode
+
+    def __str__(self) -> str:
+        parts = [self.message]
+        if self.cmd:
+            parts.append(f"command: {' '.join(self.cmd)}")
+        if self.path is not None:
+            parts.append(f"in: {self.path}")
+        if self.returncode is not None:
+            parts.append(f"exit status: {self.returncode}")
+        if self.stderr.strip():
+            parts.append(f"stderr: {self.stderr.strip()}")
+        return "; ".join(parts)
+
+    def __reduce__(self):  # keep the fields when pickled across processes
+        return (functools.partial(type(self), self.message, cmd=self.cmd, path=self.path,
+                                  stderr=self.stderr, returncode=self.returncode), ())
+
+
+class UnsavedWork(GitError):
+    """The operation would destroy uncommitted changes, untracked files or unreachable commits."""
+
+
+# -- running git ---------------------------------------------------------------
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _REPO_ENV}
+    env["LC_ALL"] = "C"  # English messages, and git's "initializing" marker (see _initializing)
+    env.pop("LANGUAGE", None)
+    env.update(IDENTITY)  # commits and reflog entries work with no identity configured
+    return env
+
+
+def _git(args: Sequence[str], cwd: Path, *, check: bool = True,
+         what: str | None = None) -> subprocess.CompletedProcess[str]:
+    cmd = ["git", *args]
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True,
+                              encoding="utf-8", errors="surrogateescape")
+    except OSError as exc:  # cwd vanished, git not installed
+        raise GitError(f"{what or 'git'}: {exc}", cmd=cmd, path=cwd) from exc
+    if check and proc.returncode != 0:
+        raise GitError(f"{what or 'git ' + args[0]} failed", cmd=cmd, path=cwd,
+                       stderr=proc.stderr, returncode=proc.returncode)
+    return proc
+
+
+def _git_wt(args: Sequence[str], wt: Path, **kw) -> subprocess.CompletedProcess[str]:
+    """Run git inside a worktree, never in a repository further up the tree."""
+    if not os.path.lexists(wt / ".git"):
+        raise GitError("not a git worktree (no .git)", cmd=["git", *args], path=wt)
+    return _git(args, wt, **kw)
+
+
+# -- reading git's administrative files -------------------------------------------------
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8", errors="surrogateescape").strip()
+    except (OSError, ValueError):
+        return None
+
+
+def _path_in(base: Path, text: str) -> Path:
+    p = Path(text)
+    return p if p.is_absolute() else base / p
+
+
+def _gitdir_of(wt: Path) -> Path | None:
+    """The git dir of a worktree: ``.git`` itself, or where its ``.git`` file points."""
+    dotgit = wt / ".git"
+    if dotgit.is_dir():
+        return dotgit
+    text = _read(dotgit)
+    if not text or not text.startswith("gitdir:"):
+        return None
+    return _path_in(wt, text[len("gitdir:"):].strip())
+
+
+def _common_of_gitdir(gitdir: Path) -> Path:
+    text = _read(gitdir / "commondir")
+    return _path_in(gitdir, text) if text else gitdir
+
+
+def _common_dir(repo: Path) -> Path:
+    """The repository's common git dir (``.git`` of the main worktree, or a bare repo)."""
+    repo = Path(repo)
+    gitdir = _gitdir_of(repo)
+    if gitdir is None and (repo / "HEAD").is_file() and (repo / "objects").is_dir():
+        gitdir = repo  # bare repository
+    if gitdir is not None and (gitdir / "HEAD").is_file():
+        return _common_of_gitdir(gitdir).resolve()
+    proc = _git(["rev-parse", "--git-common-dir"], repo, what="find the repository")
+    return _path_in(repo, proc.stdout.strip()).resolve()
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _initializing(admin: Path) -> bool:
+    """``git worktree add`` writes ``locked`` = "initializing" first and removes it last."""
+    return _read(admin / "locked") == "initializing"
+
+
+@dataclass(frozen=True)
+class _Slot:
+    state: str  # absent | ok | initializing | unregistered | foreign
+    admin: Path | None = None
+
+
+def _classify(path: Path, common: Path) -> _Slot:
+    if not os.path.lexists(path):
+        return _Slot("absent")
+    if not path.is_dir() or (path / ".git").is_dir():
+        return _Slot("foreign")  # a file, or a repository of its own
+    gitdir = _gitdir_of(path)
+    if gitdir is None:
+        return _Slot("unregistered")
+    if not _same(gitdir.parent, common / "worktrees"):
+        # Points into another repository: not ours to touch if that one knows it.
+        back = _read(gitdir / "gitdir")
+        if back and _same(_path_in(gitdir, back), path / ".git"):
+            return _Slot("foreign", gitdir)
+        return _Slot("unregistered")
+    back = _read(gitdir / "gitdir")
+    if not back or not _same(_path_in(gitdir, back), path / ".git") \
+            or not (gitdir / "HEAD").is_file():
+        return _Slot("unregistered")
+    return _Slot("initializing" if _initializing(gitdir) else "ok", gitdir)
+
+
+def _admins(common: Path) -> list[Path]:
+    try:
+        return [e for e in (common / "worktrees").iterdir() if e.is_dir()]
+    except OSError:
+        return []
+
+
+def _holds_files(path: Path) -> bool:
+    """True unless the directory is empty or holds nothing but a ``.git`` file."""
+    try:
+        return any(e.name != ".git" or e.is_dir() for e in os.scandir(path))
+    except NotADirectoryError:
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _head_sha(wt: Path) -> str:
+    """HEAD's sha, from the files a ref update just wrote (no process); git as a fallback."""
+    gitdir = _gitdir_of(wt)
+    if gitdir is not None:
+        head = _read(gitdir / "HEAD")
+        if head and _SHA.fullmatch(head):
+            return head
+        if head and head.startswith("ref: refs/heads/"):
+            sha = _read(_common_of_gitdir(gitdir) / head[len("ref: "):])
+            if sha and _SHA.fullmatch(sha):
+                return sha
+    return _git_wt(["rev-parse", "--verify", "HEAD^{commit}"], wt).stdout.strip()
+
+
+# -- status -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Status:
+    oid: str | None    # None on an unborn branch
+    branch: str | None  # None when detached
+    dirty: bool         # changes to tracked files, or untracked (not ignored) files
+
+
+def _status(wt: Path, *, optional_locks: bool = True) -> _Status:
+    args = ["status", "--porcelain=v2", "--branch", "-z", "--untracked-files=normal"]
+    if not optional_locks:
+        args.insert(0, "--no-optional-locks")
+    out = _git_wt(args, wt, what="git status").stdout
+    oid = branch = None
+    dirty = False
+    for rec in out.split("\0"):
+        if rec.startswith("# branch.oid "):
+            oid = rec[len("# branch.oid "):]
+        elif rec.startswith("# branch.head "):
+            branch = rec[len("# branch.head "):]
+        elif rec and not rec.startswith("# "):
+            dirty = True
+            break
+    return _Status(None if oid == "(initial)" else oid,
+                   None if branch == "(detached)" else branch, dirty)
+
+
+def _reachable(cwd: Path, sha: str) -> bool:
+    """Whether some branch contains the commit."""
+    out = _git(["for-each-ref", "--count=1", "--contains", sha, "--format=%(refname)",
+                "refs/heads/"], cwd, what="check reachability").stdout
+    return bool(out.strip())
+
+
+def _rescue_name(label: str, sha: str) -> str:
+    label = _UNSAFE_REF_CHARS.sub("-", label).strip(".-") or "worktree"
+    return f"{RESCUE_PREFIX}{label}-{sha[:12]}"
+
+
+def _create_rescue_ref(cwd: Path, label: str, sha: str) -> str:
+    """Create a new branch ``harness/rescue/<label>-<sha>[-N]`` at sha; return its name."""
+    base = _rescue_name(label, sha)
+    for n in range(1, 100):
+        name = base if n == 1 else f"{base}-{n}"
+        # An empty old value makes this create-only: it fails if the branch exists.
+        proc = _git(["update-ref", "-m", "parallel-harness: rescue", f"refs/heads/{name}", sha, ""],
+                    cwd, check=False)
+        if proc.returncode == 0:
+            return name
+        exists = _git(["rev-parse", "--verify", "-q", f"refs/heads/{name}"], cwd, check=False)
+        if exists.returncode != 0:
+            raise GitError("could not create rescue branch", cmd=["git", "update-ref", name, sha],
+                           path=cwd, stderr=proc.stderr, returncode=proc.returncode)
+    raise GitError(f"too many rescue branches named {base}", path=cwd)
+
+
+def _commit(wt: Path, message: str) -> bool:
+    """``git add -A`` and commit; False when there was nothing to commit."""
+    _git_wt(["add", "-A"], wt, what="git add")
+    proc = _git_wt(["-c", "commit.gpgSign=false", "commit", "-q", "--no-verify", "-m", message],
+                   wt, check=False)
+    if proc.returncode == 0:
+        return True
+    if _git_wt(["diff", "--cached", "--quiet"], wt, check=False).returncode == 0:
+        return False  # e.g. only a dirty submodule: nothing to record here
+    raise GitError("git commit failed", cmd=["git", "commit", "-m", message], path=wt,
+                   stderr=proc.stderr, returncode=proc.returncode)
+
+
+def _is_harness_branch(branch: str | None) -> bool:
+    return branch is not None and branch.startswith(HARNESS_BRANCH_PREFIXES)
+
+
+# -- the worktree lock, creation and removal ----------------------------------------------
+
+
+def worktree_lock(repo: Path, timeout: float = LOCK_TIMEOUT) -> filelock.FileLock:
+    """The repo-wide lock every ``git worktree add/remove/prune`` of the harness goes through."""
+    return filelock.FileLock(str(_common_dir(Path(repo)) / LOCK_NAME), timeout=timeout)
+
+
+class _Locked:
+    def __init__(self, repo: Path) -> None:
+        self.lock = worktree_lock(repo)
+        self.repo = repo
+
+    def __enter__(self) -> None:
+        try:
+            self.lock.acquire()
+        except filelock.Timeout as exc:
+            raise GitError(f"timed out after {self.lock.timeout}s waiting for the worktree lock "
+                           f"{self.lock.lock_file}", path=self.repo) from exc
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+def _discard_crashed_add(path: Path, common: Path) -> None:
+    """Remove what a ``git worktree add`` of ``path`` left when it was killed mid-way.
+
+    Caller holds the worktree lock, so no add of ours is running: an admin dir
+    still marked "initializing" for this path is from a dead add, and its files
+    are git's partial checkout, never handed out to anyone.
+    """
+    for admin in _admins(common):
+        back = _read(admin / "gitdir")
+        if not back or not _initializing(admin):
+            continue
+        if os.path.realpath(_path_in(admin, back)) != os.path.realpath(path / ".git"):
+            continue
+        gitdir = _gitdir_of(path) if path.is_dir() else None
+        if gitdir is not None and _same(gitdir, admin):
+            shutil.rmtree(path)
+        shutil.rmtree(admin, ignore_errors=True)
+
+
+def _prune(repo: Path, common: Path) -> None:
+    """``git worktree prune``, after giving unreachable detached HEADs of the pruned a branch."""
+    for admin in _admins(common):
+        back = _read(admin / "gitdir")
+        if (back and os.path.exists(_path_in(admin, back))) or _initializing(admin) \
+                or (admin / "locked").exists():
+            continue  # alive, or locked: prune keeps it
+        head = _read(admin / "HEAD")
+        if head and _SHA.fullmatch(head) and not _reachable(repo, head):
+            _create_rescue_ref(repo, admin.name, head)
+    _git(["worktree", "prune"], repo, what="git worktree prune")
+
+
+def ensure_worktree(repo: Path, path: Path, target: str) -> Path:
+    """Return ``path`` as a registered worktree of ``repo``, creating it (detached at target).
+
+    Reuse costs no git process. A directory left by a crash is replaced when it
+    holds no work (empty, or only a ``.git`` file, or an add killed mid-way);
+    otherwise :class:`UnsavedWork` is raised.
+    """
+    repo, path = Path(repo), Path(os.path.abspath(path))
+    common = _common_dir(repo)
+    if _classify(path, common).state == "ok":
+        return path
+    with _Locked(repo):
+        _discard_crashed_add(path, common)
+        slot = _classify(path, common)
+        if slot.state == "ok":
+            return path
+        if slot.state == "foreign":
+            raise GitError("path exists and is not a worktree of this repository", path=path)
+        if slot.state == "unregistered":
+            if _holds_files(path):
+                raise UnsavedWork("directory exists, is not a registered worktree and holds files;"
+                                  " not replacing it", path=path)
+            shutil.rmtree(path)
+        _prune(repo, common)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _git(["worktree", "add", "--detach", str(path), target], repo, what="git worktree add")
+    return path
+
+
+def remove_worktree(repo: Path, path: Path) -> None:
+    """Remove a worktree (``--force``) and prune; refuse with UnsavedWork if it holds work."""
+    repo, path = Path(repo), Path(os.path.abspath(path))
+    common = _common_dir(repo)
+    with _Locked(repo):
+        _discard_crashed_add(path, common)
+        slot = _classify(path, common)
+        if slot.state == "foreign":
+            raise GitError("path is not a worktree of this repository", path=path)
+        if slot.state == "unregistered":
+            if _holds_files(path):
+                raise UnsavedWork("directory is not a registered worktree and holds files",
+                                  path=path)
+            shutil.rmtree(path)
+        elif slot.state == "ok":
+            st = _status(path, optional_locks=False)
+            if st.dirty:
+                raise UnsavedWork("worktree has uncommitted changes or untracked files",
+                                  path=path)
+            if st.branch is None and st.oid and not _reachable(path, st.oid):
+                raise UnsavedWork(f"worktree HEAD {st.oid[:12]} is detached with commits that "
+                                  "no branch contains", path=path)
+            _git(["worktree", "remove", "--force", str(path)], repo, what="git worktree remove")
+        _prune(repo, common)
+
+
+# -- attempts -----------------------------------------------------------------------------
+
+
+def has_unsaved_work(wt: Path) -> bool:
+    """Uncommitted changes, untracked (not ignored) files, or a detached HEAD no branch contains.
+
+    A directory that is not a worktree counts as unsaved work if it holds any file.
+    """
+    wt = Path(wt)
+    if not os.path.lexists(wt):
+        return False
+    gitdir = _gitdir_of(wt)
+    if gitdir is None or not (gitdir / "HEAD").is_file():
+        return _holds_files(wt)  # not (or no longer) a worktree: any file may be work
+    st = _status(wt, optional_locks=False)
+    if st.dirty:
+        return True
+    return st.branch is None and st.oid is not None and not _reachable(wt, st.oid)
+
+
+def save_work(wt: Path) -> str | None:
+    """Put everything in the worktree on a branch; return the rescue branch made, if any.
+
+    Dirty work is committed onto the current branch when it is a harness branch,
+    else onto a new rescue branch started at HEAD. A clean detached HEAD that no
+    branch contains gets a rescue branch.
+    """
+    wt = Path(wt)
+    return _save(wt, _status(wt))
+
+
+def _save(wt: Path, st: _Status) -> str | None:
+    rescue = None
+    if st.dirty:
+        if not _is_harness_branch(st.branch):
+            if st.oid is None:
+                raise UnsavedWork("uncommitted work on an unborn branch", path=wt)
+            rescue = _create_rescue_ref(wt, wt.name, st.oid)
+            _git_wt(["symbolic-ref", "HEAD", f"refs/heads/{rescue}"], wt)
+        _commit(wt, SAVE_MESSAGE)
+    elif st.branch is None and st.oid is not None and not _reachable(wt, st.oid):
+        rescue = _create_rescue_ref(wt, wt.name, st.oid)
+    return rescue
+
+
+def start_attempt(wt: Path, target: str, branch: str, *, clean_ignored: bool = False) -> str:
+    """Check out a fresh ``branch`` at ``target`` in the worktree, clean; return the start sha.
+
+    Everything in the worktree is saved first (see :func:`save_work`). If
+    ``branch`` already exists with commits that ``target`` lacks, they get a
+    rescue branch before the branch is moved.
+    """
+    wt = Path(wt)
+    _save(wt, _status(wt))
+    co = _git_wt(["checkout", "--force", "-q", "-b", branch, target], wt, check=False)
+    if co.returncode != 0:
+        old = _git_wt(["rev-parse", "--verify", "-q", f"refs/heads/{branch}"], wt, check=False)
+        if old.returncode != 0:  # the branch does not exist: a real failure (bad target, lock)
+            raise GitError(f"could not start {branch} at {target}", path=wt, stderr=co.stderr,
+                           cmd=["git", "checkout", "--force", "-b", branch, target],
+                           returncode=co.returncode)
+        old_sha = old.stdout.strip()
+        if _git_wt(["merge-base", "--is-ancestor", old_sha, target], wt,
+                   check=False).returncode != 0:
+            _create_rescue_ref(wt, wt.name, old_sha)
+        _git_wt(["checkout", "--force", "-q", "-B", branch, target], wt,
+                what=f"start {branch} at {target}")
+    _git_wt(["clean", "-fdq" + ("x" if clean_ignored else "")], wt, what="git clean")
+    return _head_sha(wt)
+
+
+def commit_attempt(wt: Path, message: str) -> str:
+    """``git add -A`` and commit if anything changed; return HEAD's sha either way."""
+    wt = Path(wt)
+    st = _status(wt)
+    if not st.dirty:
+        if st.oid is None:
+            raise GitError("nothing committed yet (unborn HEAD)", path=wt)
+        return st.oid
+    _commit(wt, message)
+    return _head_sha(wt)
+
+
+def accept(repo: Path, item_branch: str, sha: str) -> None:
+    """Point ``refs/heads/<item_branch>`` at the accepted attempt's commit."""
+    if item_branch.startswith("refs/") or not item_branch:
+        raise GitError(f"expected a branch name, got {item_branch!r}", path=repo)
+    if not _SHA.fullmatch(sha) or not sha.strip("0"):  # the null sha would delete the branch
+        raise GitError(f"expected a commit sha, got {sha!r}", path=repo)
+    _git(["update-ref", "-m", "parallel-harness: accept", f"refs/heads/{item_branch}", sha],
+         Path(repo), what=f"update {item_branch}")
+
+
+def remove_stale_index_lock(wt: Path, owner_dead: bool) -> bool:
+    """Remove the worktree's ``index.lock`` (and ``HEAD.lock``) left by a dead process.
+
+    git never breaks these itself. Only a caller that has proved the owner dead
+    (e.g. by holding the dead worker's slot lock) may pass ``owner_dead=True``;
+    otherwise nothing is touched. Returns whether a lock file was removed.
+    """
+    if not owner_dead:
+        return False
+    gitdir = _gitdir_of(Path(wt))
+    if gitdir is None:
+        return False
+    removed = False
+    for name in ("index.lock", "HEAD.lock"):
+        try:
+            os.unlink(gitdir / name)
+            removed = True
+        except FileNotFoundError:
+            pass
+    return removed

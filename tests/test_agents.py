@@ -1,0 +1,190 @@
+"""Agent sessions end to end with the sim agent: every terminal reason, quota, merge queue."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+from harness import names
+from harness.invariants import check
+from harness.queue import Queue
+from tests.wsutil import events, kill_all, live_recorded, make_workspace, start_coordinator
+
+pytestmark = pytest.mark.timeout(120)
+
+SIM = """
+session_timeout = 4
+stall_after = 1.5
+result_grace = 0.5
+
+[agent]
+preset = "sim"
+"""
+
+
+def run_batch(ws, agents=1, timeout=90):
+    coord = start_coordinator(ws, "--agents", str(agents))
+    try:
+        return coord.wait(timeout=timeout)
+    finally:
+        kill_all(ws, coord)
+
+
+def result(ws, item_id, attempt=1):
+    return orjson.loads((ws.attempt_dir(item_id, attempt) / "result.json").read_bytes())
+
+
+def metrics(ws, item_id, attempt=1):
+    return orjson.loads((ws.attempt_dir(item_id, attempt) / "metrics.json").read_bytes())
+
+
+def state_of(ws, item_id):
+    for state in names.STATES:
+        for entry in names.entries(ws.queue_dir / state):
+            if names.parse(entry).id == item_id:
+                return state, names.parse(entry)
+    return None, None
+
+
+def git(ws, *args):
+    return subprocess.run(["git", *args], cwd=ws.root, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("sim, reason, final", [
+    ({"behavior": "succeed"}, "succeeded", "done"),
+    ({"behavior": "fail"}, "failed", "failed"),
+    ({"behavior": "slow", "seconds": 30}, "timed_out", "failed"),
+    ({"behavior": "hang"}, "stalled", "failed"),
+    ({"behavior": "crash"}, "crashed", "failed"),
+    ({"behavior": "exceed_budget"}, "budget_exceeded", "failed"),
+    ({"behavior": "hang_after_result"}, "succeeded", "done"),
+    ({"behavior": "garbage"}, "succeeded", "done"),
+])
+def test_terminal_reason(tmp_path, sim, reason, final):
+    ws = make_workspace(tmp_path / "ws", extra=SIM, max_attempts=1)
+    Queue(ws.queue_dir).enqueue({"id": "it", "title": "Do it", "prompt": "Edit a file",
+                                 "meta": {"sim": sim}})
+    code = run_batch(ws)
+    r = result(ws, "it")
+    assert r["reason"] == reason, r
+    assert state_of(ws, "it")[0] == final
+    assert code == (0 if final == "done" else 1)
+    assert (ws.attempt_dir("it", 1) / "prompt.md").read_text().count("Edit a file") == 1
+    assert (ws.attempt_dir("it", 1) / "events.jsonl").stat().st_size > 0
+    if final == "done":
+        assert git(ws, "rev-parse", "harness/it").stdout.strip() == r["commit"]
+        m = metrics(ws, "it")
+        assert m["input_tokens"] > 0 and m["cost_usd"] > 0 and m["turns"] >= 1
+        assert m["tool_calls"].get("Bash", 0) >= 1
+        if sim["behavior"] == "garbage":
+            assert m["non_json_lines"] > 0 and m["unknown_events"] > 0
+    else:
+        reason_file = ws.queue_dir / "failed" / (str(state_of(ws, "it")[1]) + ".reason")
+        assert reason in reason_file.read_text()
+    assert live_recorded(ws) == []
+    assert check(ws.queue_dir, enqueued=["it"], expect_finished=True) == []
+
+
+def test_fails_then_succeeds_with_retry(tmp_path):
+    ws = make_workspace(tmp_path / "ws", extra=SIM)
+    Queue(ws.queue_dir).enqueue({"id": "flaky", "meta": {"sim": {"fail_attempts": 1}}})
+    assert run_batch(ws) == 0
+    assert result(ws, "flaky", 1)["reason"] == "failed"
+    assert result(ws, "flaky", 1)["queue"] == "retry"
+    assert result(ws, "flaky", 2)["reason"] == "succeeded"
+    assert state_of(ws, "flaky")[1].attempt == 2
+
+
+def test_verify_failure_is_retried_then_dead_lettered(tmp_path):
+    ws = make_workspace(tmp_path / "ws", extra=SIM + '\n[git]\nverify = "test -f never-there"\n',
+                        max_attempts=2)
+    Queue(ws.queue_dir).enqueue({"id": "unverified"})
+    assert run_batch(ws) == 1
+    assert [result(ws, "unverified", n)["reason"] for n in (1, 2)] == ["verify_failed"] * 2
+    assert state_of(ws, "unverified")[0] == "failed"
+    assert "verify" in (ws.attempt_dir("unverified", 1) / "result.json").read_text()
+
+
+def test_uncommitted_agent_work_is_committed_on_the_attempt_branch(tmp_path):
+    ws = make_workspace(tmp_path / "ws", extra=SIM)
+    Queue(ws.queue_dir).enqueue({"id": "lazy", "meta": {"sim": {"commit": False}}})
+    assert run_batch(ws) == 0
+    files = git(ws, "show", "--name-only", "--format=", "harness/lazy").stdout.split()
+    assert "sim/lazy.txt" in files
+
+
+def test_quota_pauses_the_pool_then_resumes(tmp_path):
+    ws = make_workspace(tmp_path / "ws", extra=SIM)
+    q = Queue(ws.queue_dir)
+    q.enqueue({"id": "quota", "priority": 0,
+               "meta": {"sim": {"behavior": "rate_limit", "times": 1, "reset_after": 2}}})
+    for i in range(7):
+        q.enqueue({"id": f"work-{i}", "meta": {"sim": {"behavior": "slow", "seconds": 0.6}}})
+    assert run_batch(ws, agents=4) == 0
+    evs = events(ws)
+    limited = [e for e in evs if e["event"] == "attempt-end" and e["reason"] == "rate_limited"]
+    assert len(limited) == 1, "one rejection, no storm of failures"
+    paused_at = next(e["ts"] for e in evs if e["event"] == "rate-limited")
+    resumed_at = next(e["ts"] for e in evs if e["event"] == "resumed")
+    assert resumed_at > paused_at
+    assert not [e for e in evs if e["event"] == "claim" and paused_at < e["ts"] < resumed_at]
+    assert not [e for e in evs if e["event"] == "attempt-end" and e["reason"] not in
+                ("succeeded", "rate_limited")]
+    state, name = state_of(ws, "quota")
+    assert state == "done" and name.attempt == 2 and name.free == 1
+    assert not ws.interrupt_file.exists()
+
+
+MERGE = SIM + '\n[git]\nintegrate = "merge"\n'
+
+
+def test_merge_queue_integrates_in_order_and_rejects_conflicts(tmp_path):
+    ws = make_workspace(tmp_path / "ws", extra=MERGE)
+    q = Queue(ws.queue_dir)
+    for i in range(3):
+        q.enqueue({"id": f"part-{i}", "meta": {"sim": {"file": f"part-{i}.txt"}}})
+    q.enqueue({"id": "left", "meta": {"sim": {"behavior": "conflict", "file": "shared.txt"}}})
+    q.enqueue({"id": "right", "meta": {"sim": {"behavior": "conflict", "file": "shared.txt"}}})
+    assert run_batch(ws, agents=2) == 1
+    for i in range(3):
+        assert git(ws, "merge-base", "--is-ancestor", f"harness/part-{i}", "main").returncode == 0
+    outcomes = {i: state_of(ws, i)[0] for i in ("left", "right")}
+    assert sorted(outcomes.values()) == ["done", "failed"]
+    loser = next(i for i, s in outcomes.items() if s == "failed")
+    reason = (ws.queue_dir / "failed" / (str(state_of(ws, loser)[1]) + ".reason")).read_text()
+    assert reason.startswith("conflict") and "shared.txt" in reason
+    assert git(ws, "rev-parse", "--verify", f"harness/{loser}").returncode == 0, "branch kept"
+    assert git(ws, "merge-base", "--is-ancestor", f"harness/{loser}", "main").returncode == 1
+    merged = [e["item"] for e in events(ws) if e["event"] == "merged"]
+    done_order = [e["item"] for e in events(ws) if e["event"] == "attempt-end"
+                  and e["queue"] == "done"]
+    assert merged == [i for i in done_order if i in merged], "merged in completion order"
+
+
+@pytest.mark.parametrize("toml, key", [
+    ("[agent]\npreset = 'sim'\nbogus = 1\n", "agent.bogus"),
+    ("[run]\nagents = 'many'\n", "run.agents"),
+    ("[agent]\npreset = 'custom'\ncommand = ['x', '{nope}']\n", "agent.command"),
+])
+def test_config_errors_exit_2_naming_file_and_key(tmp_path, toml, key):
+    ws = make_workspace(tmp_path / "ws")
+    (ws.root / "harness.toml").write_text(toml)
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "--root", str(ws.root), "run"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "harness.toml" in proc.stderr and key in proc.stderr
+
+
+def test_prompt_template_errors_exit_2(tmp_path):
+    ws = make_workspace(tmp_path / "ws", extra=SIM)
+    (ws.root / "prompts" / "bootstrap.md").write_text("Do {{TITEL}} now\n")
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "--root", str(ws.root), "run"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "{{TITEL}}" in proc.stderr and "bootstrap.md" in proc.stderr
+    (ws.root / "prompts" / "bootstrap.md").unlink()
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "--root", str(ws.root), "run"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "bootstrap.md" in proc.stderr and "not found" in proc.stderr
