@@ -3,19 +3,20 @@
 Imports are lazy: ``status`` must answer fast on a queue of 100,000 items,
 so heavy modules (pydantic, gitpython, rich) load only in the commands that
 use them. Exit codes: 0 ok, 1 failures in the run or check, 2 usage or
-configuration errors.
+configuration errors; an interrupted run exits 128 + the signal number.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 EXIT_FAILURES = 1
 EXIT_USAGE = 2
+STATE_NAMES = ("pending", "claimed", "waiting", "done", "failed")
 
 
 def _workspace(ctx: click.Context):  # -> Workspace
@@ -24,9 +25,35 @@ def _workspace(ctx: click.Context):  # -> Workspace
     return Workspace.at(ctx.obj["root"])
 
 
-def _fail_usage(message: str) -> None:
+def _config(ctx: click.Context):  # -> Config
+    from harness import config
+
+    try:
+        return config.load(_workspace(ctx).config_file)
+    except config.ConfigError as exc:
+        _usage_error(str(exc))
+
+
+def _queue(ctx: click.Context):  # -> Queue
+    """The workspace's queue with harness.toml's settings (durable, max_attempts, backoff)."""
+    from harness.config import queue_options
+    from harness.queue import Queue
+
+    ws = _workspace(ctx)
+    if not ws.queue_dir.is_dir():
+        _usage_error(f"{ws.queue_dir}: no queue here (use --root DIR or `parallel-harness init`)")
+    return Queue(ws.queue_dir, **queue_options(_config(ctx)))
+
+
+def _usage_error(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(EXIT_USAGE)
+
+
+def _echo_json(data: Any) -> None:
+    import orjson
+
+    click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
 
 
 @click.group(invoke_without_command=True,
@@ -41,9 +68,11 @@ def main(ctx: click.Context, root: str, agents: int | None, forever: bool) -> No
     """Run many AI coding agents in parallel over a filesystem work queue.
 
     \b
-    Example:
-      parallel-harness --agents 3          # same as: parallel-harness run --agents 3
-      parallel-harness status
+    Examples:
+      parallel-harness init --agent claude      # in a git repository
+      parallel-harness enqueue --title "Fix the flaky test" --priority high
+      parallel-harness --agents 3               # same as: parallel-harness run --agents 3
+      parallel-harness status --watch
     """
     ctx.ensure_object(dict)
     ctx.obj["root"] = root
@@ -52,6 +81,9 @@ def main(ctx: click.Context, root: str, agents: int | None, forever: bool) -> No
             click.echo(ctx.get_help())
             return
         ctx.invoke(run, agents=agents, forever=forever)
+
+
+# -- running -------------------------------------------------------------------
 
 
 @main.command()
@@ -66,7 +98,8 @@ def run(ctx: click.Context, agents: int | None, forever: bool, stale_after: floa
     """Run the coordinator and N workers until the queue is drained.
 
     Exit code 0 if every item of the run ended in done/, 1 if any ended in
-    failed/, 2 for usage or configuration errors.
+    failed/ (or the run budget stopped it), 2 for usage or configuration
+    errors, 128+N when stopped by signal N.
 
     \b
     Example:
@@ -78,128 +111,27 @@ def run(ctx: click.Context, agents: int | None, forever: bool, stale_after: floa
     sys.exit(run_coordinator(_workspace(ctx), overrides, forever=forever))
 
 
-def _parse_items(text: str, source: str) -> list[Any]:
-    import orjson
+@main.command()
+@click.argument("directory", default=".", type=click.Path(file_okay=False))
+@click.option("--agent", "preset", type=click.Choice(["claude", "codex", "shell", "sim"]),
+              default="claude", show_default=True, help="Agent preset for harness.toml.")
+def init(directory: str, preset: str) -> None:
+    """Scaffold harness.toml, prompts/bootstrap.md, queue/, state/, worktrees/ in a git repo.
 
-    text = text.strip()
-    if not text:
-        return []
+    \b
+    Example:
+      cd my-repo && parallel-harness init --agent claude
+    """
+    from harness.scaffold import ScaffoldError, init as scaffold
+
     try:
-        data = orjson.loads(text)
-        return data if isinstance(data, list) else [data]
-    except orjson.JSONDecodeError:
-        pass
-    items = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                items.append(orjson.loads(line))
-            except orjson.JSONDecodeError as exc:
-                _fail_usage(f"{source}:{lineno}: not JSON or JSONL: {exc}")
-    return items
-
-
-@main.command()
-@click.argument("files", nargs=-1, type=click.Path(dir_okay=False, allow_dash=True))
-@click.option("--id", "item_id", help="Item id (default: generated, sortable).")
-@click.option("--title", help="Short title.")
-@click.option("--prompt", help="Prompt for an agent.")
-@click.option("--command", "command", help="Command for the shell agent (run with /bin/sh -c).")
-@click.option("--priority", default=None, help="high, medium, low or 0-9 (0 first).")
-@click.option("--rig", default=None, help="Rig label passed to the prompt.")
-@click.option("--depends-on", multiple=True, help="Id that must be done first (repeatable).")
-@click.pass_context
-def enqueue(ctx: click.Context, files: tuple[str, ...], item_id: str | None, title: str | None,
-            prompt: str | None, command: str | None, priority: str | None, rig: str | None,
-            depends_on: tuple[str, ...]) -> None:
-    """Add items: from options, or from JSON / JSON list / JSONL files ('-' = stdin).
-
-    \b
-    Examples:
-      parallel-harness enqueue --title "Fix flaky test" --command "make test" --priority high
-      parallel-harness enqueue tasks.jsonl
-    """
-    from harness.queue import Queue, enqueue_many
-
-    items: list[Any] = []
-    for f in files:
-        text = sys.stdin.read() if f == "-" else Path(f).read_text()
-        items.extend(_parse_items(text, f))
-    fields = {"id": item_id, "title": title, "prompt": prompt, "command": command,
-              "priority": priority, "rig": rig, "depends_on": list(depends_on) or None}
-    if any(v is not None for v in fields.values()):
-        items.append({k: v for k, v in fields.items() if v is not None})
-    if not items:
-        _fail_usage("nothing to enqueue: give FILES or --title/--prompt/--command")
-    ws = _workspace(ctx)
-    added, refused = enqueue_many(Queue(ws.queue_dir), items)
-    for name in added:
-        click.echo(f"added    {name.id}  (queue/{'waiting' if name.due else 'pending'}/{name})")
-    for _, exc in refused:
-        click.echo(f"refused  {exc}", err=True)
-    click.echo(f"{len(added)} added, {len(refused)} refused")
-    if refused:
-        sys.exit(EXIT_FAILURES)
-
-
-@main.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.pass_context
-def status(ctx: click.Context, as_json: bool) -> None:
-    """Counts per state and each worker, from directory names and heartbeats only.
-
-    \b
-    Example:
-      parallel-harness status --json
-    """
-    from harness.status import collect, render_text
-
-    snapshot = collect(_workspace(ctx))
-    if as_json:
-        import orjson
-
-        click.echo(orjson.dumps(snapshot, option=orjson.OPT_INDENT_2).decode())
-    else:
-        click.echo(render_text(snapshot))
-
-
-@main.command()
-@click.option("--repair", is_flag=True, help="Run recovery first and report what it changed.")
-@click.pass_context
-def fsck(ctx: click.Context, repair: bool) -> None:
-    """Check the queue invariants; exit 1 if any is violated.
-
-    \b
-    Example:
-      parallel-harness fsck --repair
-    """
-    from filelock import FileLock, Timeout
-
-    from harness.invariants import check
-    from harness.queue import Queue
-    from harness.recovery import recover
-
-    ws = _workspace(ctx)
-    if not ws.queue_dir.is_dir():
-        _fail_usage(f"{ws.queue_dir}: no queue here (use --root or `parallel-harness init`)")
-    queue = Queue(ws.queue_dir)
-    if repair:
-        ws.state_dir.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(ws.coordinator_lock))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            _fail_usage("a coordinator is running; stop it before `fsck --repair`")
-        try:
-            for line in recover(queue, revoke_claims=True):
-                click.echo(f"repaired: {line}")
-        finally:
-            lock.release()
-    violations = check(ws.queue_dir)
-    for v in violations:
-        click.echo(f"VIOLATION {v}")
-    click.echo(f"{len(violations)} violation(s)")
-    sys.exit(EXIT_FAILURES if violations else 0)
+        created = scaffold(Path(directory), preset)
+    except ScaffoldError as exc:
+        _usage_error(str(exc))
+    for path in created:
+        click.echo(f"created  {path}")
+    click.echo("next: edit harness.toml, then `parallel-harness enqueue ...` and"
+               " `parallel-harness --agents 3`")
 
 
 @main.command()
@@ -207,7 +139,7 @@ def fsck(ctx: click.Context, repair: bool) -> None:
 @click.option("--keep", is_flag=True, help="Keep the demo workspace and print its path.")
 @click.option("--fast", is_flag=True, help="Shorter items (used by the tests).")
 def demo(agents: int, keep: bool, fast: bool) -> None:
-    """Run a small self-contained demo in a temporary git workspace.
+    """Run a self-contained demo with the sim agent in a temporary git workspace.
 
     \b
     Example:
@@ -218,6 +150,332 @@ def demo(agents: int, keep: bool, fast: bool) -> None:
     sys.exit(run_demo(agents=agents, keep=keep, fast=fast))
 
 
+# -- the queue -----------------------------------------------------------------
+
+
+def _read_inputs(files: tuple[str, ...]) -> list[Any]:
+    from harness.intake import InputError, parse
+
+    items: list[Any] = []
+    for f in files:
+        try:
+            text = sys.stdin.read() if f == "-" else Path(f).read_text()
+            items.extend(parse(text, "stdin" if f == "-" else f))
+        except (OSError, InputError) as exc:
+            _usage_error(str(exc))
+    return items
+
+
+def _template(ctx: click.Context) -> tuple[str, str] | None:
+    """The prompt template to check items against, if the workspace uses one."""
+    from harness import prompts
+
+    ws = _workspace(ctx)
+    cfg = _config(ctx)
+    if cfg.agent.preset == "shell":
+        return None
+    path = ws.root / cfg.paths.bootstrap
+    try:
+        return prompts.load_template(path), str(path)
+    except prompts.PromptError as exc:
+        _usage_error(str(exc))
+
+
+@main.command()
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--id", "item_id", help="Item id (default: generated, sortable).")
+@click.option("--title", help="Short title.")
+@click.option("--prompt", help="Prompt for the agent.")
+@click.option("--command", "command", help="Command for the shell agent (run by /bin/sh -c).")
+@click.option("--priority", default=None, help="high, medium, low or 0-9 (0 first).")
+@click.option("--rig", default=None, help="Rig label ({{RIG}} in the prompt).")
+@click.option("--depends-on", multiple=True, help="Id that must be done first (repeatable).")
+@click.option("--atomic", is_flag=True, help="Add nothing unless every item is valid.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+@click.pass_context
+def enqueue(ctx: click.Context, files: tuple[str, ...], item_id: str | None, title: str | None,
+            prompt: str | None, command: str | None, priority: str | None, rig: str | None,
+            depends_on: tuple[str, ...], atomic: bool, as_json: bool) -> None:
+    """Add items from options, or from JSON / JSON list / JSONL files ('-' = stdin).
+
+    The old harness's state/queue.json ([{"id","type","title","priority","rig"}])
+    is accepted as is. Exit 1 if anything was refused.
+
+    \b
+    Examples:
+      parallel-harness enqueue --title "Fix flaky test" --prompt "..." --priority high
+      parallel-harness enqueue tasks.jsonl
+      parallel-harness enqueue --atomic state/queue.json
+    """
+    from harness.intake import submit
+
+    items = _read_inputs(files)
+    fields = {"id": item_id, "title": title, "prompt": prompt, "command": command,
+              "priority": priority, "rig": rig, "depends_on": list(depends_on) or None}
+    if any(v is not None for v in fields.values()):
+        items.append({k: v for k, v in fields.items() if v is not None})
+    if not items:
+        _usage_error("nothing to enqueue: give FILES or --title/--prompt/--command")
+    report = submit(_queue(ctx), items, atomic=atomic, template=_template(ctx))
+    if as_json:
+        _echo_json({"added": [{"id": n.id, "name": str(n)} for n in report.added],
+                    "refused": [{"item": w, "reason": r} for w, r in report.refused]})
+    else:
+        for name in report.added:
+            click.echo(f"added    {name.id:<30} queue/{'waiting' if name.due else 'pending'}/{name}")
+        for where, why in report.refused:
+            click.echo(f"refused  {where}: {why}", err=True)
+        note = " (--atomic: nothing added)" if atomic and report.refused else ""
+        click.echo(f"{len(report.added)} added, {len(report.refused)} refused{note}")
+    sys.exit(EXIT_FAILURES if report.refused else 0)
+
+
+@main.command(name="ls")
+@click.argument("state", type=click.Choice(STATE_NAMES), default="pending")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def ls_cmd(ctx: click.Context, state: str, as_json: bool) -> None:
+    """List the items in one state (names only; no file is opened).
+
+    \b
+    Example:
+      parallel-harness ls failed
+    """
+    from harness.status import list_state
+
+    rows = list_state(_workspace(ctx), state)
+    if as_json:
+        _echo_json(rows)
+        return
+    for r in rows:
+        if r.get("foreign"):
+            click.echo(f"{r['name']}  (not a queue name; fsck --repair handles it)")
+        else:
+            extra = f"  due {r['due']}" if r["due"] else ""
+            click.echo(f"{r['id']:<40} prio {r['priority']}  attempt {r['attempt']}{extra}")
+    click.echo(f"{len(rows)} {state}", err=True)
+
+
+@main.command()
+@click.argument("item_id")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def show(ctx: click.Context, item_id: str, as_json: bool) -> None:
+    """Show one item: state, document, every attempt with reason, metrics, branch, logs.
+
+    \b
+    Example:
+      parallel-harness show fix-flaky-test
+    """
+    from harness.status import item_report
+
+    report = item_report(_workspace(ctx), item_id)
+    if report is None:
+        _usage_error(f"no item {item_id!r} in {_workspace(ctx).queue_dir}")
+    if as_json:
+        _echo_json(report)
+        return
+    doc = report["item"]
+    click.echo(f"{item_id}  [{report['state']}]  {doc.get('title', '')}")
+    click.echo(f"  queue name  {report['name']}")
+    if report.get("reason"):
+        click.echo(f"  reason      {report['reason']}")
+    click.echo(f"  branch      {report['branch']}")
+    for a in report["attempts"]:
+        r, m = a.get("result") or {}, a.get("metrics") or {}
+        tokens = sum(m.get(k, 0) for k in ("input_tokens", "output_tokens",
+                                           "cache_creation_tokens", "cache_read_tokens"))
+        click.echo(f"  attempt {a['attempt']:<3} {r.get('reason', 'running'):<16}"
+                   f" {tokens:>8} tok  ${m.get('cost_usd', 0):.4f}  {r.get('detail', '')[:70]}")
+        click.echo(f"              {a['log_dir']}")
+
+
+@main.command()
+@click.argument("item_id")
+@click.pass_context
+def retry(ctx: click.Context, item_id: str) -> None:
+    """Put a failed item back in pending/ with a fresh attempt budget.
+
+    \b
+    Example:
+      parallel-harness retry fix-flaky-test
+    """
+    from harness.queue import QueueError
+
+    try:
+        name = _queue(ctx).requeue_failed(item_id)
+    except QueueError as exc:
+        _usage_error(str(exc))
+    click.echo(f"retrying {item_id} as queue/pending/{name}")
+
+
+@main.command()
+@click.argument("item_id")
+@click.pass_context
+def cancel(ctx: click.Context, item_id: str) -> None:
+    """Cancel an item: a running agent is stopped; the item goes to failed/ (reason: cancelled).
+
+    \b
+    Example:
+      parallel-harness cancel fix-flaky-test
+    """
+    queue = _queue(ctx)
+    ws = _workspace(ctx)
+    if queue.cancel_unclaimed(item_id, "cancelled by the operator (parallel-harness cancel)"):
+        click.echo(f"cancelled {item_id} (it was not running)")
+        return
+    if queue.find(item_id, ("claimed",)) is None:
+        _usage_error(f"item {item_id!r} is not pending, waiting or claimed")
+    ws.cancel_dir.mkdir(parents=True, exist_ok=True)
+    (ws.cancel_dir / item_id).write_text("cancel\n")
+    click.echo(f"cancel requested for {item_id}: its worker stops the agent and dead-letters it")
+
+
+# -- the pool ------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("reason", nargs=-1)
+@click.pass_context
+def pause(ctx: click.Context, reason: tuple[str, ...]) -> None:
+    """Stop new claims (running items finish): writes state/interrupt-request.txt.
+
+    \b
+    Example:
+      parallel-harness pause deploying the database migration
+    """
+    text = " ".join(reason) or "paused by the operator"
+    _workspace(ctx).pause(text)
+    click.echo(f"paused: {text}")
+
+
+@main.command()
+@click.pass_context
+def resume(ctx: click.Context) -> None:
+    """Allow claims again (removes state/interrupt-request.txt).
+
+    \b
+    Example:
+      parallel-harness resume
+    """
+    click.echo("resumed" if _workspace(ctx).resume() else "was not paused")
+
+
+@main.command()
+@click.argument("workers", type=click.IntRange(0, 256))
+@click.pass_context
+def scale(ctx: click.Context, workers: int) -> None:
+    """Change the pool size of the running coordinator (writes state/desired-workers).
+
+    \b
+    Example:
+      parallel-harness scale 6
+    """
+    ws = _workspace(ctx)
+    ws.state_dir.mkdir(parents=True, exist_ok=True)
+    ws.desired_workers_file.write_text(f"{workers}\n")
+    click.echo(f"desired workers: {workers}")
+
+
+# -- looking -------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--watch", is_flag=True, help="Redraw live (plain text when not a terminal).")
+@click.option("--interval", type=float, default=1.0, show_default=True)
+@click.option("--timeout", type=float, default=None, help="Stop watching after this many seconds.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool, watch: bool, interval: float,
+           timeout: float | None) -> None:
+    """Counts per state, throughput, each worker, pause state, recent failures.
+
+    Computed from directory names and heartbeats only (fast on big queues).
+
+    \b
+    Examples:
+      parallel-harness status
+      parallel-harness status --watch
+    """
+    from harness.status import collect, render_text
+
+    ws = _workspace(ctx)
+    if watch:
+        from harness.live import watch as live
+
+        live(ws, interval, timeout=timeout)
+    elif as_json:
+        _echo_json(collect(ws))
+    else:
+        click.echo(render_text(collect(ws)))
+
+
+@main.command()
+@click.option("--repair", is_flag=True, help="Run recovery first and report what it changed.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def fsck(ctx: click.Context, repair: bool, as_json: bool) -> None:
+    """Check the queue invariants; exit 1 if any is violated.
+
+    --repair runs recovery (refused while a coordinator runs) and returns
+    every claim to pending/.
+
+    \b
+    Example:
+      parallel-harness fsck --repair
+    """
+    from filelock import FileLock, Timeout
+
+    from harness.invariants import check
+    from harness.recovery import recover
+
+    ws = _workspace(ctx)
+    queue = _queue(ctx)
+    repaired: list[str] = []
+    if repair:
+        ws.state_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(ws.coordinator_lock))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            _usage_error("a coordinator is running; stop it before `fsck --repair`")
+        try:
+            _refuse_live_workers(ws)
+            repaired = recover(queue, revoke_claims=True)
+        finally:
+            lock.release()
+    violations = check(ws.queue_dir)
+    if as_json:
+        _echo_json({"repaired": repaired, "violations": [vars(v) for v in violations]})
+    else:
+        for line in repaired:
+            click.echo(f"repaired   {line}")
+        for v in violations:
+            click.echo(f"VIOLATION  {v}")
+        click.echo(f"{len(violations)} violation(s)")
+    sys.exit(EXIT_FAILURES if violations else 0)
+
+
+def _refuse_live_workers(ws: Any) -> None:
+    from harness.liveness import lock_is_held
+
+    live = sorted(p.stem for p in ws.locks_dir.glob("*.lock") if lock_is_held(p))
+    if live:
+        _usage_error(f"worker(s) {', '.join(live)} still running (their coordinator is gone,"
+                     " they finish their items); wait or stop them before `fsck --repair`")
+
+
+def _register_optional() -> None:
+    """Commands that live in their own modules (each imports only click at load)."""
+    from harness import cli_ops, cli_sessions
+
+    for module, names in ((cli_sessions, ("sessions", "logs")),
+                          (cli_ops, ("doctor", "gc", "metrics"))):
+        for name in names:
+            main.add_command(getattr(module, name))
+
+
+_register_optional()
+
 if __name__ == "__main__":  # pragma: no cover
     main()
-

@@ -145,3 +145,60 @@ def load(path: Path, overrides: dict[str, dict[str, Any]] | None = None,
         key = ".".join(str(p) for p in err["loc"])
         msg = err["msg"] if err["type"] != "extra_forbidden" else "unknown key"
         raise ConfigError(origin.get(key, source), key, msg) from None
+
+
+def queue_options(cfg: Config) -> dict[str, Any]:
+    """The Queue keyword arguments [run] sets (one place, for coordinator, worker and CLI)."""
+    run = cfg.run
+    return {"durable": run.durable, "max_attempts": run.max_attempts,
+            "backoff_base": run.backoff_base, "backoff_max": run.backoff_max}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def sections() -> list[tuple[str, type[BaseModel]]]:
+    return [(name, f.annotation) for name, f in Config.model_fields.items()]  # type: ignore[misc]
+
+
+def render_toml(preset: str = "shell") -> str:
+    """A complete, commented harness.toml with every key at its default (for ``init``)."""
+    cfg = Config.model_validate({"agent": {"preset": preset}})
+    lines = ["# parallel-harness configuration. Every key is optional; shown at its default.",
+             "# Environment variables HARNESS_<SECTION>_<KEY> and command-line flags override it.",
+             "# Reference: docs/configuration.md", ""]
+    for name, model in sections():
+        lines.append(f"[{name}]")
+        values = getattr(cfg, name)
+        for key, info in model.model_fields.items():
+            if info.description:
+                lines.append(f"# {info.description}")
+            value = getattr(values, key)
+            lines.append(f"# {key} = (default by preset)" if value is None
+                         else f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def reference_markdown() -> str:
+    """The table of every key for docs/configuration.md."""
+    out = []
+    for name, model in sections():
+        out += [f"### [{name}]", "", "| key | default | env var | meaning |", "|---|---|---|---|"]
+        defaults = model()
+        for key, info in model.model_fields.items():
+            value = getattr(defaults, key)
+            shown = "(by preset)" if value is None else _toml_value(value)
+            env = "—" if isinstance(value, dict) else f"`HARNESS_{name.upper()}_{key.upper()}`"
+            out.append(f"| `{key}` | `{shown}` | {env} | {info.description or ''} |")
+        out.append("")
+    return "\n".join(out)

@@ -27,18 +27,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import psutil
 from filelock import FileLock, Timeout
 
-from harness import heartbeat, names, runner
-from harness.config import Config
+from harness import fsops, heartbeat, names, runner
+from harness.config import Config, queue_options
 from harness.liveness import ProcessIdentity, lock_is_held
 from harness.queue import Queue
 from harness.recovery import recover
 from harness.workspace import EventTail, Workspace
 
 QUICK_DEATH = 10.0  # a worker that dies sooner than this after start counts as crash-looping
-OK_REASONS = frozenset({"succeeded", "fenced", "rate_limited"})
+OK_REASONS = frozenset({"succeeded", "fenced", "rate_limited", "cancelled"})
+THROUGHPUT_WINDOW = 600.0  # seconds of completions behind the items/minute figure
 
 
 class CoordinatorError(Exception):
@@ -64,6 +66,59 @@ class Slot:
 
 
 @dataclass
+class RunStats:
+    """Counters of this run, derived from the event log; written to state/run.json and metrics.prom."""
+
+    started_at: float = field(default_factory=time.time)
+    attempts: dict[str, int] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("input", "output", "cache_creation", "cache_read"), 0))
+    cost_usd: float = 0.0
+    claims: int = 0
+    completions: int = 0
+    reclaims: int = 0
+    restarts: int = 0
+    done_times: list[float] = field(default_factory=list)
+    slots_started: set[Any] = field(default_factory=set)
+
+    def observe(self, ev: dict[str, Any]) -> None:
+        kind = ev.get("event")
+        if kind == "claim":
+            self.claims += 1
+        elif kind == "revoke":
+            self.reclaims += 1
+        elif kind == "worker-spawn":
+            # The first spawn of a slot is a start; every later one replaces a dead worker.
+            self.restarts += ev.get("worker") in self.slots_started
+            self.slots_started.add(ev.get("worker"))
+        elif kind == "attempt-end":
+            reason = str(ev.get("reason"))
+            self.attempts[reason] = self.attempts.get(reason, 0) + 1
+            m = ev.get("metrics") or {}
+            for k in self.tokens:
+                self.tokens[k] += int(m.get(f"{k}_tokens") or 0)
+            self.cost_usd += float(m.get("cost_usd") or 0.0)
+            if ev.get("queue") == "done":
+                self.completions += 1
+                self.done_times.append(float(ev.get("ts") or time.time()))
+
+    def snapshot(self, counts: dict[str, int], alive: int, desired: int, paused: bool
+                 ) -> dict[str, Any]:
+        now = time.time()
+        self.done_times = [t for t in self.done_times if now - t <= THROUGHPUT_WINDOW]
+        window = min(THROUGHPUT_WINDOW, max(1.0, now - self.started_at))
+        per_min = len(self.done_times) * 60.0 / window
+        left = counts["pending"] + counts["claimed"] + counts["waiting"]
+        return {"started_at": self.started_at, "items": counts, "attempts": dict(self.attempts),
+                "workers_alive": alive, "workers_desired": desired,
+                "claims_total": self.claims, "completions_total": self.completions,
+                "reclaims_total": self.reclaims, "restarts_total": self.restarts,
+                "tokens_total": dict(self.tokens), "cost_usd_total": round(self.cost_usd, 6),
+                "paused": int(paused), "throughput_per_min": round(per_min, 2),
+                "eta_s": round(left / per_min * 60.0) if per_min > 0 and left else None}
+
+
+@dataclass
 class Coordinator:
     ws: Workspace
     cfg: Config
@@ -72,9 +127,7 @@ class Coordinator:
     slots: dict[str, Slot] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        run = self.cfg.run
-        self.queue = Queue(self.ws.queue_dir, durable=run.durable, max_attempts=run.max_attempts,
-                           backoff_base=run.backoff_base, backoff_max=run.backoff_max)
+        self.queue = Queue(self.ws.queue_dir, **queue_options(self.cfg))
         self.staleness = heartbeat.Staleness(self.clock)
         self.orphans: dict[str, float] = {}
         self.stop_requested: str | None = None
@@ -84,6 +137,7 @@ class Coordinator:
         self.spent = {"tokens": 0, "cost_usd": 0.0}
         self.merges: list[str] = []
         self.repo = (self.ws.root / self.cfg.git.repo).resolve()
+        self.stats = RunStats()
         self.lock = FileLock(str(self.ws.coordinator_lock))
         self.doomed: list[tuple[ProcessIdentity, float]] = []
 
@@ -167,6 +221,7 @@ class Coordinator:
         self.watch_events()
         self.merge_next()
         self.auto_resume()
+        self.publish_stats()
 
     def finished(self) -> bool:
         """The batch is over: nothing live and nothing left to merge, or the budget is spent."""
@@ -336,6 +391,7 @@ class Coordinator:
     def watch_events(self) -> None:
         limit = self.cfg.run.max_consecutive_failures
         for ev in self.tail.read():
+            self.stats.observe(ev)
             if ev.get("event") != "attempt-end":
                 continue
             self._spend(ev.get("metrics") or {})
@@ -367,6 +423,17 @@ class Coordinator:
                                " no new ones start")
             self.ws.pause(self.budget_hit)
             self.event("budget-reached", **self.spent)
+
+    def publish_stats(self) -> None:
+        """Write state/run.json (for status) and state/metrics.prom (for Prometheus)."""
+        from harness.metrics import write_prometheus
+
+        alive = sum(1 for slot in self.slots.values() if slot.running)
+        snap = self.stats.snapshot(self.queue.counts(), alive, self.desired_workers(),
+                                   self.ws.interrupt_file.exists())
+        fsops.write_atomic(self.ws.run_file, orjson.dumps(snap), tmp_dir=self.ws.tmp_dir,
+                           durable=False)
+        write_prometheus(self.ws.metrics_file, snap)
 
     def auto_resume(self) -> None:
         """Lift a quota pause at the reset time the agent reported."""

@@ -1,22 +1,24 @@
 """``parallel-harness demo``: a self-contained run in a temporary git workspace.
 
-Builds a small repository, enqueues a dozen items (quick ones, a slow one,
-one that fails on its first attempt and succeeds on its retry), runs the
-coordinator with N workers in a child process while printing progress, then
-prints the summary and the paths to look at.
+Builds a small repository, enqueues a dozen items for the built-in ``sim``
+agent (successes, a slow one, one that fails then succeeds, one whose agent
+stalls and is retried, two that conflict at merge, one that waits for two
+others), runs the coordinator with N workers in a child process under a live
+view, then prints the summary and the paths to look at. No network needed.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from harness import names
+from harness.prompts import DEFAULT_BOOTSTRAP
 from harness.queue import Queue
-from harness.status import collect, render_text
 from harness.workspace import Workspace
 
 DEMO_CONFIG = """\
@@ -24,81 +26,112 @@ DEMO_CONFIG = """\
 [run]
 tick = 0.1
 heartbeat_interval = 0.2
-stale_after = 5
+stale_after = 10
+stall_after = {stall}
 orphan_grace = 2
-backoff_base = 0.5
+backoff_base = 0.3
 max_consecutive_failures = 0
 memory_floor_mb = 0
 
+[agent]
+preset = "sim"
+
 [git]
 target_branch = "main"
+integrate = "merge"
 """
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "demo", "GIT_AUTHOR_EMAIL": "demo@example.invalid",
            "GIT_COMMITTER_NAME": "demo", "GIT_COMMITTER_EMAIL": "demo@example.invalid"}
+CONFLICTING = ("greeting-en", "greeting-fr")
 
 
-def make_repo(root: Path) -> None:
-    import os
-
+def make_repo(root: Path, config: str = "") -> None:
+    """A git repo on branch main with one commit, runtime dirs excluded, and ``config``."""
     env = {**os.environ, **GIT_ENV}
     root.mkdir(parents=True, exist_ok=True)
     (root / "README.md").write_text("# demo project\n")
-    (root / "harness.toml").write_text(DEMO_CONFIG)
-    for args in (["init", "-q", "-b", "main"], ["add", "README.md"],
+    (root / "shared.txt").write_text("hello\n")
+    for args in (["init", "-q", "-b", "main"], ["add", "README.md", "shared.txt"],
                  ["commit", "-q", "-m", "initial commit"]):
         subprocess.run(["git", *args], cwd=root, env=env, check=True, capture_output=True)
     exclude = root / ".git" / "info" / "exclude"
     exclude.parent.mkdir(parents=True, exist_ok=True)
     with exclude.open("a") as f:
-        f.write("/harness.toml\n/queue/\n/state/\n/worktrees/\n/logs/\n")
+        f.write("/harness.toml\n/prompts/\n/queue/\n/state/\n/worktrees/\n/logs/\n")
+    (root / "harness.toml").write_text(config)
+    (root / "prompts").mkdir(exist_ok=True)
+    (root / "prompts" / "bootstrap.md").write_text(DEFAULT_BOOTSTRAP)
 
 
 def demo_items(fast: bool) -> list[dict]:
-    pause = 0.2 if fast else 0.8
-    items = [{"id": f"task-{i:02d}", "title": f"Write notes/{i:02d}.txt",
-              "command": f"sleep {pause}; mkdir -p notes; echo 'task {i}' > notes/{i:02d}.txt"}
-             for i in range(1, 10)]
-    items.append({"id": "slow-build", "title": "A slow item", "priority": "low",
-                  "command": f"sleep {pause * 4}; echo built > build.txt"})
-    items.append({"id": "flaky-test", "title": "Fails once, then passes", "priority": "high",
-                  "command": 'test "$HARNESS_ATTEMPT" -ge 2 && echo passed > flaky.txt'})
-    items.append({"id": "docs", "title": "Runs after task-01 and task-02",
-                  "depends_on": ["task-01", "task-02"],
-                  "command": "cat notes/*.txt > docs.txt 2>/dev/null; echo docs >> docs.txt"})
+    secs = 0.3 if fast else 1.5
+    items: list[dict] = [
+        {"id": f"task-{i:02d}", "title": f"Write notes/{i:02d}.txt",
+         "prompt": f"Write notes/{i:02d}.txt",
+         "meta": {"sim": {"behavior": "succeed", "seconds": secs, "file": f"notes/{i:02d}.txt"}}}
+        for i in range(1, 8)]
+    items += [
+        {"id": "slow-build", "title": "A slow build", "priority": "low",
+         "meta": {"sim": {"behavior": "slow", "seconds": secs * 4}}},
+        {"id": "flaky-test", "title": "Fails once, then passes", "priority": "high",
+         "meta": {"sim": {"fail_attempts": 1, "seconds": secs}}},
+        {"id": "stuck-agent", "title": "Agent stalls once, is killed and retried",
+         "meta": {"sim": {"behavior": "hang", "times": 1}}},
+        *({"id": c, "title": f"Rewrite shared.txt ({c})",
+           "meta": {"sim": {"behavior": "conflict", "file": "shared.txt", "seconds": secs}}}
+          for c in CONFLICTING),
+        {"id": "docs", "title": "Runs after task-01 and task-02",
+         "depends_on": ["task-01", "task-02"], "meta": {"sim": {"seconds": secs}}},
+    ]
     return items
 
 
+def outcome(ws: Workspace) -> tuple[list[str], list[str]]:
+    """(done ids, failed ids) on disk."""
+    ids = {state: sorted(n.id for n in map(names.try_parse,
+                                           names.entries(ws.queue_dir / state)) if n)
+           for state in ("done", "failed")}
+    return ids["done"], ids["failed"]
+
+
 def run_demo(agents: int, keep: bool, fast: bool) -> int:
+    """Run the demo; 0 if it ended as designed (everything done but one of the conflicting pair)."""
+    from harness.live import watch
+    from harness.status import collect, render_summary
+
     root = Path(tempfile.mkdtemp(prefix="harness-demo-"))
     ws = Workspace.at(root)
-    make_repo(root)
+    make_repo(root, DEMO_CONFIG.format(stall=1.0 if fast else 2.0))
     queue = Queue(ws.queue_dir)
-    for item in demo_items(fast):
+    items = demo_items(fast)
+    for item in items:
         queue.enqueue(item)
-    print(f"demo workspace: {root}\n{len(demo_items(fast))} items enqueued; running {agents}"
-          f" workers\n", flush=True)
-    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "--root", str(root), "run",
-                             "--agents", str(agents)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    last = ""
+    print(f"demo workspace: {root}\n{len(items)} items for the sim agent; {agents} workers\n",
+          flush=True)
+    log = root / "coordinator.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "--root", str(root), "run",
+                                 "--agents", str(agents)], stdout=out, stderr=subprocess.STDOUT)
     try:
-        while proc.poll() is None:
-            view = render_text(collect(ws))
-            if view != last:
-                print(view + "\n", flush=True)
-                last = view
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        proc.terminate()
-    output = proc.communicate()[0]
-    print(output.strip())
-    print(f"\nlook at:  ls {root}/queue/done   cat {root}/state/events.jsonl"
-          f"   ls {root}/logs   git -C {root} branch --list 'harness/*'")
+        watch(ws, 0.25, until=lambda: proc.poll() is not None)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait()
+    done, failed = outcome(ws)
+    print(render_summary(collect(ws)))
+    as_designed = len(done) == len(items) - 1 and len(failed) == 1 and failed[0] in CONFLICTING
+    print(f"\n{'as designed' if as_designed else 'NOT as designed'}: {len(done)} done,"
+          f" {len(failed)} failed ({', '.join(failed) or 'none'}; one of {'/'.join(CONFLICTING)}"
+          " is expected to fail with a merge conflict)")
+    print(f"\nlook at:\n  ls {root}/queue/claimed {root}/queue/done {root}/queue/failed\n"
+          f"  cat {root}/state/heartbeats/w1.json   (while running)\n"
+          f"  cat {root}/state/events.jsonl\n  ls {root}/logs/*/*\n"
+          f"  git -C {root} log --oneline --graph main")
     if keep:
-        print(f"kept: {root}")
+        print(f"\nkept: {root}")
     else:
         shutil.rmtree(root, ignore_errors=True)
-        print("(workspace removed; use --keep to keep it)")
-    return proc.returncode or 0
-
+        print("\n(workspace removed; --keep keeps it)")
+    return 0 if as_designed else 1

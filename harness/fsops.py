@@ -9,16 +9,9 @@ does not persist its directory entry).
 
 from __future__ import annotations
 
-import errno
+import fcntl
 import os
 from pathlib import Path
-from typing import Final
-
-# errnos by which filesystems say "no hard links / no atomic rename here".
-UNSUPPORTED_ERRNOS: Final = frozenset(
-    {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.ENOSYS, errno.EIO, errno.EOPNOTSUPP}
-)
-
 
 class UnsupportedFilesystem(RuntimeError):
     """The queue directory cannot give the atomic operations the protocol needs."""
@@ -40,14 +33,18 @@ def fsync_dir(path: Path | str) -> None:
         os.close(fd)
 
 
-def write_new(path: Path | str, data: bytes, *, durable: bool) -> int:
+def write_new(path: Path | str, data: bytes, *, durable: bool, lock: bool = False) -> int:
     """Create ``path`` exclusively, write ``data``; return the still-open fd.
 
-    The caller owns the fd (it may flock it) and must close it. Raises
-    FileExistsError if the name is taken.
+    With ``lock`` the file is flocked (exclusively) before the first byte is
+    written, so an observer that can take the lock knows the writer is gone.
+    The caller owns the fd and must close it. Raises FileExistsError if the
+    name is taken.
     """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
+        if lock:
+            fcntl.flock(fd, fcntl.LOCK_EX)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
@@ -105,10 +102,11 @@ def same_file(a: Path | str, b: Path | str) -> bool:
 def probe(root: Path, subdirs: list[str]) -> None:
     """Check that ``root``'s queue directories support the protocol; raise UnsupportedFilesystem.
 
-    Tries, in ``root/tmp``: O_EXCL create (twice: the second must fail with
-    EEXIST), link into another directory (same inode, st_nlink 2, a second
-    link must fail with EEXIST), rename into a third directory, fsync of
-    the directories, and equal st_dev for every directory.
+    In ``root/tmp``: an O_EXCL create (a second one must fail with EEXIST);
+    then a hard link into every directory (same inode; linking onto an
+    existing name must fail with EEXIST) and a rename from each directory into
+    the next, so a bind mount on any one of them (same st_dev, but EXDEV on
+    link and rename) is caught; directory fsync of each; equal st_dev.
     """
     dev = os.stat(root).st_dev
     for sub in subdirs:
@@ -116,11 +114,27 @@ def probe(root: Path, subdirs: list[str]) -> None:
             raise UnsupportedFilesystem(root / sub, "same-device check",
                                         f"{sub}/ is on another device than {root}")
     name = f".probe-{os.getpid()}-{os.urandom(4).hex()}"
-    src, linked, renamed = root / "tmp" / name, root / subdirs[1] / name, root / subdirs[2] / name
+    src = root / "tmp" / name
+    made = [src]
     try:
-        _probe_steps(src, linked, renamed)
+        _step(src, "O_EXCL create", lambda: os.close(write_new(src, b"probe", durable=True)))
+        try:
+            os.close(os.open(src, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            pass
+        else:
+            raise UnsupportedFilesystem(src, "O_EXCL create", "a second exclusive create succeeded")
+        for sub in subdirs:
+            made.append(_probe_link(src, root / sub / name))
+        for here, there in zip(subdirs, subdirs[1:]):
+            moved = root / there / (name + ".r")
+            made.append(moved)
+            _probe_rename(root / here / name, moved)
+            os.unlink(moved)
+        for d in ("tmp", *subdirs):
+            _step(root / d, "directory fsync", fsync_dir, root / d)
     finally:
-        for p in (src, linked, renamed):
+        for p in made:
             unlink_quiet(p)
 
 
@@ -131,25 +145,18 @@ def _step(path: Path, operation: str, fn, *args) -> None:
         raise UnsupportedFilesystem(path, operation, os.strerror(exc.errno or 0)) from exc
 
 
-def _probe_steps(src: Path, linked: Path, renamed: Path) -> None:
-    _step(src, "O_EXCL create", lambda: os.close(write_new(src, b"probe", durable=True)))
+def _probe_link(src: Path, dst: Path) -> Path:
+    _step(dst, "link", os.link, src, dst)
+    if not same_file(src, dst):
+        raise UnsupportedFilesystem(dst, "link", "the new name is not a second link to the file")
     try:
-        os.close(os.open(src, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+        os.link(src, dst)
     except FileExistsError:
-        pass
-    else:
-        raise UnsupportedFilesystem(src, "O_EXCL create", "a second exclusive create succeeded")
-    _step(linked, "link", os.link, src, linked)
-    if not same_file(src, linked) or os.stat(src).st_nlink != 2:
-        raise UnsupportedFilesystem(linked, "link", "the new name is not a second link to the file")
-    try:
-        os.link(src, linked)
-    except FileExistsError:
-        pass
-    else:
-        raise UnsupportedFilesystem(linked, "link", "linking onto an existing name succeeded")
-    _step(renamed, "rename", os.rename, linked, renamed)
-    if os.path.exists(linked) or not same_file(src, renamed):
-        raise UnsupportedFilesystem(renamed, "rename", "rename did not move the name")
-    for d in (src.parent, linked.parent, renamed.parent):
-        _step(d, "directory fsync", fsync_dir, d)
+        return dst
+    raise UnsupportedFilesystem(dst, "link", "linking onto an existing name succeeded")
+
+
+def _probe_rename(src: Path, dst: Path) -> None:
+    _step(dst, "rename", os.rename, src, dst)
+    if os.path.exists(src) or not os.path.exists(dst):
+        raise UnsupportedFilesystem(dst, "rename", "rename did not move the name")

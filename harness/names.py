@@ -119,34 +119,30 @@ class ItemName:
         return replace(self, due=None)
 
 
+_NAME = re.compile(r"([0-9])\.([0-9a-f]{16})\.([^~]+)~([1-9][0-9]*)(?:\+([1-9][0-9]*))?"
+                   r"(?:~(0|[1-9][0-9]*|dep))?", re.ASCII)
+
+
 def parse(name: str) -> ItemName:
-    """Parse a queue name; raise BadName for anything that is not one."""
+    """Parse a queue name; raise BadName for anything that is not one.
+
+    One anchored ASCII pattern: only the canonical spelling is a name ("~01",
+    "~+1", "0x..." orders would not render back to the same text, and every
+    operation addresses files by ``str(name)``).
+    """
+    m = _NAME.fullmatch(name)
+    if m is None:
+        raise BadName(f"{name!r} is not a queue name")
+    prio, order, item_id, attempt, free, due = m.groups()
     try:
-        prio, order, rest = name.split(".", 2)
-        parts = rest.split("~")
-        item_id = parts[0]
-        attempt_text, _, free_text = parts[1].partition("+")
-        attempt, free = int(attempt_text), int(free_text or 0)
-        if not attempt_text.isdigit() or (free_text and not free_text.isdigit()) \
-                or free >= attempt:
-            raise ValueError("bad attempt field")
-        due: int | str | None = None
-        if len(parts) == 3:
-            due = DEP if parts[2] == DEP else int(parts[2])
-        elif len(parts) != 2:
-            raise ValueError("wrong number of '~' fields")
-        if len(prio) != 1 or not prio.isdigit() or len(order) != 16 or attempt < 1:
-            raise ValueError("bad priority, order or attempt field")
-        int(order, 16)
         validate_id(item_id)
-    except (ValueError, IndexError) as exc:
+    except ValueError as exc:
         raise BadName(f"{name!r} is not a queue name ({exc})") from None
-    parsed = ItemName(int(prio), order, item_id, attempt, due, free)
-    # Only the canonical spelling is a name: "~02" or "~2+" would not round-trip, and
-    # every operation addresses files by str(name).
-    if str(parsed) != name:
-        raise BadName(f"{name!r} is not a queue name (not in canonical form)")
-    return parsed
+    if free is not None and int(free) >= int(attempt):
+        raise BadName(f"{name!r} is not a queue name (more free attempts than attempts)")
+    return ItemName(int(prio), order, item_id, int(attempt),
+                    None if due is None else due if due == DEP else int(due),
+                    int(free or 0))
 
 
 def try_parse(name: str) -> ItemName | None:

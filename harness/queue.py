@@ -14,11 +14,10 @@ removed.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -174,10 +173,10 @@ class Queue:
         name = ItemName(item.priority, names.next_order(), item.id, 1,
                         names.DEP if item.depends_on else None)
         staged = self.root / "tmp" / str(name)
-        fd = fsops.write_new(staged, item.to_json(), durable=self.durable)
+        # Locked before the first byte: recover() rolls a staged file forward only
+        # once it can take the lock, i.e. once this enqueuer is gone.
+        fd = fsops.write_new(staged, item.to_json(), durable=self.durable, lock=True)
         try:
-            # The lock tells recover() this enqueue is in progress, not crashed.
-            fcntl.flock(fd, fcntl.LOCK_EX)
             _fp_enqueue_staged()
             self._publish(staged, name, source)
         finally:
@@ -208,24 +207,21 @@ class Queue:
         pending name is removed. A claimed item that cannot be read or
         validated is dead-lettered with the reason and the next one is tried.
         """
+        relisted = False
         while True:
-            candidate = self._next_candidate()
-            if candidate is None:
-                return None
-            claim = self._try_claim(candidate, on_claim)
+            stale = time.monotonic() - self._cache_at > self.relist_interval
+            if not self._cache or (stale and not relisted):
+                if relisted:
+                    return None  # one full pass over a fresh listing found nothing claimable
+                self._cache = sorted(names.entries(self.dir("pending")), reverse=True)
+                self._cache_at, relisted = time.monotonic(), True
+                continue
+            entry = self._cache.pop()
+            if names.try_parse(entry) is None:
+                continue  # hand-dropped: recover() adopts or dead-letters it
+            claim = self._try_claim(entry, on_claim)
             if claim is not None:
                 return claim
-
-    def _next_candidate(self) -> str | None:
-        now = time.monotonic()
-        if not self._cache or now - self._cache_at > self.relist_interval:
-            self._cache = sorted(names.entries(self.dir("pending")), reverse=True)
-            self._cache_at = now
-        while self._cache:
-            entry = self._cache.pop()
-            if names.try_parse(entry) is not None:
-                return entry
-        return None
 
     def _try_claim(self, entry: str, on_claim: Callable[[ItemName], None] | None) -> Claim | None:
         src, dst = self.dir("pending") / entry, self.dir("claimed") / entry
@@ -238,13 +234,21 @@ class Queue:
         if on_claim is not None:
             on_claim(name)
         _fp_claim_recorded()
-        fsops.unlink_quiet(src)
+        if not fsops.unlink_quiet(src):
+            # pending/N was already gone: either link(2) resolved it before another
+            # claimant's unlink and re-created claimed/N after that claim moved on (a
+            # ghost of a finished attempt), or a revoke removed it as a crash leftover.
+            # Not ours either way; revoke() or recover() clears the ghost name.
+            return None
         self._sync("pending", "claimed")
         _fp_claim_unlinked()
         try:
             item = load(dst.read_bytes(), str(dst))
-        except (OSError, InvalidItem) as exc:
-            self._dead_letter(dst, name, f"unreadable item: {exc}")
+        except InvalidItem as exc:
+            self._dead_letter(dst, name, f"malformed item: {exc}")
+            return None
+        except OSError as exc:  # EIO, ESTALE: may pass; retry later, counted
+            self.revoke(name, f"could not read the item: {exc}")
             return None
         return Claim(self, name, item)
 
@@ -298,11 +302,14 @@ class Queue:
         """
         entry = str(name)
         src = self.dir("claimed") / entry
+        parsed = names.parse(entry)
+        if self._superseded(parsed):
+            fsops.unlink_quiet(src)  # a ghost of a finished attempt: moving it would resurrect it
+            return "lost"
         leftover = self.dir("pending") / entry
         if fsops.same_file(src, leftover):
             fsops.unlink_quiet(leftover)
         _fp_revoke_unlinked()
-        parsed = names.parse(entry)
         try:
             limit = load(src.read_bytes(), str(src)).max_attempts or self.max_attempts
         except FileNotFoundError:
@@ -310,7 +317,8 @@ class Queue:
         except InvalidItem:
             limit = 0
         if parsed.counted < limit or not count:
-            dst, outcome = self.dir("pending") / str(parsed.with_attempt(parsed.attempt + 1)), "retry"
+            dst = self.dir("pending") / str(parsed.with_attempt(parsed.attempt + 1, free=not count))
+            outcome = "retry"
         else:
             dst, outcome = self.dir("failed") / entry, "failed"
         try:
@@ -337,6 +345,67 @@ class Queue:
         self._sync("done", "failed")
         self.write_reason(dst, reason)
         return True
+
+    def requeue_failed(self, item_id: str) -> ItemName:
+        """Operator retry: failed/N to pending/ at the next attempt, with a fresh attempt budget.
+
+        The earlier attempts are marked free so ``max_attempts`` counts anew.
+        Raises QueueError if the item is not in failed/.
+        """
+        name = self.find(item_id, ("failed",))
+        if name is None:
+            raise QueueError(self.dir("failed"), f"item {item_id!r} is not in failed/")
+        new = replace(name.with_attempt(name.attempt + 1), free=name.attempt)
+        try:
+            os.rename(self.dir("failed") / str(name), self.dir("pending") / str(new))
+        except FileNotFoundError:
+            raise QueueError(self.dir("failed") / str(name), "moved by someone else") from None
+        self._sync("failed", "pending")
+        fsops.unlink_quiet(self.dir("failed") / (str(name) + names.REASON_SUFFIX))
+        return new
+
+    def cancel_unclaimed(self, item_id: str, reason: str) -> bool:
+        """Dead-letter a pending or waiting item with ``reason``; False if it is in neither.
+
+        A pending item is first claimed by name (the same exclusive link workers
+        use), so a cancel and a worker's claim cannot both win.
+        """
+        waiting = self.find(item_id, ("waiting",))
+        if waiting is not None and self._dead_letter(self.dir("waiting") / str(waiting), waiting,
+                                                     reason):
+            return True
+        pending = self.find(item_id, ("pending",))
+        if pending is None:
+            return False
+        claim = self._try_claim(str(pending), None)
+        if claim is None:
+            return False
+        claim.fail(reason, retry=False)
+        return True
+
+    def find(self, item_id: str, states: tuple[str, ...] = STATES) -> ItemName | None:
+        """The name of ``item_id`` in the first of ``states`` that has it (a directory scan)."""
+        for state in states:
+            for entry in names.entries(self.dir(state)):
+                if entry.split("~", 1)[0].endswith("." + item_id):
+                    parsed = names.try_parse(entry)
+                    if parsed is not None and parsed.id == item_id:
+                        return parsed
+        return None
+
+    def _superseded(self, name: ItemName) -> bool:
+        """True if attempt ``name.attempt`` is over: its item is terminal or at a later attempt."""
+        ready = str(name.ready())
+        if (self.dir("done") / ready).exists() or (self.dir("failed") / ready).exists():
+            return True
+        later = name.attempt + 1
+        for free in (name.free, name.free + 1):
+            if (self.dir("pending") / str(replace(name, attempt=later, free=free))).exists():
+                return True
+        prefix = name.key + "~"
+        return any(n.attempt > name.attempt for n in map(names.try_parse, (
+            e for d in ("waiting", "claimed") for e in os.listdir(self.dir(d))
+            if e.startswith(prefix))) if n)
 
     def promote(self, now: float | None = None) -> list[ItemName]:
         """Move due retries, and items whose dependencies are all done, to pending/.
@@ -437,9 +506,9 @@ class Queue:
     def scan(self) -> dict[str, list[ItemName]]:
         """Parsed names per state, plus unparseable entries under ``foreign/<state>``.
 
-        States are listed in protocol order (pending, claimed, waiting, done,
-        failed): an item moved forward by a worker during the scan is seen at
-        least once.
+        A snapshot per directory, not of the whole queue: an item moving during
+        the scan may be missed or seen twice. recover() relies on more than a
+        scan for that reason (the link count of ids/<id>).
         """
         result: dict[str, list[Any]] = {}
         for state in STATES:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from harness import fsops, names
 from harness.item import InvalidItem, load
@@ -54,7 +55,7 @@ def _finish_staged(queue: Queue, actions: list[str]) -> None:
                 actions.append(f"removed stale staging file tmp/{entry}")
             continue
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(path, os.O_RDWR)  # NFS emulates flock with fcntl locks: needs write
         except FileNotFoundError:
             continue
         try:
@@ -98,15 +99,40 @@ def _adopt_foreign(queue: Queue, state: str, actions: list[str]) -> None:
         try:
             item = load(path.read_bytes(), f"{state}/{entry}")
             if state != "pending":
-                raise InvalidItem(f"{state}/{entry}", f"files may be dropped only into pending/")
+                raise InvalidItem(f"{state}/{entry}", "files may be dropped only into pending/")
+            # An id derived from the file name makes adoption idempotent: a crash
+            # after the enqueue and before the unlink is found as a duplicate below.
+            item = item.model_copy(update={"id": item.id or _id_from_file(entry)})
             name = queue.enqueue(item, source=f"{state}/{entry}")
         except FileNotFoundError:
             continue
-        except (InvalidItem, DuplicateId, OSError) as exc:
+        except DuplicateId as exc:
+            if _already_adopted(queue, item):
+                os.unlink(path)
+                actions.append(f"removed {state}/{entry}: adopted before a crash")
+            else:
+                actions.append(_dead_letter_file(queue, path, entry, str(exc)))
+            continue
+        except (InvalidItem, OSError) as exc:
             actions.append(_dead_letter_file(queue, path, entry, str(exc)))
             continue
         os.unlink(path)
         actions.append(f"enqueued hand-dropped {state}/{entry} as {name}")
+
+
+def _id_from_file(entry: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", entry.rsplit(".json", 1)[0]).strip(".-_")
+    return names.validate_id((stem or "item")[: names.ID_MAX_LEN].rstrip(".") or "item")
+
+
+def _already_adopted(queue: Queue, item: Any) -> bool:
+    """True if ids/<id> holds this very document (same fields but the enqueue stamp)."""
+    try:
+        existing = load((queue.dir("ids") / item.id).read_bytes(), item.id)
+    except (OSError, InvalidItem):
+        return False
+    keep = lambda it: it.model_dump(exclude={"enqueued_at"})  # noqa: E731
+    return keep(existing) == keep(item)
 
 
 def _dead_letter_file(queue: Queue, path: Path, entry: str, reason: str) -> str:
@@ -154,6 +180,8 @@ def _keep_one(queue: Queue, item_id: str, held: list[tuple[str, ItemName]],
     for state, name in held[1:]:
         if state in ("done", "failed"):
             continue  # two terminal names need a human; fsck reports them
+        if state == "pending" and keep_state == "claimed" and name == keep:
+            continue  # a claimant between link and unlink, or dead there: revoke() decides
         path = queue.dir(state) / str(name)
         if fsops.same_file(path, reservation) and fsops.unlink_quiet(path):
             actions.append(f"removed {state}/{name}: superseded by {keep_state}/{keep}")
@@ -181,7 +209,7 @@ def _dead_letter_lost(queue: Queue, seen: set[str], actions: list[str]) -> None:
         except FileExistsError:
             continue
         queue.write_reason(dst, "lost: the item had no queue name left (removed by hand?);"
-                                " `parallel-harness retry` requeues it")
+                                f" `parallel-harness retry {item_id}` requeues it")
         actions.append(f"dead-lettered lost item {item_id!r} as failed/{dst.name}")
 
 

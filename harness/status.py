@@ -37,10 +37,15 @@ def collect(ws: Workspace) -> dict[str, Any]:
             "state": hb.get("state"), "item": hb.get("item_id"), "attempt": hb.get("attempt"),
             "doing": hb.get("doing"), "pid": hb.get("pid"), "generation": hb.get("generation"),
             "heartbeat_age": round(now - hb.get("written_at", now), 1),
-            "counter": hb.get("counter"),
+            "counter": hb.get("counter"), "tokens": hb.get("tokens"),
+            "cost_usd": hb.get("cost_usd"), "turns": hb.get("turns"),
         })
     coordinator = heartbeat.read(ws.coordinator_file)
+    run = heartbeat.read(ws.run_file) if coordinator else None
     return {
+        "run": {k: run.get(k) for k in ("throughput_per_min", "eta_s", "tokens_total",
+                                        "cost_usd_total", "attempts", "reclaims_total",
+                                        "restarts_total")} if run else None,
         "root": str(ws.root), "counts": counts, "total": sum(counts.values()),
         "paused": ws.interrupt_reason(), "workers": workers,
         "coordinator": {"pid": coordinator.get("pid"), "host": coordinator.get("host"),
@@ -77,14 +82,25 @@ def render_text(s: dict[str, Any]) -> str:
         lines.append(f"coordinator  pid {coord['pid']} on {coord['host']} since {coord['started_at']}")
     else:
         lines.append("coordinator  not running")
+    run = s.get("run")
+    if run:
+        tokens = sum((run.get("tokens_total") or {}).values())
+        eta = f"{run['eta_s'] // 60}m{run['eta_s'] % 60:02d}s" if run.get("eta_s") else "-"
+        lines.append(f"run      {run.get('throughput_per_min') or 0}/min  eta {eta}"
+                     f"  tokens {tokens}  cost ${run.get('cost_usd_total') or 0:.2f}"
+                     f"  reclaims {run.get('reclaims_total') or 0}"
+                     f"  restarts {run.get('restarts_total') or 0}")
     if s["paused"]:
-        lines.append(f"PAUSED   {s['paused']}")
+        lines.append("PAUSED   " + s["paused"].replace("\n", " | "))
     if s["workers"]:
-        lines.append(f"{'worker':<8}{'alive':<7}{'state':<9}{'item':<28}{'try':>4}  {'hb age':>7}  doing")
+        lines.append(f"{'worker':<8}{'alive':<7}{'state':<9}{'item':<28}{'try':>4}"
+                     f"  {'hb age':>7}  {'tokens':>8}  {'cost':>7}  doing")
         for w in s["workers"]:
+            cost = f"${w['cost_usd']:.2f}" if w.get("cost_usd") else "-"
             lines.append(f"{w['worker']:<8}{'yes' if w['alive'] else 'NO':<7}{w['state'] or '-':<9}"
                          f"{(w['item'] or '-')[:27]:<28}{w['attempt'] or '-':>4}"
-                         f"  {w['heartbeat_age']:>6}s  {w['doing'] or ''}")
+                         f"  {w['heartbeat_age']:>6}s  {w.get('tokens') or '-':>8}  {cost:>7}"
+                         f"  {(w['doing'] or '')[:60]}")
     for f in s["recent_failures"]:
         lines.append(f"failed   {f['item']}: {f['reason'][:100]}")
     return "\n".join(lines)
@@ -99,3 +115,58 @@ def render_summary(s: dict[str, Any]) -> str:
     lines.append(f"look at: {s['root']}/queue/{{done,failed}}  {s['root']}/state/events.jsonl"
                  f"  {s['root']}/logs/")
     return "\n".join(lines)
+
+
+def list_state(ws: Workspace, state: str) -> list[dict[str, Any]]:
+    """The items in one state, in claim order, from names only."""
+    out = []
+    for entry in sorted(names.entries(ws.queue_dir / state)):
+        parsed = names.try_parse(entry)
+        if parsed is None:
+            out.append({"name": entry, "id": None, "foreign": True})
+            continue
+        due = parsed.due
+        out.append({"name": entry, "id": parsed.id, "priority": parsed.priority,
+                    "attempt": parsed.attempt, "free_attempts": parsed.free,
+                    "due": "dependencies" if due == names.DEP else
+                    (time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(due / 1000))
+                     if due else None)})
+    return out
+
+
+def item_report(ws: Workspace, item_id: str) -> dict[str, Any] | None:
+    """Everything known about one item: its state, document, attempts with results and logs."""
+    import orjson
+
+    where = None
+    for state in names.STATES:
+        for entry in names.entries(ws.queue_dir / state):
+            parsed = names.try_parse(entry)
+            if parsed is not None and parsed.id == item_id:
+                where = (state, entry)
+    reservation = ws.queue_dir / "ids" / item_id
+    if where is None and not reservation.exists():
+        return None
+    try:
+        document = orjson.loads(reservation.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        document = {"error": f"cannot read {reservation}: {exc}"}
+    report: dict[str, Any] = {"id": item_id, "state": where[0] if where else "lost",
+                              "name": where[1] if where else None, "item": document,
+                              "branch": f"harness/{item_id}", "attempts": []}
+    if where and where[0] == "failed":
+        reason = ws.queue_dir / "failed" / (where[1] + names.REASON_SUFFIX)
+        report["reason"] = reason.read_text().strip() if reason.exists() else None
+    item_logs = ws.logs_dir / item_id
+    attempts = sorted((int(d.name) for d in item_logs.iterdir() if d.name.isdigit())
+                      if item_logs.is_dir() else [])
+    for n in attempts:
+        d = ws.attempt_dir(item_id, n)
+        entry = {"attempt": n, "log_dir": str(d)}
+        for key in ("result", "metrics"):
+            try:
+                entry[key] = orjson.loads((d / f"{key}.json").read_bytes())
+            except (OSError, orjson.JSONDecodeError):
+                entry[key] = None
+        report["attempts"].append(entry)
+    return report

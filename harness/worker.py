@@ -67,9 +67,7 @@ class Attempt:
 class Worker:
     def __init__(self, ws: Workspace, cfg: Config, worker_id: str, generation: str) -> None:
         self.ws, self.cfg, self.id, self.generation = ws, cfg, worker_id, generation
-        run = cfg.run
-        self.queue = Queue(ws.queue_dir, durable=run.durable, max_attempts=run.max_attempts,
-                           backoff_base=run.backoff_base, backoff_max=run.backoff_max)
+        self.queue = Queue(ws.queue_dir, **config_mod.queue_options(cfg))
         self.hb = heartbeat.HeartbeatWriter(
             ws.heartbeat_file(worker_id), ws.tmp_dir, worker=worker_id, generation=generation,
             **ProcessIdentity.of().as_record(), state="starting", item=None)
@@ -96,7 +94,8 @@ class Worker:
             paused = self.ws.interrupt_reason()
             claim = None if paused else self.queue.claim(on_claim=self._record_claim)
             if claim is None:
-                self.beat(state="paused" if paused else "idle", doing=paused)
+                self.beat(state="paused" if paused else "idle", doing=paused, item=None,
+                          item_id=None, attempt=None)
                 time.sleep(IDLE_POLL)
                 continue
             self.process(claim)
@@ -171,9 +170,8 @@ class Worker:
         except worktrees.GitError as exc:
             return att.end("failed", f"worktree: {exc}")
         self._run_agent(claim, att, argv, wt, log_dir, session_id)
-        if att.reason not in ("succeeded", "failed", "budget_exceeded", "stalled",
-                              "timed_out", "crashed"):
-            return att  # fenced or rate limited: nothing of this attempt is kept
+        if att.reason in ("fenced", "rate_limited", "cancelled"):
+            return att  # nothing of this attempt is kept
         try:
             att.sha = worktrees.commit_attempt(wt, f"harness: {claim.id} attempt {claim.attempt}"
                                                    f"\n\n{claim.item.title}".strip())
@@ -216,7 +214,9 @@ class Worker:
             on_poll=lambda: self._poll(claim, att),
             on_line=att.stream.feed if streams else None,
             result_seen=lambda: att.stream.result is not None)
-        if outcome.aborted:
+        if outcome.aborted == "cancelled":
+            att.end("cancelled", "cancelled by the operator (parallel-harness cancel)")
+        elif outcome.aborted:
             att.end("fenced", "the claim was revoked while the agent ran")
         elif streams:
             att.end(*session.classify(outcome.exit_code, outcome.signal, att.stream,
@@ -238,7 +238,7 @@ class Worker:
             stderr=log_dir / "verify.log", on_start=lambda p: self._agent_started(claim, p),
             on_poll=lambda: self._poll(claim, att))
         if outcome.aborted:
-            att.end("fenced", "the claim was revoked during verify")
+            att.end(outcome.aborted, f"{outcome.aborted} during verify")
         elif outcome.exit_code != 0:
             how = "timed out" if outcome.timed_out else f"exit {outcome.exit_code}"
             att.end("verify_failed", f"verify {how}; see {log_dir / 'verify.log'}")
@@ -255,7 +255,9 @@ class Worker:
                   tokens=m.input_tokens + m.output_tokens + m.cache_creation_tokens
                   + m.cache_read_tokens, cost_usd=round(m.cost_usd, 6),
                   progress_at=time.time())
-        return None if claim.is_live() else "fenced"
+        if not claim.is_live():
+            return "fenced"
+        return "cancelled" if self.ws.cancel_requested(claim.id) else None
 
     def record(self, claim: Claim, att: Attempt) -> str:
         """Move the claim to its outcome; return the queue state it went to."""
@@ -269,6 +271,9 @@ class Worker:
                 return "done"
             if att.reason == "rate_limited":
                 return self._pause_for_quota(claim, att)
+            if att.reason == "cancelled":
+                (self.ws.cancel_dir / claim.id).unlink(missing_ok=True)
+                return claim.fail(f"cancelled: {att.detail}", retry=False)
             return claim.fail(f"{att.reason}: {att.detail}")
         except Fenced:
             att.end("fenced", "the claim was revoked; this attempt's outcome is discarded")

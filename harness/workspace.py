@@ -77,6 +77,21 @@ class Workspace:
     def logs_dir(self) -> Path:
         return self.root / "logs"
 
+    @property
+    def cancel_dir(self) -> Path:
+        return self.state_dir / "cancel"
+
+    @property
+    def run_file(self) -> Path:
+        return self.state_dir / "run.json"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.state_dir / "metrics.prom"
+
+    def cancel_requested(self, item_id: str) -> bool:
+        return (self.cancel_dir / item_id).exists()
+
     def heartbeat_file(self, worker: str) -> Path:
         return self.heartbeats_dir / f"{worker}.json"
 
@@ -91,7 +106,7 @@ class Workspace:
 
     def make_dirs(self) -> None:
         for d in (self.queue_dir, self.heartbeats_dir, self.locks_dir, self.tmp_dir,
-                  self.worktrees_dir, self.logs_dir):
+                  self.cancel_dir, self.worktrees_dir, self.logs_dir):
             d.mkdir(parents=True, exist_ok=True)
 
     def interrupt_reason(self) -> str | None:

@@ -370,9 +370,8 @@ def _prune(repo: Path, common: Path) -> None:
     """``git worktree prune``, after giving unreachable detached HEADs of the pruned a branch."""
     for admin in _admins(common):
         back = _read(admin / "gitdir")
-        if (back and os.path.exists(_path_in(admin, back))) or _initializing(admin) \
-                or (admin / "locked").exists():
-            continue  # alive, or locked: prune keeps it
+        if (back and os.path.exists(_path_in(admin, back))) or (admin / "locked").exists():
+            continue  # alive, or locked (also: an add in progress): prune keeps it
         head = _read(admin / "HEAD")
         if head and _SHA.fullmatch(head) and not _reachable(repo, head):
             _create_rescue_ref(repo, admin.name, head)

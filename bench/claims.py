@@ -1,0 +1,464 @@
+#!/usr/bin/env python3
+"""Claims per second: the harness queue against its ceiling and its alternatives.
+
+Peers (each claims every item of a freshly set-up store, nothing else):
+
+  harness             harness.queue.Queue(durable=False).claim() until it returns None
+  harness-durable     the same with durable=True (fsync of pending/ and claimed/ per claim)
+  raw-link            the ceiling: per process, list pending/ once, then for each name
+                      os.link(pending/x, claimed/x) + os.unlink(pending/x), EEXIST/ENOENT
+                      = lost; re-list when the list is exhausted, until pending/ is empty
+  filelock-json       the old harness's design: one JSON file holding the whole list;
+                      per claim take a filelock.FileLock, read + parse the file, mark the
+                      first pending entry claimed, write temp + os.replace, release
+  sqlite-wal          SQLite, journal_mode=WAL, synchronous=NORMAL: BEGIN IMMEDIATE;
+                      SELECT id ... WHERE state='pending' ORDER BY prio, seq LIMIT 1;
+                      UPDATE ... SET state='claimed', owner=?; COMMIT
+  sqlite-wal-durable  the same with synchronous=FULL (compare with harness-durable)
+
+Each (peer, procs) run: the store is set up (untimed; the harness/raw-link queue is
+filled with Queue.enqueue, then the file system is synced), N forked processes open the
+store and wait on a barrier; time runs from the barrier's release to the last process
+finishing. Every process returns the ids it claimed, and the run is checked: zero
+duplicates and zero losses (the union of what was claimed == every item enqueued).
+
+Run:  python3 bench/claims.py                 (the default run: 20,000 items, 1,2,4,8 procs)
+      python3 bench/claims.py --quick         (a smoke run of a few seconds)
+Exit status: 0 when every run verified, 2 if any run had duplicates or losses
+(the pass/fail of the performance targets is printed, not part of the status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import platform
+import resource
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import filelock  # noqa: E402
+import orjson  # noqa: E402
+
+from harness import names  # noqa: E402
+from harness.queue import Queue  # noqa: E402
+
+PEERS = ("harness", "harness-durable", "raw-link", "filelock-json",
+         "sqlite-wal", "sqlite-wal-durable")
+
+
+def item_doc(i: int) -> dict:
+    """The item every peer stores (the same document in each)."""
+    return {"id": f"item-{i:06d}", "title": f"benchmark item {i}",
+            "prompt": "Fix the flaky test in tests/test_example.py and explain the cause."}
+
+
+# -- peers -------------------------------------------------------------------
+#
+# setup(root, n) runs in the parent (untimed). opener(root, owner) runs in the child
+# before the barrier and returns run(), which claims until the store is empty and
+# returns the list of item ids it claimed.
+
+
+class HarnessPeer:
+    durable = False
+
+    def __init__(self, template: Path) -> None:
+        self.template = template  # a queue already filled with Queue.enqueue
+
+    def setup(self, root: Path, n: int) -> None:
+        # Clone the template's names (hard links to its immutable item files) instead
+        # of re-enqueueing 20,000 items for every run: the same directory contents a
+        # fresh enqueue leaves, in a fraction of the time.
+        Queue(root)
+        for sub in ("ids", "pending"):
+            src, dst = self.template / sub, root / sub
+            for entry in os.listdir(src):
+                os.link(src / entry, dst / entry)
+
+    def opener(self, root: Path, owner: str):
+        q = Queue(root, durable=self.durable)
+
+        def run() -> list[str]:
+            out = []
+            claim = q.claim
+            while (c := claim()) is not None:
+                out.append(c.id)
+            return out
+        return run
+
+
+class HarnessDurablePeer(HarnessPeer):
+    durable = True
+
+
+class RawLinkPeer(HarnessPeer):
+    def opener(self, root: Path, owner: str):
+        pend, clm = str(root / "pending"), str(root / "claimed")
+        link, unlink, listdir, join = os.link, os.unlink, os.listdir, os.path.join
+
+        def run() -> list[str]:
+            out = []
+            while True:
+                batch = listdir(pend)
+                if not batch:
+                    return out  # names; finish() maps them to ids after the clock stops
+                for x in batch:
+                    try:
+                        link(join(pend, x), join(clm, x))
+                    except (FileExistsError, FileNotFoundError):
+                        continue
+                    unlink(join(pend, x))
+                    out.append(x)
+        return run
+
+    def finish(self, out: list[str]) -> list[str]:
+        return [names.parse(x).id for x in out]
+
+
+class FilelockJsonPeer:
+    def setup(self, root: Path, n: int) -> None:
+        root.mkdir(parents=True)
+        doc = {"items": [{**item_doc(i), "priority": 5, "seq": i, "state": "pending",
+                          "owner": None} for i in range(n)]}
+        (root / "queue.json").write_bytes(orjson.dumps(doc))
+
+    def opener(self, root: Path, owner: str):
+        path = root / "queue.json"
+        tmp = root / f".queue.json.{os.getpid()}.tmp"
+        lock = filelock.FileLock(str(root / "queue.json.lock"))  # default poll interval
+
+        def claim_one() -> str | None:
+            with lock:
+                doc = orjson.loads(path.read_bytes())
+                for entry in doc["items"]:
+                    if entry["state"] == "pending":
+                        break
+                else:
+                    return None
+                entry["state"], entry["owner"] = "claimed", owner
+                tmp.write_bytes(orjson.dumps(doc))
+                os.replace(tmp, path)
+                return entry["id"]
+
+        def run() -> list[str]:
+            out = []
+            while (got := claim_one()) is not None:
+                out.append(got)
+            return out
+        return run
+
+
+class SqliteWalPeer:
+    synchronous = "NORMAL"
+
+    def setup(self, root: Path, n: int) -> None:
+        root.mkdir(parents=True)
+        db = sqlite3.connect(root / "queue.db", isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE q (id TEXT PRIMARY KEY, prio INTEGER NOT NULL,"
+                   " seq INTEGER NOT NULL, state TEXT NOT NULL, owner TEXT, body BLOB)")
+        # The index a real claim query needs (without it every claim scans the table).
+        db.execute("CREATE INDEX q_claim ON q (state, prio, seq)")
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO q VALUES (?, 5, ?, 'pending', NULL, ?)",
+                       ((f"item-{i:06d}", i, orjson.dumps(item_doc(i))) for i in range(n)))
+        db.execute("COMMIT")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.close()
+
+    def opener(self, root: Path, owner: str):
+        db = sqlite3.connect(root / "queue.db", isolation_level=None, timeout=600)
+        db.execute(f"PRAGMA synchronous={self.synchronous}")
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        execute = db.execute
+
+        def run() -> list[str]:
+            out = []
+            while True:
+                execute("BEGIN IMMEDIATE")
+                row = execute("SELECT id FROM q WHERE state='pending'"
+                              " ORDER BY prio, seq LIMIT 1").fetchone()
+                if row is None:
+                    execute("COMMIT")
+                    return out
+                execute("UPDATE q SET state='claimed', owner=? WHERE id=?", (owner, row[0]))
+                execute("COMMIT")
+                out.append(row[0])
+        return run
+
+
+class SqliteWalDurablePeer(SqliteWalPeer):
+    synchronous = "FULL"
+
+
+# -- one run -----------------------------------------------------------------
+
+
+def _child(peer, root: Path, index: int, barrier, results) -> None:
+    try:
+        run = peer.opener(root, f"w{index}")
+        barrier.wait(timeout=300)
+        t0 = time.perf_counter()  # CLOCK_MONOTONIC: comparable across processes
+        out = run()
+        t1 = time.perf_counter()
+        finish = getattr(peer, "finish", None)
+        results.put((index, t0, t1, finish(out) if finish else out, None))
+    except BaseException as exc:  # report, never hang the parent
+        results.put((index, 0.0, 0.0, [], f"{type(exc).__name__}: {exc}"))
+
+
+@dataclass
+class Result:
+    peer: str
+    procs: int
+    items: int
+    seconds: float
+    duplicates: int
+    lost: int
+    unexpected: int
+    per_proc: list[int]
+    errors: list[str]
+    other: float  # share of the machine's CPU used by others during the run
+
+    @property
+    def rate(self) -> float:
+        return self.items / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def ok(self) -> bool:
+        return not (self.duplicates or self.lost or self.unexpected or self.errors)
+
+
+def cpu_busy() -> float:
+    """Seconds of CPU time the whole machine has spent not idle (all CPUs, incl. steal)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu() -> float:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def run_once(ctx, peer_name: str, peer, base: Path, n: int, procs: int, tag: str) -> Result:
+    root = base / f"{peer_name}-p{procs}-{tag}"
+    peer.setup(root, n)
+    os.sync()  # untimed: no run pays for the previous setup's writeback
+    barrier = ctx.Barrier(procs)
+    results = ctx.Queue()
+    children = [ctx.Process(target=_child, args=(peer, root, i, barrier, results))
+                for i in range(procs)]
+    wall0, busy0, own0 = time.monotonic(), cpu_busy(), own_cpu()
+    for c in children:
+        c.start()
+    got = [results.get(timeout=900) for _ in children]  # drain before join
+    for c in children:
+        c.join()
+    wall, busy, own = time.monotonic() - wall0, cpu_busy() - busy0, own_cpu() - own0
+    # CPU the rest of the machine used meanwhile (other users, steal), as a share of it.
+    other = max(0.0, busy - own) / (wall * (os.cpu_count() or 1))
+    shutil.rmtree(root, ignore_errors=True)
+
+    errors = [f"process {i}: {err}" for i, _, _, _, err in got if err]
+    seconds = max(r[2] for r in got) - min(r[1] for r in got)
+    claimed = Counter(x for r in got for x in r[3])
+    expected = {f"item-{i:06d}" for i in range(n)}
+    return Result(
+        peer=peer_name, procs=procs, items=n, seconds=seconds,
+        duplicates=sum(c - 1 for c in claimed.values() if c > 1),
+        lost=len(expected - claimed.keys()),
+        unexpected=len(claimed.keys() - expected),
+        per_proc=sorted(len(r[3]) for r in got), errors=errors, other=other)
+
+
+# -- report ------------------------------------------------------------------
+
+
+def sh(*cmd: str) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        return f"? ({exc})"
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def machine_line(base: Path) -> str:
+    return (f"machine: nproc={sh('nproc')} cpu={cpu_model()!r} python={platform.python_version()}"
+            f" kernel={platform.release()} fs={sh('stat', '-f', '-c', '%T', str(base))}"
+            f" dir={base} sqlite={sqlite3.sqlite_version} filelock={filelock.__version__}"
+            f" loadavg={loadavg()}")
+
+
+def print_table(results: list[Result]) -> None:
+    head = (f"{'peer':<20}{'procs':>6}{'items':>8}{'seconds':>10}{'claims/s':>11}"
+            f"{'duplicates':>12}{'lost':>6}{'other-cpu':>11}  per-process claims (min-max)")
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        print(f"{r.peer:<20}{r.procs:>6}{r.items:>8}{r.seconds:>10.3f}{r.rate:>11.0f}"
+              f"{r.duplicates:>12}{r.lost:>6}{r.other:>10.0%}  {r.per_proc[0]}-{r.per_proc[-1]}")
+
+
+def ratio(by: dict, a: str, b: str, procs: int) -> float | None:
+    ra, rb = by.get((a, procs)), by.get((b, procs))
+    return ra.rate / rb.rate if ra and rb else None
+
+
+def fmt(x: float | None, places: int = 2) -> str:
+    return "n/a" if x is None else f"{x:.{places}f}x"
+
+
+def print_ratios(results: list[Result], procs_list: list[int]) -> list[tuple[str, bool]]:
+    by = {(r.peer, r.procs): r for r in results}
+    pairs = [("harness", "raw-link"), ("harness", "sqlite-wal"),
+             ("harness-durable", "sqlite-wal-durable"), ("harness", "filelock-json")]
+    labels = [f"{a}/{b}" for a, b in pairs]
+    print("claims/s ratios (above 1: the harness is faster)")
+    print(f"{'procs':>5}" + "".join(f"  {label}" for label in labels))
+    for p in procs_list:
+        print(f"{p:>5}" + "".join(f"  {fmt(ratio(by, a, b, p)):>{len(label)}}"
+                                  for (a, b), label in zip(pairs, labels)))
+
+    verdicts: list[tuple[str, bool]] = []
+    top = max(procs_list)
+    x = ratio(by, "harness", "raw-link", top)
+    if x is not None:
+        verdicts.append((f"at {top} processes harness >= 0.5 x raw-link: {x:.2f}x", x >= 0.5))
+    for p in procs_list:
+        x = ratio(by, "harness-durable", "sqlite-wal-durable", p)
+        if x is not None:
+            verdicts.append((f"at {p} processes harness-durable > sqlite-wal-durable:"
+                             f" {x:.2f}x", x > 1.0))
+    for p in procs_list:
+        x = ratio(by, "harness", "filelock-json", p)
+        if x is not None:
+            verdicts.append((f"at {p} processes harness > 50 x filelock-json: {x:.1f}x", x > 50))
+    print()
+    print("targets:")
+    for text, ok in verdicts:
+        print(f"  {'PASS' if ok else 'FAIL'}  {text}")
+    return verdicts
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--items", type=int, default=20_000, help="items per run (default 20000)")
+    ap.add_argument("--procs", default="1,2,4,8", help="claiming process counts (default 1,2,4,8)")
+    ap.add_argument("--peers", default=",".join(PEERS), help=f"subset of {','.join(PEERS)}")
+    ap.add_argument("--filelock-items", type=int, default=2_000,
+                    help="cap for filelock-json, whose claim is O(items) (default 2000)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs per (peer, procs); the median by time is reported (default 1)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 1,000 items (filelock-json 200), 1 and 2 processes")
+    ap.add_argument("--dir", type=Path, default=None,
+                    help="bench directory (default: a new temp dir under /tmp, removed after)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.items, args.filelock_items, args.procs = 1_000, 200, "1,2"
+    procs_list = [int(p) for p in args.procs.split(",") if p.strip()]
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    unknown = set(peers) - set(PEERS)
+    if unknown:
+        ap.error(f"unknown peers {sorted(unknown)}; choose from {', '.join(PEERS)}")
+
+    own_dir = args.dir is None
+    base = Path(tempfile.mkdtemp(prefix="claims-bench-", dir="/tmp")) if own_dir else args.dir
+    base.mkdir(parents=True, exist_ok=True)
+    ctx = mp.get_context("fork")
+    started = time.monotonic()
+    print(machine_line(base))
+    print("command: " + " ".join(["python3 bench/claims.py",
+                                  *(argv if argv is not None else sys.argv[1:])]))
+    print(f"items: {args.items} per run (filelock-json capped at"
+          f" {min(args.filelock_items, args.items)}: its claim rewrites the whole file);"
+          f" procs: {procs_list}; repeat: {args.repeat}")
+    print()
+
+    try:
+        template = base / "template"
+        if any(p in peers for p in ("harness", "harness-durable", "raw-link")):
+            t = time.perf_counter()
+            q = Queue(template)
+            for i in range(args.items):
+                q.enqueue(item_doc(i))
+            print(f"setup: enqueued {args.items} items with Queue.enqueue in"
+                  f" {time.perf_counter() - t:.1f}s (template, cloned by hard links per run)")
+        peer_objs = {"harness": HarnessPeer(template), "harness-durable": HarnessDurablePeer(template),
+                     "raw-link": RawLinkPeer(template), "filelock-json": FilelockJsonPeer(),
+                     "sqlite-wal": SqliteWalPeer(), "sqlite-wal-durable": SqliteWalDurablePeer()}
+
+        results: list[Result] = []
+        every: list[Result] = []
+        for name in peers:
+            n = min(args.items, args.filelock_items) if name == "filelock-json" else args.items
+            for procs in procs_list:
+                runs = [run_once(ctx, name, peer_objs[name], base, n, procs, str(k))
+                        for k in range(args.repeat)]
+                every += runs
+                for r in runs:
+                    print(f"check: {r.peer:<19} procs={r.procs} items={r.items}:"
+                          f" {sum(r.per_proc)} claims by {r.procs}"
+                          f" processes, duplicates={r.duplicates} lost={r.lost}"
+                          f" unexpected={r.unexpected} {'OK' if r.ok else 'FAILED'}"
+                          f" ({r.rate:.0f}/s, other-cpu {r.other:.0%})" + "".join(f"\n    {e}" for e in r.errors))
+                results.append(sorted(runs, key=lambda r: r.seconds)[len(runs) // 2])
+    finally:
+        if own_dir:
+            shutil.rmtree(base, ignore_errors=True)
+        else:
+            shutil.rmtree(base / "template", ignore_errors=True)
+
+    print()
+    print_table(results)
+    print()
+    print_ratios(results, procs_list)
+    print()
+    capped = [r for r in results if r.peer == "filelock-json" and r.items < args.items]
+    if capped:
+        print(f"note: filelock-json ran {capped[0].items} items per run (not {args.items});"
+              " its claims/s is computed on the items it ran, and since each claim costs"
+              " O(items) its rate at the full item count would be lower still.")
+    busy = [r for r in every if r.other > 0.10]
+    if busy:
+        worst = max(busy, key=lambda r: r.other)
+        print(f"WARNING: in {len(busy)} of {len(every)} runs the rest of the machine used more"
+              f" than 10% of the CPU (worst {worst.other:.0%}, {worst.peer} procs={worst.procs});"
+              " other-cpu also counts kernel threads such as the journal's, which durable"
+              " runs wake. Re-run on a quiet machine before trusting those rows.")
+    print(f"loadavg at end: {loadavg()}; wall time {time.monotonic() - started:.0f}s")
+    bad = [r for r in every if not r.ok]
+    print("verification: " + ("all runs OK: zero duplicates, zero losses" if not bad else
+                              f"FAILED in {len(bad)} run(s)"))
+    return 2 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

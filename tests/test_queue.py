@@ -1,0 +1,938 @@
+"""harness.queue (and the recovery it relies on): one operation at a time, on a real directory.
+
+The multi-process tests at the end run real forked processes released together
+by a barrier; everything else is single-threaded and deterministic (the queue's
+wall clock is the ``clock`` fixture from conftest.py).
+"""
+
+from __future__ import annotations
+
+import errno
+import multiprocessing
+import os
+from pathlib import Path
+
+import orjson
+import pytest
+
+from harness import fsops, names
+from harness.fsops import UnsupportedFilesystem
+from harness.invariants import check
+from harness.item import InvalidItem
+from harness.names import DEP, ItemName
+from harness.queue import Claim, DuplicateId, Fenced, Queue, enqueue_many
+from harness.recovery import recover
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# -- helpers -----------------------------------------------------------------
+
+
+def ls(q: Queue, state: str) -> list[str]:
+    return sorted(os.listdir(q.dir(state)))
+
+
+def only(q: Queue, state: str) -> ItemName:
+    entries = names.entries(q.dir(state))
+    assert len(entries) == 1, f"{state}/ holds {entries}"
+    return names.parse(entries[0])
+
+
+def state_of(q: Queue, item_id: str) -> tuple[str, ItemName]:
+    found = [(s, n) for s, ns in q.scan().items() if not s.startswith("foreign/")
+             for n in ns if n.id == item_id]
+    assert len(found) == 1, f"{item_id!r} has names {found}"
+    return found[0]
+
+
+def clean(q: Queue, **history) -> None:
+    violations = check(q.root, **history)
+    assert violations == [], "\n".join(map(str, violations))
+
+
+def claim_one(q: Queue) -> Claim:
+    c = q.claim()
+    assert c is not None, "expected a claimable item"
+    return c
+
+
+def reason_of(path: Path) -> str:
+    return path.with_name(path.name + names.REASON_SUFFIX).read_text().strip()
+
+
+# -- enqueue -------------------------------------------------------------------
+
+
+def test_enqueue_publishes_one_inode_under_two_names(queue):
+    name = queue.enqueue({"id": "a", "title": "first", "priority": "high"})
+    assert (name.priority, name.id, name.attempt, name.due) == (2, "a", 1, None)
+    pending = queue.dir("pending") / str(name)
+    assert fsops.same_file(pending, queue.dir("ids") / "a")
+    assert os.stat(pending).st_nlink == 2
+    assert ls(queue, "tmp") == []
+    item = queue.read("pending", name)
+    assert (item.id, item.title, item.priority) == ("a", "first", 2)
+    assert item.enqueued_at is not None
+    clean(queue, enqueued=["a"])
+
+
+def test_enqueue_orders_are_increasing(queue):
+    made = [queue.enqueue({"id": f"i{n}"}) for n in range(20)]
+    assert [m.order for m in made] == sorted(m.order for m in made)
+    assert len({m.order for m in made}) == 20
+
+
+def test_items_without_id_get_unique_sortable_ids(queue):
+    made = [queue.enqueue({"title": f"t{n}"}) for n in range(30)]
+    made_ids = [m.id for m in made]
+    assert len(set(made_ids)) == 30
+    for item_id in made_ids:
+        assert names.validate_id(item_id) == item_id
+        assert len(item_id) == len("20250101-000000-000-abcdef")
+    # The generated id starts with the time, so ids from later milliseconds sort later.
+    stamps = [i.rsplit("-", 1)[0] for i in made_ids]
+    assert stamps == sorted(stamps)
+    assert queue.read("pending", made[0]).id == made_ids[0]
+    clean(queue, enqueued=made_ids)
+
+
+def test_duplicate_id_refused_in_every_state(queue):
+    for item_id in ("done", "failed", "retried", "claimed", "pending"):
+        queue.enqueue({"id": item_id, "max_attempts": 1})
+    claims = {c.id: c for c in (claim_one(queue) for _ in range(4))}   # by enqueue order
+    assert sorted(claims) == ["claimed", "done", "failed", "retried"]
+    claims["done"].complete()
+    assert claims["failed"].fail("broken", retry=False) == "failed"
+    assert claims["retried"].fail("again", retry=True) == "failed"   # max_attempts 1
+    queue.enqueue({"id": "waiting", "depends_on": ["claimed"]})
+    assert {s: len(ns) for s, ns in queue.scan().items()} == {
+        "pending": 1, "claimed": 1, "waiting": 1, "done": 1, "failed": 2}
+    before = {s: ls(queue, s) for s in ("ids", "pending", "claimed", "waiting", "done", "failed")}
+    for item_id in ("done", "failed", "retried", "claimed", "pending", "waiting"):
+        with pytest.raises(DuplicateId) as info:
+            queue.enqueue({"id": item_id, "title": "second"}, source="batch.jsonl:2")
+        assert f"id {item_id!r} is already in the queue" in str(info.value)
+        assert "batch.jsonl:2" in str(info.value)
+        assert info.value.path == queue.dir("ids") / item_id
+    after = {s: ls(queue, s) for s in before}
+    assert after == before
+    assert ls(queue, "tmp") == []
+    # The first document is the one kept.
+    assert queue.read("ids", "done").title == ""
+    clean(queue)
+
+
+def test_enqueue_refuses_invalid_documents_and_writes_nothing(queue):
+    for doc, field in [({"priority": "urgent"}, "priority"), ({"max_attempts": 0}, "max_attempts"),
+                       ({"id": "x", "depends_on": ["../up"]}, "depends_on"),
+                       ({"id": "../escape"}, "id"), ({"id": "x", "colour": "red"}, "colour")]:
+        with pytest.raises(InvalidItem) as info:
+            queue.enqueue(doc, source="cli")
+        assert info.value.source == "cli"
+        assert f"field {field!r}" in str(info.value)
+    with pytest.raises(InvalidItem, match="expected a JSON object"):
+        queue.enqueue(["not", "a", "dict"], source="cli")  # type: ignore[arg-type]
+    for d in ("tmp", "ids", *names.STATES):
+        assert ls(queue, d) == [], d
+
+
+def test_enqueue_refuses_unknown_and_self_dependencies(queue):
+    with pytest.raises(InvalidItem) as info:
+        queue.enqueue({"id": "b", "depends_on": ["nope"]}, source="plan.json")
+    assert "plan.json" in str(info.value) and "'nope'" in str(info.value)
+    with pytest.raises(InvalidItem, match="unknown item 'b'"):
+        queue.enqueue({"id": "b", "depends_on": ["b"]})
+    assert ls(queue, "ids") == [] and ls(queue, "tmp") == []
+    queue.enqueue({"id": "b"})  # the refused attempts did not reserve the id
+
+
+def test_enqueue_many_keeps_going_and_reports_indexes(queue):
+    added, refused = enqueue_many(queue, [
+        {"id": "a"}, {"id": "a"}, {"priority": "urgent"}, {"id": "b", "depends_on": ["a"]},
+        {"id": "c", "depends_on": ["zzz"]}, {"title": "anonymous"},
+    ])
+    assert [n.id for n in added][:2] == ["a", "b"] and len(added) == 3
+    assert [i for i, _ in refused] == [1, 2, 4]
+    assert isinstance(refused[0][1], DuplicateId) and "item #1" in str(refused[0][1])
+    assert isinstance(refused[1][1], InvalidItem) and refused[1][1].source == "item #2"
+    assert "'priority'" in str(refused[1][1])
+    assert "'zzz'" in str(refused[2][1])
+    clean(queue, enqueued=[n.id for n in added])
+
+
+# -- claim -----------------------------------------------------------------------
+
+
+def test_claim_empty_queue(queue):
+    assert queue.claim() is None
+
+
+def test_claim_and_complete(queue):
+    name = queue.enqueue({"id": "a", "command": "make test"})
+    c = claim_one(queue)
+    assert (c.id, c.attempt, c.name) == ("a", 1, name)
+    assert c.item.command == "make test"
+    assert c.path == queue.dir("claimed") / str(name)
+    assert ls(queue, "pending") == [] and ls(queue, "claimed") == [str(name)]
+    assert c.is_live()
+    clean(queue, enqueued=["a"])
+    done = c.complete()
+    assert done == queue.dir("done") / str(name)
+    assert fsops.same_file(done, queue.dir("ids") / "a")
+    assert not c.is_live()
+    assert queue.claim() is None
+    clean(queue, enqueued=["a"], expect_finished=True)
+    with pytest.raises(Fenced):   # completing twice is not possible either
+        c.complete()
+
+
+def test_on_claim_runs_after_link_before_unlink(queue):
+    name = queue.enqueue({"id": "a"})
+    seen = []
+
+    def on_claim(n: ItemName) -> None:
+        seen.append(n)
+        assert (queue.dir("claimed") / str(n)).exists()
+        assert (queue.dir("pending") / str(n)).exists()
+
+    c = queue.claim(on_claim=on_claim)
+    assert seen == [name] and c is not None and c.name == name
+    assert not (queue.dir("pending") / str(name)).exists()
+
+
+def test_claims_follow_priority_then_enqueue_order(queue):
+    spec = [("m1", "medium"), ("l1", "low"), ("h1", "high"), ("z1", 0), ("m2", 5), ("h2", 2),
+            ("n9", 9), ("z2", "0"), ("l2", 8)]
+    for item_id, prio in spec:
+        queue.enqueue({"id": item_id, "priority": prio})
+    got = []
+    while (c := queue.claim()) is not None:
+        got.append(c.id)
+    assert got == ["z1", "z2", "h1", "h2", "m1", "m2", "l1", "l2", "n9"]
+
+
+def test_a_fresh_lister_sees_new_urgent_items_first(tmp_path):
+    q = Queue(tmp_path / "q", relist_interval=0)
+    for n in range(3):
+        q.enqueue({"id": f"low{n}", "priority": "low"})
+    assert claim_one(q).id == "low0"
+    q.enqueue({"id": "urgent", "priority": 0})
+    assert claim_one(q).id == "urgent"
+
+
+def test_two_claimants_never_share_an_attempt(tmp_path):
+    root = tmp_path / "q"
+    a, b = Queue(root), Queue(root)
+    for n in range(6):
+        a.enqueue({"id": f"i{n}"})
+    got = []
+    for _ in range(3):
+        got += [claim_one(a).id, claim_one(b).id]
+    assert sorted(got) == [f"i{n}" for n in range(6)]
+    assert a.claim() is None and b.claim() is None
+
+
+def test_unreadable_item_is_dead_lettered_and_claim_moves_on(queue):
+    bad = queue.enqueue({"id": "bad"})
+    good = queue.enqueue({"id": "good"})
+    # All names share one inode: writing through the pending name changes ids/bad too.
+    with open(queue.dir("pending") / str(bad), "wb") as f:
+        f.write(b"\x00\xffnot json{")
+    c = claim_one(queue)
+    assert c.name == good
+    failed = queue.dir("failed") / str(bad)
+    assert failed.read_bytes() == b"\x00\xffnot json{"    # kept, not deleted
+    reason = reason_of(failed)
+    assert reason.startswith("malformed item:") and "malformed JSON" in reason
+    assert str(queue.dir("claimed") / str(bad)) in reason  # names the file it read
+    assert queue.failure_reason("bad") == reason
+    assert ls(queue, "claimed") == [str(good)]
+    clean(queue, enqueued=["bad", "good"])
+
+
+@pytest.mark.parametrize(("content", "why"), [
+    (b"", "empty file"),
+    (b'{"id": "bad", "priority": "urgent"}', "field 'priority'"),
+    (b'{"id": "bad", "unknown": 1}', "field 'unknown'"),
+    (b"[1, 2]", "expected a JSON object"),
+])
+def test_invalid_item_content_is_dead_lettered_with_the_reason(queue, content, why):
+    bad = queue.enqueue({"id": "bad"})
+    with open(queue.dir("pending") / str(bad), "wb") as f:
+        f.write(content)
+    assert queue.claim() is None
+    assert why in queue.failure_reason("bad")
+    assert (queue.dir("failed") / str(bad)).read_bytes() == content
+    clean(queue, enqueued=["bad"])
+
+
+# -- fail, retry, backoff, promote ---------------------------------------------------------
+
+
+def test_fail_retries_with_backoff_until_max_attempts(queue, clock):
+    name = queue.enqueue({"id": "a"})
+    for attempt, backoff in ((1, 5.0), (2, 10.0)):
+        c = claim_one(queue)
+        assert (c.id, c.attempt) == ("a", attempt)
+        assert c.fail(f"boom {attempt}") == "retry"
+        waiting = only(queue, "waiting")
+        due = int((clock.now + backoff) * 1000)
+        assert waiting == name.with_attempt(attempt + 1, due)
+        assert (queue.dir("waiting") / str(waiting)).exists()
+        assert ls(queue, "claimed") == [] and ls(queue, "failed") == []
+        clean(queue, enqueued=["a"])
+        assert queue.claim() is None              # not due yet
+        assert queue.promote() == []
+        clock.advance(backoff - 0.002)
+        assert queue.promote() == []
+        assert ls(queue, "pending") == []
+        clock.advance(0.002)
+        assert queue.promote() == [name.with_attempt(attempt + 1)]
+        assert only(queue, "pending") == name.with_attempt(attempt + 1)
+        clean(queue, enqueued=["a"])
+    c = claim_one(queue)
+    assert c.attempt == 3
+    assert c.fail("boom 3") == "failed"
+    failed = queue.dir("failed") / str(name.with_attempt(3))
+    assert failed.exists() and reason_of(failed) == "boom 3"
+    assert queue.failure_reason("a") == "boom 3"
+    assert queue.counts() == {"pending": 0, "claimed": 0, "waiting": 0, "done": 0, "failed": 1}
+    clean(queue, enqueued=["a"], expect_finished=True)
+
+
+def test_promote_takes_an_explicit_time(queue, clock):
+    queue.enqueue({"id": "a"})
+    claim_one(queue).fail("x")
+    assert queue.promote(now=clock.now + 4.999) == []
+    assert [n.id for n in queue.promote(now=clock.now + 5)] == ["a"]
+
+
+def test_backoff_is_exponential_and_capped(tmp_path):
+    q = Queue(tmp_path / "q", backoff_base=2.0, backoff_max=20.0)
+    assert [q.backoff(a) for a in range(1, 7)] == [2.0, 4.0, 8.0, 16.0, 20.0, 20.0]
+
+
+def test_item_max_attempts_overrides_queue_default(queue):
+    queue.enqueue({"id": "once", "max_attempts": 1})
+    queue.enqueue({"id": "many", "max_attempts": 5})
+    assert claim_one(queue).fail("no") == "failed"
+    assert queue.failure_reason("once") == "no"
+    c = claim_one(queue)
+    for attempt in range(1, 5):
+        assert c.fail("again") == "retry"
+        queue.promote(now=1e12)
+        c = claim_one(queue)
+        assert c.attempt == attempt + 1
+    assert c.fail("last") == "failed"
+    assert queue.failure_reason("many") == "last"
+
+
+def test_fail_without_retry_dead_letters_at_once(queue):
+    name = queue.enqueue({"id": "a", "max_attempts": 9})
+    assert claim_one(queue).fail("not retryable", retry=False) == "failed"
+    assert reason_of(queue.dir("failed") / str(name)) == "not retryable"
+    clean(queue, enqueued=["a"], expect_finished=True)
+
+
+def test_queue_default_max_attempts(tmp_path, clock):
+    q = Queue(tmp_path / "q", max_attempts=1, clock=clock)
+    q.enqueue({"id": "a"})
+    assert claim_one(q).fail("x") == "failed"
+
+
+# -- revoke and fencing ------------------------------------------------------------------
+
+
+def test_revoke_returns_the_item_at_the_next_attempt_and_fences_the_owner(tmp_path):
+    root = tmp_path / "q"
+    coordinator, worker_a, worker_b = Queue(root), Queue(root), Queue(root)
+    name = coordinator.enqueue({"id": "a"})
+    zombie = claim_one(worker_a)
+    assert coordinator.revoke(zombie.name, "heartbeat stale") == "retry"
+    assert not zombie.is_live()
+    assert only(coordinator, "pending") == name.with_attempt(2)
+    assert ls(coordinator, "claimed") == []
+    clean(coordinator, enqueued=["a"], revoked=[("a", 1)])
+    successor = claim_one(worker_b)
+    assert successor.attempt == 2
+    with pytest.raises(Fenced) as info:
+        zombie.complete()
+    assert info.value.path == zombie.path
+    assert "attempt 1 of 'a' was revoked" in str(info.value)
+    with pytest.raises(Fenced):
+        zombie.fail("late failure")
+    with pytest.raises(Fenced):
+        zombie.fail("late failure", retry=False)
+    # The zombie changed nothing: the successor's claim is intact and completes.
+    assert ls(coordinator, "done") == [] and ls(coordinator, "failed") == []
+    assert successor.is_live()
+    successor.complete()
+    assert only(coordinator, "done") == name.with_attempt(2)
+    clean(coordinator, enqueued=["a"], revoked=[("a", 1)], expect_finished=True)
+
+
+def test_revoke_by_entry_string(queue):
+    queue.enqueue({"id": "a"})
+    c = claim_one(queue)
+    assert queue.revoke(str(c.name), "why") == "retry"
+    assert only(queue, "pending").attempt == 2
+
+
+def test_revoke_dead_letters_when_attempts_are_used_up(queue):
+    name = queue.enqueue({"id": "a", "max_attempts": 2})
+    claim_one(queue).fail("first")
+    queue.promote(now=1e12)
+    c = claim_one(queue)
+    assert queue.revoke(c.name, "heartbeat stale") == "failed"
+    failed = queue.dir("failed") / str(name.with_attempt(2))
+    assert failed.exists()
+    assert reason_of(failed) == "revoked after attempt 2: heartbeat stale"
+    with pytest.raises(Fenced):
+        c.fail("late")
+    assert reason_of(failed) == "revoked after attempt 2: heartbeat stale"  # not overwritten
+    clean(queue, enqueued=["a"], revoked=[("a", 2)], expect_finished=True)
+
+
+def test_uncounted_revoke_never_dead_letters(queue):
+    queue.enqueue({"id": "a", "max_attempts": 1})
+    c = claim_one(queue)
+    assert queue.revoke(c.name, "shutdown", count=False) == "retry"
+    assert only(queue, "pending").attempt == 2
+    c2 = claim_one(queue)
+    assert c2.fail("real failure") == "failed"   # attempt 2 > max 1: no further retry
+
+
+def test_revoke_is_lost_when_the_owner_completed_first(queue):
+    queue.enqueue({"id": "a"})
+    c = claim_one(queue)
+    done = c.complete()
+    assert queue.revoke(c.name, "too late") == "lost"
+    assert done.exists() and ls(queue, "pending") == [] and ls(queue, "failed") == []
+    clean(queue, enqueued=["a"], expect_finished=True)
+
+
+def test_revoke_is_lost_when_the_owner_failed_first(queue):
+    queue.enqueue({"id": "a"})
+    c = claim_one(queue)
+    assert c.fail("boom") == "retry"
+    waiting = only(queue, "waiting")
+    assert queue.revoke(c.name, "too late") == "lost"
+    assert only(queue, "waiting") == waiting and ls(queue, "pending") == []
+
+
+def test_revoke_removes_the_leftover_pending_name_of_a_dead_claimant(queue):
+    name = queue.enqueue({"id": "a"})
+    # A claimant that died between link(pending/N, claimed/N) and unlink(pending/N).
+    os.link(queue.dir("pending") / str(name), queue.dir("claimed") / str(name))
+    assert [v.code for v in check(queue.root)] == ["two-live-names"]
+    assert queue.revoke(name, "dead claimant") == "retry"
+    assert ls(queue, "pending") == [str(name.with_attempt(2))]
+    assert ls(queue, "claimed") == []
+    clean(queue, enqueued=["a"], revoked=[("a", 1)])
+    assert claim_one(queue).attempt == 2     # attempt 1 can never be claimed again
+
+
+def test_revoke_of_an_unreadable_claim_dead_letters_it(queue):
+    name = queue.enqueue({"id": "a"})
+    os.link(queue.dir("pending") / str(name), queue.dir("claimed") / str(name))
+    os.unlink(queue.dir("pending") / str(name))
+    with open(queue.dir("claimed") / str(name), "wb") as f:
+        f.write(b"garbage")
+    assert queue.revoke(name, "stale") == "failed"
+    assert queue.failure_reason("a") == "revoked after attempt 1: stale"
+    assert (queue.dir("failed") / str(name)).read_bytes() == b"garbage"
+
+
+class Spinning(Exception):
+    pass
+
+
+def _bounded_claim(q: Queue, limit: int = 200) -> Claim | None:
+    """claim(), but raise Spinning instead of looping more than ``limit`` times."""
+    tries = [0]
+    real = q._try_claim
+
+    def counted(*args):
+        tries[0] += 1
+        if tries[0] > limit:
+            raise Spinning(f"claim() tried {limit} candidates in one call")
+        return real(*args)
+
+    q._try_claim = counted  # type: ignore[method-assign]
+    try:
+        return q.claim()
+    finally:
+        del q._try_claim
+
+
+def test_leftover_pending_name_is_skipped_by_claim_when_other_work_exists(queue):
+    stuck = queue.enqueue({"id": "stuck", "priority": 0})
+    queue.enqueue({"id": "other", "priority": 9})
+    os.link(queue.dir("pending") / str(stuck), queue.dir("claimed") / str(stuck))
+    c = _bounded_claim(queue)
+    assert c is not None and c.id == "other"
+
+
+def test_recover_leaves_an_unfinished_claim_for_revoke_to_resolve(queue):
+    # A claimant between link and unlink may be alive (a coordinator restarting with
+    # adopted workers): only revoke, which judges the owner, removes the pending name.
+    name = queue.enqueue({"id": "a"})
+    os.link(queue.dir("pending") / str(name), queue.dir("claimed") / str(name))
+    assert recover(queue) == []
+    assert _bounded_claim(queue) is None
+    assert recover(queue, revoke_claims=True) == [f"revoked claimed/{name}: retry"]
+    clean(queue, enqueued=["a"])
+    assert claim_one(queue).attempt == 2
+
+
+# Regression test for a fixed bug (harness/queue.py, Queue._next_candidate/claim, lines ~201-218): when the only
+# pending entry is the leftover pending/N of a claimant that died between link and
+# unlink, claim() never returns: link() fails with EEXIST, _try_claim returns None,
+# and _next_candidate relists at once because the cache is empty ("if not
+# self._cache or ..."), yielding the same entry forever. A worker busy-spins inside
+# claim() (no heartbeat, no SIGTERM/coordinator-gone checks) until the coordinator
+# revokes the dead claim -- forever if no coordinator runs. Fix: remember the
+# entries tried during one claim() call and skip them (return None once a fresh
+# listing has nothing untried), or on EEXIST with same_file(src, dst) skip the entry.
+def test_claim_returns_none_when_only_a_leftover_pending_name_exists(queue):
+    name = queue.enqueue({"id": "a"})
+    os.link(queue.dir("pending") / str(name), queue.dir("claimed") / str(name))
+    assert _bounded_claim(queue) is None
+
+
+# -- dependencies ----------------------------------------------------------------------
+
+
+def test_dependant_waits_until_its_dependencies_are_done(queue):
+    queue.enqueue({"id": "a"})
+    queue.enqueue({"id": "b", "priority": 9})
+    dep = queue.enqueue({"id": "c", "depends_on": ["a", "b"], "priority": 0})
+    assert dep.due == DEP and dep.attempt == 1
+    assert ls(queue, "waiting") == [str(dep)]
+    clean(queue)
+    assert queue.promote() == []
+    first = claim_one(queue)
+    assert first.id == "a"       # c has priority 0 but is not pending
+    first.complete()
+    assert queue.promote() == []  # b is not done yet
+    assert state_of(queue, "c")[0] == "waiting"
+    second = claim_one(queue)
+    assert second.id == "b"
+    second.complete()
+    assert queue.promote() == [dep.ready()]
+    c = claim_one(queue)
+    assert (c.id, c.attempt, c.name.due) == ("c", 1, None)
+    c.complete()
+    clean(queue, enqueued=["a", "b", "c"], expect_finished=True)
+
+
+def test_dependency_already_done_at_enqueue(queue):
+    queue.enqueue({"id": "a"})
+    claim_one(queue).complete()
+    dep = queue.enqueue({"id": "b", "depends_on": ["a"]})
+    assert state_of(queue, "b") == ("waiting", dep)
+    assert queue.promote() == [dep.ready()]
+
+
+def test_failed_dependency_dead_letters_the_dependant_with_its_reason(queue):
+    queue.enqueue({"id": "a"})
+    dep = queue.enqueue({"id": "b", "depends_on": ["a"]})
+    assert claim_one(queue).fail("compiler exploded", retry=False) == "failed"
+    assert queue.promote() == []
+    failed = queue.dir("failed") / str(dep.ready())
+    assert failed.exists()
+    assert reason_of(failed) == "dependency 'a' failed: compiler exploded"
+    assert ls(queue, "waiting") == []
+    clean(queue, enqueued=["a", "b"], expect_finished=True)
+
+
+def test_failure_propagates_down_a_dependency_chain(queue):
+    queue.enqueue({"id": "a"})
+    queue.enqueue({"id": "b", "depends_on": ["a"]})
+    queue.enqueue({"id": "c", "depends_on": ["b"]})
+    claim_one(queue).fail("root cause", retry=False)
+    for _ in range(3):
+        queue.promote()
+    assert queue.failure_reason("b") == "dependency 'a' failed: root cause"
+    assert queue.failure_reason("c").startswith("dependency 'b' failed: dependency 'a' failed")
+    clean(queue, enqueued=["a", "b", "c"], expect_finished=True)
+
+
+def test_retry_of_a_dependant_waits_for_its_due_time_not_its_dependencies(queue, clock):
+    queue.enqueue({"id": "a"})
+    queue.enqueue({"id": "b", "depends_on": ["a"]})
+    claim_one(queue).complete()
+    queue.promote()
+    c = claim_one(queue)
+    assert c.fail("flaky") == "retry"
+    waiting = only(queue, "waiting")
+    assert waiting.attempt == 2 and isinstance(waiting.due, int)
+    assert queue.promote() == []
+    clock.advance(5)
+    assert queue.promote() == [waiting.ready()]
+
+
+# -- counts, scan, read, failure_reason ----------------------------------------------------
+
+
+def test_counts_and_scan(queue):
+    assert queue.counts() == dict.fromkeys(names.STATES, 0)
+    for item_id in ("p1", "p2", "c", "d", "f"):
+        queue.enqueue({"id": item_id})
+    w = queue.enqueue({"id": "w", "depends_on": ["p1"]})
+    held, to_finish, to_fail = claim_one(queue), claim_one(queue), claim_one(queue)
+    assert (held.id, to_finish.id, to_fail.id) == ("p1", "p2", "c")
+    to_finish.complete()
+    to_fail.fail("x", retry=False)
+    assert queue.counts() == {"pending": 2, "claimed": 1, "waiting": 1, "done": 1, "failed": 1}
+    scan = queue.scan()
+    assert list(scan) == list(names.STATES)
+    assert [n.id for n in scan["pending"]] == ["d", "f"]
+    assert scan["claimed"] == [held.name]
+    assert scan["waiting"] == [w]
+    assert [n.id for n in scan["done"]] == ["p2"] and [n.id for n in scan["failed"]] == ["c"]
+    # Foreign files and dotfiles: scan reports the former, both skip the latter.
+    (queue.dir("pending") / "dropped.json").write_text("{}")
+    (queue.dir("pending") / ".nfs0001").write_text("")
+    scan = queue.scan()
+    assert scan["foreign/pending"] == ["dropped.json"]
+    assert len(scan["pending"]) == 2
+    assert queue.counts()["failed"] == 1       # the .reason sidecar is not an item
+
+
+def test_failure_reason_lookups(queue):
+    queue.enqueue({"id": "a"})
+    assert queue.failure_reason("a") == "(not failed)"
+    name = queue.enqueue({"id": "b"})
+    os.rename(queue.dir("pending") / str(name), queue.dir("failed") / str(name))
+    assert queue.failure_reason("b") == "(no reason recorded)"
+
+
+# -- hand-dropped files and recovery --------------------------------------------------------
+
+
+def test_hand_dropped_valid_item_is_enqueued_by_recover(queue):
+    doc = {"id": "manual", "title": "by hand", "priority": "high"}
+    (queue.dir("pending") / "manual.json").write_bytes(orjson.dumps(doc))
+    assert queue.claim() is None       # not a queue name: claim never takes it directly
+    actions = recover(queue)
+    assert len(actions) == 1
+    assert actions[0].startswith("enqueued hand-dropped pending/manual.json as 2.")
+    assert not (queue.dir("pending") / "manual.json").exists()
+    c = claim_one(queue)
+    assert (c.id, c.item.title, c.name.priority, c.attempt) == ("manual", "by hand", 2, 1)
+    clean(queue, enqueued=["manual"])
+    assert recover(queue) == []
+
+
+def test_hand_dropped_item_without_id_gets_one(queue):
+    (queue.dir("pending") / "anon.json").write_bytes(b'{"title": "no id"}')
+    recover(queue)
+    (name,) = queue.scan()["pending"]
+    assert names.validate_id(name.id) and queue.read("pending", name).title == "no id"
+    clean(queue, enqueued=[name.id])
+
+
+@pytest.mark.parametrize(("content", "why"), [
+    (b"{not json", "malformed JSON"),
+    (b"", "empty file"),
+    (b'{"id": "x", "priority": "urgent"}', "field 'priority'"),
+    (b'{"id": "x", "max_attempts": 0}', "field 'max_attempts'"),
+    (b'{"id": "x", "colour": "red"}', "field 'colour'"),
+    (b'{"id": "../../etc"}', "field 'id'"),
+    (b'{"id": "x", "depends_on": ["ghost"]}', "unknown item 'ghost'"),
+    (b'["a", "list"]', "expected a JSON object"),
+])
+def test_hand_dropped_invalid_item_is_dead_lettered_never_deleted(queue, content, why):
+    dropped = queue.dir("pending") / "task.json"
+    dropped.write_bytes(content)
+    actions = recover(queue)
+    assert len(actions) == 1 and actions[0].startswith("moved pending/task.json to failed/task.json")
+    kept = queue.dir("failed") / "task.json"
+    assert kept.read_bytes() == content
+    reason = reason_of(kept)
+    assert reason.startswith("pending/task.json: ") and why in reason
+    assert not dropped.exists() and ls(queue, "ids") == []
+    clean(queue, enqueued=[])
+    assert recover(queue) == []
+    assert kept.read_bytes() == content
+
+
+def test_hand_dropped_duplicate_is_dead_lettered(queue):
+    queue.enqueue({"id": "x", "title": "original"})
+    (queue.dir("pending") / "again.json").write_bytes(b'{"id": "x", "title": "copy"}')
+    recover(queue)
+    assert "already in the queue" in reason_of(queue.dir("failed") / "again.json")
+    assert queue.read("ids", "x").title == "original"
+    clean(queue, enqueued=["x"])
+
+
+def test_dead_lettered_hand_drops_never_overwrite_each_other(queue):
+    (queue.dir("pending") / "t.json").write_bytes(b"first")
+    recover(queue)
+    (queue.dir("pending") / "t.json").write_bytes(b"second")
+    recover(queue)
+    assert (queue.dir("failed") / "t.json").read_bytes() == b"first"
+    assert (queue.dir("failed") / "t.json.1").read_bytes() == b"second"
+    clean(queue)
+
+
+@pytest.mark.parametrize("state", ["waiting", "claimed"])
+def test_files_dropped_outside_pending_are_dead_lettered(queue, state):
+    (queue.dir(state) / "x.json").write_bytes(b'{"id": "x"}')
+    recover(queue)
+    assert "files may be dropped only into pending/" in reason_of(queue.dir("failed") / "x.json")
+    assert ls(queue, "ids") == []
+    clean(queue)
+
+
+def test_recover_is_idempotent_over_assorted_debris(queue):
+    # 1. an enqueue that crashed after staging (tmp/ only, no lock held)
+    staged = ItemName(5, names.next_order(), "staged", 1)
+    (queue.dir("tmp") / str(staged)).write_bytes(b'{"id": "staged"}')
+    # 2. an enqueue that crashed after reserving the id
+    reserved = ItemName(5, names.next_order(), "reserved", 1, DEP)
+    queue.enqueue({"id": "base"})
+    (queue.dir("tmp") / str(reserved)).write_bytes(b'{"id": "reserved", "depends_on": ["base"]}')
+    os.link(queue.dir("tmp") / str(reserved), queue.dir("ids") / "reserved")
+    # 3. a claimant that died between link and unlink
+    half = queue.enqueue({"id": "half"})
+    os.link(queue.dir("pending") / str(half), queue.dir("claimed") / str(half))
+    # 4. an item whose queue name was deleted by hand
+    lost = queue.enqueue({"id": "lost"})
+    os.unlink(queue.dir("pending") / str(lost))
+    # 5. a dead letter whose reason was never written, and an orphan reason
+    noreason = queue.enqueue({"id": "noreason"})
+    os.rename(queue.dir("pending") / str(noreason), queue.dir("failed") / str(noreason))
+    (queue.dir("failed") / "5.0000000000000001.gone~1.reason").write_text("old\n")
+    # 6. hand-dropped files, good and bad
+    (queue.dir("pending") / "good.json").write_bytes(b'{"id": "good"}')
+    (queue.dir("pending") / "bad.json").write_bytes(b'{"id": "bad", "priority": "urgent"}')
+    # 7. a duplicate enqueue that crashed before learning it lost
+    dup = ItemName(5, names.next_order(), "base", 1)
+    (queue.dir("tmp") / str(dup)).write_bytes(b'{"id": "base", "title": "dup"}')
+
+    assert check(queue.root) != []
+    actions = recover(queue)
+    expected = [
+        "finished interrupted enqueue of 'staged'",
+        "finished interrupted enqueue of 'reserved'",
+        f"dropped unacknowledged duplicate enqueue tmp/{dup}",
+        "dead-lettered lost item 'lost' as failed/",
+        f"wrote missing reason for failed/{noreason}",
+        "removed orphan reason file failed/5.0000000000000001.gone~1.reason",
+        "enqueued hand-dropped pending/good.json as 5.",
+        "moved pending/bad.json to failed/bad.json: pending/bad.json: field 'priority'",
+    ]
+    assert len(actions) == len(expected), actions
+    for prefix in expected:
+        assert sum(a.startswith(prefix) for a in actions) == 1, (prefix, actions)
+    assert recover(queue) == []
+    everything = ["staged", "reserved", "base", "half", "lost", "noreason", "good"]
+    assert state_of(queue, "staged") == ("pending", staged)
+    assert state_of(queue, "reserved") == ("waiting", reserved)
+    # The dead claimant's pending/claimed pair waits for revoke (the owner might be alive).
+    assert sorted(s for s, ns in queue.scan().items() for n in ns if n == half) == \
+        ["claimed", "pending"]
+    assert state_of(queue, "lost")[0] == "failed" and "lost" in queue.failure_reason("lost")
+    assert "no reason recorded" in queue.failure_reason("noreason")
+    assert queue.read("ids", "base").title == ""
+    assert not (queue.dir("failed") / "5.0000000000000001.gone~1.reason").exists()
+    # With every worker known dead, the remaining claim is revoked, once.
+    assert recover(queue, revoke_claims=True) == [f"revoked claimed/{half}: retry"]
+    assert recover(queue, revoke_claims=True) == []
+    clean(queue, enqueued=everything, revoked=[("half", 1)])
+
+
+# Regression test for a fixed bug (harness/queue.py Queue.enqueue lines ~166-172 with harness/recovery.py
+# _finish_staged lines ~47-68): the staged file is created under its final tmp/ name by
+# fsops.write_new (O_CREAT|O_EXCL, then the data is written) and only locked with
+# flock() afterwards. A recover() that runs in that window (the coordinator recovers at
+# start while the CLI may be enqueueing) gets the lock, "rolls forward" the in-progress
+# enqueue (links ids/ and pending/ -- possibly while the file is still empty) and
+# unlinks the tmp/ name; the enqueuer then fails in _publish with FileNotFoundError
+# (link of a vanished tmp/ name) although its item *was* enqueued, so the caller
+# reports an error and a retry gets DuplicateId. Fix: create the staging file under a
+# dot-name (recover treats those as debris only after STAGING_DEBRIS_AGE), flock it,
+# write, then rename it to tmp/<name> (the lock stays with the open file); or have
+# _finish_staged also skip non-dot tmp/ files younger than a grace period.
+def test_recover_during_enqueue_does_not_break_it(queue, monkeypatch):
+    real_write_new = fsops.write_new
+    during: list[list[str]] = []
+
+    def write_new_then_recover(path, data, *, durable, lock=False):
+        fd = real_write_new(path, data, durable=durable, lock=lock)
+        during.append(recover(queue))       # a coordinator starting up right now
+        return fd
+
+    monkeypatch.setattr(fsops, "write_new", write_new_then_recover)
+    name = queue.enqueue({"id": "a"})
+    monkeypatch.undo()
+    assert during == [[]], "recover() must leave an in-progress enqueue alone"
+    assert state_of(queue, "a") == ("pending", name)
+    clean(queue, enqueued=["a"])
+
+
+# -- filesystem probe and durability ---------------------------------------------------------
+
+
+def test_probe_passes_on_a_local_filesystem(queue):
+    queue.probe()
+    for d in ("tmp", "ids", *names.STATES):
+        assert ls(queue, d) == [], f"probe left files in {d}/"
+
+
+@pytest.mark.parametrize("err", [errno.EXDEV, errno.EPERM])
+def test_probe_refuses_when_hard_links_fail(queue, monkeypatch, err):
+    def no_links(src, dst, *args, **kwargs):
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(os, "link", no_links)
+    with pytest.raises(UnsupportedFilesystem) as info:
+        queue.probe()
+    monkeypatch.undo()
+    exc = info.value
+    assert exc.operation == "link"
+    assert exc.path.parent == queue.root / "ids"  # the first directory the probe links into
+    assert exc.reason == os.strerror(err)
+    assert str(queue.root / "ids") in str(exc) and "link failed" in str(exc)
+    assert "one filesystem" in str(exc)
+    for d in ("tmp", "ids", *names.STATES):
+        assert ls(queue, d) == [], f"probe left files in {d}/"
+
+
+def test_probe_refuses_when_rename_crosses_devices(queue, monkeypatch):
+    def no_rename(src, dst, *args, **kwargs):
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+
+    monkeypatch.setattr(os, "rename", no_rename)
+    with pytest.raises(UnsupportedFilesystem) as info:
+        queue.probe()
+    monkeypatch.undo()
+    assert info.value.operation == "rename"
+    assert info.value.path.parent.parent == queue.root
+    assert str(queue.root) in str(info.value)
+    assert ls(queue, "tmp") == [] and ls(queue, "pending") == []
+
+
+def test_probe_refuses_links_that_are_copies(queue, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(os, "link", lambda src, dst: shutil.copyfile(src, dst))
+    with pytest.raises(UnsupportedFilesystem) as info:
+        queue.probe()
+    monkeypatch.undo()
+    assert info.value.operation == "link" and "not a second link" in str(info.value)
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_durable_mode_syncs_and_works(tmp_path, clock, monkeypatch, durable):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    q = Queue(tmp_path / "q", durable=durable, clock=clock, relist_interval=0)
+    q.probe()
+    synced.clear()
+    q.enqueue({"id": "a"})
+    q.enqueue({"id": "b"})
+    q.enqueue({"id": "c", "depends_on": ["a"]})
+    claim_one(q).complete()
+    assert claim_one(q).fail("retry me") == "retry"
+    clock.advance(60)
+    assert len(q.promote()) == 2
+    c = claim_one(q)
+    assert (c.id, c.attempt) == ("b", 2)
+    assert q.revoke(c.name, "stale") == "retry"
+    c = claim_one(q)
+    assert (c.id, c.attempt) == ("b", 3)
+    c.fail("give up", retry=False)
+    assert recover(q, revoke_claims=True) == []
+    clean(q, enqueued=["a", "b", "c"], revoked=[("b", 2)])
+    assert q.counts() == {"pending": 1, "claimed": 0, "waiting": 0, "done": 1, "failed": 1}
+    assert q.failure_reason("b") == "give up"
+    assert (len(synced) > 0) is durable
+
+
+# -- real processes ------------------------------------------------------------------------
+
+
+def _enqueue_racer(root, ids, barrier, conn):
+    q = Queue(root)
+    results = []
+    for item_id in ids:
+        barrier.wait(timeout=30)
+        try:
+            q.enqueue({"id": item_id, "title": f"from {os.getpid()}"})
+            results.append("ok")
+        except DuplicateId:
+            results.append("duplicate")
+    conn.send(results)
+    conn.close()
+
+
+def _claim_racer(root, barrier, conn):
+    q = Queue(root, relist_interval=0)
+    got = []
+    barrier.wait(timeout=30)
+    while (c := q.claim()) is not None:
+        c.complete()
+        got.append(c.id)
+    conn.send(got)
+    conn.close()
+
+
+def _run_racers(target, args_for, n=2):
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(n)
+    procs, conns = [], []
+    for i in range(n):
+        parent, child = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=target, args=(*args_for(i), barrier, child), daemon=True)
+        p.start()
+        child.close()
+        procs.append(p)
+        conns.append(parent)
+    results = []
+    try:
+        for conn in conns:
+            assert conn.poll(50), "a racer did not report back"
+            results.append(conn.recv())
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    assert [p.exitcode for p in procs] == [0] * n
+    return results
+
+
+def test_two_processes_enqueueing_one_id_exactly_one_wins(tmp_path):
+    root = tmp_path / "q"
+    Queue(root)
+    ids = [f"race-{n}" for n in range(50)]
+    first, second = _run_racers(_enqueue_racer, lambda i: (root, ids))
+    assert len(first) == len(second) == len(ids)
+    for item_id, a, b in zip(ids, first, second):
+        assert sorted([a, b]) == ["duplicate", "ok"], f"{item_id}: {a}, {b}"
+    q = Queue(root)
+    assert sorted(os.listdir(q.dir("ids"))) == sorted(ids)
+    assert len(ls(q, "pending")) == len(ids) and ls(q, "tmp") == []
+    clean(q, enqueued=ids)
+    # Each id's document is the winner's: a reservation never points at the loser's file.
+    for item_id in ids:
+        assert fsops.same_file(q.dir("ids") / item_id, q.dir("pending") / str(state_of(q, item_id)[1]))
+
+
+def test_two_processes_claiming_share_nothing(tmp_path):
+    root = tmp_path / "q"
+    q = Queue(root)
+    ids = [f"job-{n:03d}" for n in range(150)]
+    for item_id in ids:
+        q.enqueue({"id": item_id})
+    first, second = _run_racers(_claim_racer, lambda i: (root,))
+    assert not set(first) & set(second)
+    assert sorted(first + second) == ids
+    assert len(ls(q, "done")) == len(ids)
+    clean(q, enqueued=ids, expect_finished=True)
