@@ -51,8 +51,8 @@ def _fail(message: str) -> None:
 def _workspace(ctx: click.Context):  # -> Workspace
     from harness.workspace import Workspace
 
-    root = (ctx.obj or {}).get("root", ".") if isinstance(ctx.obj, dict) else "."
-    return Workspace.at(root)
+    obj = ctx.find_root().obj
+    return Workspace.at(obj.get("root", ".") if isinstance(obj, dict) else ".")
 
 
 def _item_dir(ws, item_id: str):  # -> Path
@@ -225,7 +225,6 @@ class _Reader:
         if self.text_mode:
             return self._record("stdout", _short(text, 200))
         bad_before = self.state.metrics.non_json_lines
-        events_before = self.state.metrics.events
         ev = self.state.feed(text)
         if self.state.metrics.non_json_lines > bad_before:
             self.bad_lines.append({"line": self.lineno, "text": text})
@@ -234,8 +233,7 @@ class _Reader:
         if ev is None:  # JSON, but not an object
             import orjson
 
-            if self.state.metrics.events > events_before:
-                self.events.append(orjson.loads(text))
+            self.events.append(orjson.loads(text))
             self._error("not_an_object", _short(text, 200))
             return self._record("json", _short(text), error=True)
         self.events.append(ev)
@@ -413,7 +411,7 @@ def _metrics_obj(data: dict):  # -> Metrics
 
 
 def _metrics(d, reader: _Reader | None) -> tuple[dict, str]:
-    """(metrics dict, source): metrics.json if the attempt wrote it, else derived from the stream."""
+    """(metrics, source): metrics.json if the attempt wrote it, else derived from the stream."""
     from harness.session import Metrics
 
     data = _read_json(d / "metrics.json")
@@ -656,8 +654,9 @@ def sessions() -> None:
     """
 
 
-@sessions.command("list")
+@sessions.command("list", short_help="Every attempt with logs, newest first.")
 @click.option("--limit", type=click.IntRange(min=0), default=LIST_LIMIT, show_default=True,
+              metavar="N",
               help="Show at most this many attempts (0: all).")
 @_json_option
 @click.pass_context
@@ -694,7 +693,7 @@ def list_cmd(ctx: click.Context, limit: int, as_json: bool) -> None:
         click.echo(f"({len(shown)} of {len(everything)} attempts; --limit 0 for all)")
 
 
-@sessions.command()
+@sessions.command(short_help="Summary of the most recent attempt.")
 @_json_option
 @click.pass_context
 def latest(ctx: click.Context, as_json: bool) -> None:
@@ -716,7 +715,7 @@ def latest(ctx: click.Context, as_json: bool) -> None:
         _render_summary(info, _item_title(d))
 
 
-@sessions.command()
+@sessions.command(short_help="Per attempt: outcome, tokens, cost, tools, paths.")
 @click.argument("item_id", metavar="ID")
 @_all_attempts_option
 @_json_option
@@ -744,7 +743,7 @@ def summary(ctx: click.Context, item_id: str, attempt: int | None, as_json: bool
         _render_summary(info, title)
 
 
-@sessions.command()
+@sessions.command(short_help="Tool calls by name, and in order with args.")
 @click.argument("item_id", metavar="ID")
 @_attempt_option
 @click.option("--full", is_flag=True, help="Show each call's whole input, untruncated.")
@@ -786,10 +785,11 @@ def tools(ctx: click.Context, item_id: str, attempt: int | None, full: bool,
     _table(rows, indent="  ")
 
 
-@sessions.command()
+@sessions.command(short_help="Failed tools, error results, bad lines, stderr.")
 @click.argument("item_id", metavar="ID")
 @_attempt_option
 @click.option("--tail", "tail_lines", type=click.IntRange(min=0), default=20, show_default=True,
+              metavar="N",
               help="Lines of stderr.log to show.")
 @_json_option
 @click.pass_context
@@ -830,7 +830,7 @@ def errors(ctx: click.Context, item_id: str, attempt: int | None, tail_lines: in
         click.echo("stderr.log: empty or missing")
 
 
-@sessions.command()
+@sessions.command(short_help="One line per event of an attempt.")
 @click.argument("item_id", metavar="ID")
 @_attempt_option
 @_json_option
@@ -860,7 +860,7 @@ def timeline(ctx: click.Context, item_id: str, attempt: int | None, as_json: boo
         click.echo(f"ended: {result.get('reason')}: {result.get('detail')}")
 
 
-@sessions.command()
+@sessions.command(short_help="metrics.json per attempt and the item total.")
 @click.argument("item_id", metavar="ID")
 @_all_attempts_option
 @_json_option
@@ -913,7 +913,7 @@ def metrics(ctx: click.Context, item_id: str, attempt: int | None, as_json: bool
         click.echo("tool calls (total): " + ", ".join(f"{k} {v}" for k, v in calls))
 
 
-@sessions.command()
+@sessions.command(short_help="An item's attempts as one JSON document.")
 @click.argument("item_id", metavar="ID")
 @_all_attempts_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
@@ -962,12 +962,13 @@ def export(ctx: click.Context, item_id: str, attempt: int | None, output: str | 
     click.echo(f"wrote {output} ({len(attempts)} attempt(s), {events} events)", err=True)
 
 
-@sessions.command()
+@sessions.command(short_help="Follow a running attempt's events live.")
 @click.argument("item_id", metavar="ID")
 @_attempt_option
-@click.option("--timeout", type=click.FloatRange(min=0), default=None,
+@click.option("--timeout", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
               help="Stop after this many seconds (exit 1 if the attempt has not ended).")
 @click.option("--interval", type=click.FloatRange(min=0.01), default=POLL_INTERVAL,
+              metavar="SECONDS",
               show_default=True, help="Seconds between reads.")
 @_json_option
 @click.pass_context
@@ -1020,17 +1021,18 @@ def watch(ctx: click.Context, item_id: str, attempt: int | None, timeout: float 
     _follow_end(how, item_id, n, timeout)
 
 
-@click.command()
+@click.command(short_help="Print (or follow) an attempt's raw agent output.")
 @click.argument("item_id", metavar="ID")
 @_attempt_option
 @click.option("-f", "--follow", is_flag=True,
               help="Keep printing as the log grows, until the attempt's result.json appears.")
 @click.option("--stderr", "use_stderr", is_flag=True, help="Show stderr.log instead.")
-@click.option("-n", "--tail", "tail_lines", type=click.IntRange(min=1), default=None,
+@click.option("-n", "--tail", "tail_lines", type=click.IntRange(min=1), default=None, metavar="N",
               help="Start with only the last N lines.")
-@click.option("--timeout", type=click.FloatRange(min=0), default=None,
+@click.option("--timeout", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
               help="With --follow: stop after this many seconds (exit 1 if not ended).")
 @click.option("--interval", type=click.FloatRange(min=0.01), default=POLL_INTERVAL,
+              metavar="SECONDS",
               show_default=True, help="With --follow: seconds between reads.")
 @click.pass_context
 def logs(ctx: click.Context, item_id: str, attempt: int | None, follow: bool, use_stderr: bool,

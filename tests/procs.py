@@ -193,7 +193,7 @@ def cmd_hammer(a: dict[str, Any]) -> int:
 
     Reports one line per event to ``out``: ``C`` claimed, ``S`` stuck (works
     until its claim is revoked), ``D`` done, ``R`` failed with retry, ``X``
-    dead-lettered, ``F`` fenced, ``A <name> <what>`` anomaly.
+    dead-lettered, ``F`` fenced, ``A`` anomaly.
     ``strict`` (nobody revokes): any Fenced or vanished claim is an anomaly.
     """
     from harness.queue import Fenced, Queue
@@ -209,7 +209,7 @@ def cmd_hammer(a: dict[str, Any]) -> int:
         def anomaly(name: str, msg: str) -> None:
             nonlocal anomalies
             anomalies += 1
-            out.write(f"A {name} {msg}\n")
+            out.write(f"A {name}: {msg}\n")
 
         touch(Path(a["ready"]))
         _wait_file(a["start"], check)

@@ -25,7 +25,7 @@ from harness import names
 from harness.invariants import check
 from harness.item import InvalidItem
 from harness.names import DEP, ItemName
-from harness.queue import Claim, DuplicateId, Fenced, Queue
+from harness.queue import Claim, DuplicateId, Fenced, Queue, QueueError
 from harness.recovery import recover
 
 pytestmark = pytest.mark.timeout(120)
@@ -245,6 +245,22 @@ class QueueMachine(RuleBasedStateMachine):
         w = data.draw(st.sampled_from(self._busy()), label="worker")
         self.workers[w].claim = None
 
+    @precondition(lambda self: self._busy())
+    @rule(data=st.data(), delay=st.sampled_from([0, 1, 30]))
+    def release(self, data, delay):
+        """A rate-limited worker gives its item back: the next attempt, not counted."""
+        w = data.draw(st.sampled_from(self._busy()), label="worker")
+        claim, self.workers[w].claim = self.workers[w].claim, None
+        if not self._live(claim):
+            with pytest.raises(Fenced):
+                claim.release(delay)
+            return
+        claim.release(delay)
+        self._leave_claimed(claim.id)
+        m = self.items[claim.id]
+        m.state, m.due = "waiting", int((self.now + delay) * 1000)
+        m.attempt, m.free = m.attempt + 1, m.free + 1
+
     # -- coordinator -------------------------------------------------------------------
 
     @precondition(lambda self: self._in("claimed") or self.history.past_claims)
@@ -317,6 +333,39 @@ class QueueMachine(RuleBasedStateMachine):
             m.state, m.due = "failed", None
             reason = self.coordinator.failure_reason(item_id)
             assert reason.startswith(f"dependency {blocker!r} failed: "), reason
+
+    @precondition(lambda self: self.items)
+    @rule(data=st.data(), action=st.sampled_from(["requeue", "cancel", "reject", "find"]))
+    def operator(self, data, action):
+        """Operator and merge-queue actions: retry a dead letter, cancel an unclaimed
+        item, reject a done one (its merge conflicted), look an item up."""
+        item_id = data.draw(st.sampled_from(sorted(self.items)), label="item")
+        m = self.items[item_id]
+        if action == "requeue":
+            if m.state != "failed":
+                with pytest.raises(QueueError, match="not in failed/"):
+                    self.coordinator.requeue_failed(item_id)
+                return
+            # A fresh attempt budget: every earlier attempt becomes free.
+            m.state, m.attempt, m.free, m.due = "pending", m.attempt + 1, m.attempt, None
+            assert self.coordinator.requeue_failed(item_id) == m.name(item_id)
+            assert self.coordinator.failure_reason(item_id) == "(not failed)"
+        elif action == "cancel":
+            cancelled = self.coordinator.cancel_unclaimed(item_id, f"cancelled {item_id}")
+            assert cancelled == (m.state in ("pending", "waiting"))
+            if cancelled:
+                m.state, m.due = "failed", None
+                assert self.coordinator.failure_reason(item_id) == f"cancelled {item_id}"
+        elif action == "reject":
+            rejected = self.coordinator.reject(m.name(item_id), "merge conflict")
+            assert rejected == (m.state == "done")
+            if rejected:
+                m.state = "failed"
+                assert self.coordinator.failure_reason(item_id) == "merge conflict"
+        else:
+            assert self.coordinator.find(item_id) == m.name(item_id)
+            elsewhere = tuple(s for s in names.STATES if s != m.state)
+            assert self.coordinator.find(item_id, elsewhere) is None
 
     @rule(everyone_died=st.booleans())
     def run_recovery(self, everyone_died):

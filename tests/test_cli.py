@@ -1,0 +1,309 @@
+"""The operator's CLI: every command, its error paths and exit codes."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from harness import names
+from harness.cli import main
+from harness.queue import Queue
+from tests.wsutil import kill_all, make_workspace, start_coordinator, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+SIM = '\n[agent]\npreset = "sim"\n'
+
+
+@pytest.fixture
+def ws(tmp_path):
+    ws = make_workspace(tmp_path / "ws", extra=SIM)
+    yield ws
+    kill_all(ws)
+
+
+def cli(ws, *args, input=None):
+    return CliRunner().invoke(main, ["--root", str(ws.root), *args], input=input)
+
+
+def ids_in(ws, state):
+    return sorted(names.parse(e).id for e in names.entries(ws.queue_dir / state))
+
+
+# -- init ---------------------------------------------------------------------------------
+
+
+def test_init_scaffolds_a_workspace_and_refuses_to_overwrite(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=repo, check=True)
+    result = CliRunner().invoke(main, ["init", str(repo), "--agent", "sim"])
+    assert result.exit_code == 0, result.output
+    assert "preset = \"sim\"" in (repo / "harness.toml").read_text()
+    assert "{{WORK_ITEM}}" in (repo / "prompts" / "bootstrap.md").read_text()
+    for d in ("queue/pending", "state/heartbeats", "worktrees"):
+        assert (repo / d).is_dir()
+    assert "/queue/" in (repo / ".git" / "info" / "exclude").read_text()
+    again = CliRunner().invoke(main, ["init", str(repo)])
+    assert again.exit_code == 2 and "refusing to overwrite" in again.output
+
+
+def test_init_outside_a_git_repository_is_a_usage_error(tmp_path):
+    result = CliRunner().invoke(main, ["init", str(tmp_path)])
+    assert result.exit_code == 2 and "git init" in result.output
+
+
+# -- enqueue --------------------------------------------------------------------------------
+
+
+def test_enqueue_from_options(ws):
+    result = cli(ws, "enqueue", "--id", "fix-1", "--title", "Fix it", "--prompt", "do it",
+                 "--priority", "high", "--rig", "main-rig")
+    assert result.exit_code == 0, result.output
+    assert "1 added, 0 refused" in result.output
+    item = Queue(ws.queue_dir).read("ids", "fix-1")
+    assert (item.priority, item.rig, item.prompt) == (2, "main-rig", "do it")
+
+
+def test_enqueue_accepts_the_legacy_queue_json(ws, tmp_path):
+    legacy = tmp_path / "queue.json"
+    legacy.write_text('[{"id": "test-001", "type": "test", "title": "Phase 2 validation",'
+                      ' "priority": "high", "rig": "aardwolf_snd"},'
+                      ' {"id": "test-002", "type": "task", "title": "Second", "priority": "low",'
+                      ' "rig": "aardwolf_snd"}]')
+    result = cli(ws, "enqueue", str(legacy))
+    assert result.exit_code == 0, result.output
+    assert ids_in(ws, "pending") == ["test-001", "test-002"]
+
+
+def test_enqueue_jsonl_and_stdin_with_dependencies_in_any_order(ws, tmp_path):
+    batch = tmp_path / "tasks.jsonl"
+    batch.write_text('{"id": "after", "depends_on": ["before"]}\n{"id": "before"}\n')
+    assert cli(ws, "enqueue", str(batch)).exit_code == 0
+    assert ids_in(ws, "waiting") == ["after"] and ids_in(ws, "pending") == ["before"]
+    result = cli(ws, "enqueue", "-", input='{"id": "from-stdin", "title": "x"}')
+    assert result.exit_code == 0 and "from-stdin" in ids_in(ws, "pending")
+
+
+def test_enqueue_reports_refusals_and_atomic_adds_nothing(ws, tmp_path):
+    batch = tmp_path / "mixed.json"
+    batch.write_text('[{"id": "good"}, {"id": "bad/id"}, {"id": "x", "priority": "urgent"},'
+                     ' {"id": "good"}]')
+    atomic = cli(ws, "enqueue", "--atomic", str(batch))
+    assert atomic.exit_code == 1 and "nothing added" in atomic.output
+    assert ids_in(ws, "pending") == []
+    partial = cli(ws, "enqueue", "--json", str(batch))
+    assert partial.exit_code == 1
+    report = orjson.loads(partial.stdout)
+    assert [a["id"] for a in report["added"]] == ["good"]
+    reasons = " ".join(r["reason"] for r in report["refused"])
+    assert "invalid id 'bad/id'" in reasons and "priority" in reasons
+    assert "already in the queue" in reasons
+
+
+def test_enqueue_errors_name_the_input(ws, tmp_path):
+    junk = tmp_path / "junk.jsonl"
+    junk.write_text('{"id": "a"}\nnot json\n')
+    result = cli(ws, "enqueue", str(junk))
+    assert result.exit_code == 2 and "junk.jsonl:2" in result.output
+    assert cli(ws, "enqueue").exit_code == 2
+
+
+def test_enqueue_checks_meta_keys_the_prompt_template_uses(ws):
+    (ws.root / "prompts" / "bootstrap.md").write_text("Ticket {{meta.ticket}}: {{TITLE}}\n")
+    missing = cli(ws, "enqueue", "--id", "a", "--title", "t")
+    assert missing.exit_code == 1 and "{{meta.ticket}}" in missing.output
+    ok = cli(ws, "enqueue", "-", input='{"id": "b", "meta": {"ticket": "T-1"}}')
+    assert ok.exit_code == 0, ok.output
+
+
+# -- ls, show, retry, cancel, pause, resume, scale ----------------------------------------------
+
+
+def test_ls_and_show(ws):
+    q = Queue(ws.queue_dir)
+    q.enqueue({"id": "a", "title": "Alpha", "priority": "high"})
+    q.enqueue({"id": "b"})
+    result = cli(ws, "ls")
+    assert result.exit_code == 0 and result.stdout.index("a ") < result.stdout.index("b ")
+    rows = orjson.loads(cli(ws, "ls", "pending", "--json").stdout)
+    assert [(r["id"], r["priority"], r["attempt"]) for r in rows] == [("a", 2, 1), ("b", 5, 1)]
+    shown = cli(ws, "show", "a")
+    assert shown.exit_code == 0 and "[pending]" in shown.output and "Alpha" in shown.output
+    assert orjson.loads(cli(ws, "show", "a", "--json").stdout)["state"] == "pending"
+    unknown = cli(ws, "show", "nope")
+    assert unknown.exit_code == 2 and "'nope'" in unknown.output
+    assert cli(ws, "ls", "sideways").exit_code == 2
+
+
+def test_retry_and_cancel_of_items_not_running(ws):
+    q = Queue(ws.queue_dir, max_attempts=1)
+    q.enqueue({"id": "dead"})
+    q.enqueue({"id": "later"})
+    q.claim().fail("boom")
+    assert cli(ws, "retry", "later").exit_code == 2
+    result = cli(ws, "retry", "dead")
+    assert result.exit_code == 0 and "retrying dead" in result.output
+    name = Queue(ws.queue_dir).find("dead")
+    assert (name.attempt, name.counted) == (2, 1)
+    cancel = cli(ws, "cancel", "later")
+    assert cancel.exit_code == 0
+    assert "cancelled" in Queue(ws.queue_dir).failure_reason("later")
+    assert cli(ws, "cancel", "nope").exit_code == 2
+
+
+def test_pause_resume_scale_write_the_operator_files(ws):
+    assert cli(ws, "pause", "database", "migration").exit_code == 0
+    assert ws.interrupt_file.read_text().strip() == "database migration"
+    assert "PAUSED   database migration" in cli(ws, "status").output
+    assert cli(ws, "resume").output.strip() == "resumed"
+    assert not ws.interrupt_file.exists()
+    assert cli(ws, "resume").output.strip() == "was not paused"
+    assert cli(ws, "scale", "5").exit_code == 0
+    assert ws.desired_workers_file.read_text().strip() == "5"
+    assert cli(ws, "scale", "-1").exit_code == 2
+
+
+# -- fsck ---------------------------------------------------------------------------------------
+
+
+def test_fsck_reports_and_repairs(ws):
+    q = Queue(ws.queue_dir)
+    name = q.enqueue({"id": "a"})
+    assert cli(ws, "fsck").exit_code == 0
+    os.link(q.dir("pending") / str(name), q.dir("claimed") / str(name))  # a dead claimant
+    (q.dir("pending") / "dropped.json").write_text("{broken")
+    bad = cli(ws, "fsck", "--json")
+    assert bad.exit_code == 1
+    codes = {v["code"] for v in orjson.loads(bad.stdout)["violations"]}
+    assert {"two-live-names", "foreign"} <= codes
+    fixed = cli(ws, "fsck", "--repair")
+    assert fixed.exit_code == 0, fixed.output
+    assert "revoked claimed/" in fixed.output and "moved pending/dropped.json" in fixed.output
+
+
+def test_fsck_repair_refuses_while_a_coordinator_runs(ws):
+    coord = start_coordinator(ws, "--agents", "1", "--forever")
+    try:
+        wait_for(ws.coordinator_file.exists, 20, "the coordinator to start")
+        result = cli(ws, "fsck", "--repair")
+        assert result.exit_code == 2 and "coordinator is running" in result.output
+    finally:
+        coord.send_signal(signal.SIGTERM)
+        coord.wait(30)
+        kill_all(ws, coord)
+
+
+# -- status during a live run -------------------------------------------------------------------
+
+
+def scan(ws):
+    return {s: len(names.entries(ws.queue_dir / s)) for s in names.STATES}
+
+
+def test_status_json_agrees_with_a_directory_scan_and_cancel_stops_a_running_agent(ws):
+    q = Queue(ws.queue_dir)
+    for i in range(6):
+        q.enqueue({"id": f"slow-{i}", "meta": {"sim": {"behavior": "slow", "seconds": 3}}})
+    q.enqueue({"id": "forever", "priority": 0, "meta": {"sim": {"behavior": "slow",
+                                                                 "seconds": 600}}})
+    coord = start_coordinator(ws, "--agents", "3")
+    try:
+        wait_for(lambda: "forever" in ids_in(ws, "claimed") and all(
+            ws.heartbeat_file(w).exists() for w in ("w1", "w2", "w3")), 20, "three workers")
+        for _ in range(3):
+            before = scan(ws)
+            snapshot = orjson.loads(cli(ws, "status", "--json").stdout)
+            after = scan(ws)
+            for state in names.STATES:  # the snapshot lies between two scans
+                lo, hi = sorted((before[state], after[state]))
+                assert lo <= snapshot["counts"][state] <= hi, (state, before, snapshot, after)
+            assert {w["worker"] for w in snapshot["workers"]} == {"w1", "w2", "w3"}
+        result = cli(ws, "cancel", "forever")
+        assert result.exit_code == 0 and "cancel requested" in result.output
+        wait_for(lambda: "forever" in ids_in(ws, "failed"), 20, "the cancelled item in failed/")
+        assert coord.wait(60) == 1
+    finally:
+        kill_all(ws, coord)
+    assert "cancelled" in Queue(ws.queue_dir).failure_reason("forever")
+    result = orjson.loads((ws.attempt_dir("forever", 1) / "result.json").read_bytes())
+    assert result["reason"] == "cancelled"
+    assert ids_in(ws, "done") == [f"slow-{i}" for i in range(6)]
+
+
+def test_status_watch_draws_the_workers_in_a_terminal(ws):
+    q = Queue(ws.queue_dir)
+    for i in range(3):
+        q.enqueue({"id": f"watched-{i}", "meta": {"sim": {"behavior": "slow", "seconds": 8}}})
+    coord = start_coordinator(ws, "--agents", "2")
+    master, slave = pty.openpty()
+    watcher = None
+    try:
+        wait_for(lambda: len(ids_in(ws, "claimed")) == 2, 20, "two running items")
+        watcher = subprocess.Popen(
+            [sys.executable, "-m", "harness.cli", "--root", str(ws.root), "status", "--watch",
+             "--interval", "0.2", "--timeout", "20"],
+            stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+            env={**os.environ, "COLUMNS": "160", "LINES": "40", "TERM": "xterm"})
+        os.close(slave)
+        screen = b""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    screen += os.read(master, 65536)
+                except OSError:
+                    break
+            text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode("utf-8", "replace"))
+            if "w1" in text and "w2" in text and "watched-" in text:
+                break
+        assert "w1" in text and "w2" in text and "watched-" in text, text[-2000:]
+        assert "\x1b[" in screen.decode("utf-8", "replace"), "drawn with terminal escapes"
+    finally:
+        if watcher is not None and watcher.poll() is None:
+            os.killpg(watcher.pid, signal.SIGKILL)
+            watcher.wait()
+        os.close(master)
+        coord.send_signal(signal.SIGTERM)
+        coord.wait(30)
+        kill_all(ws, coord)
+
+
+def test_status_without_a_terminal_prints_plain_text(ws):
+    Queue(ws.queue_dir).enqueue({"id": "a"})
+    result = cli(ws, "status", "--watch", "--interval", "0.05", "--timeout", "0.2")
+    assert result.exit_code == 0
+    assert "queue    pending 1" in result.output and "\x1b[" not in result.output
+
+
+# -- demo -----------------------------------------------------------------------------------------
+
+
+def test_demo_fast_summary_matches_the_disk():
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "demo", "--agents", "3", "--fast",
+                           "--keep"], capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    root = re.search(r"^kept: (\S+)$", proc.stdout, re.M).group(1)
+    try:
+        summary = re.search(r"^summary: (\d+) done, (\d+) failed", proc.stdout, re.M)
+        on_disk = {s: len(names.entries(os.path.join(root, "queue", s))) for s in names.STATES}
+        assert (int(summary.group(1)), int(summary.group(2))) == (on_disk["done"],
+                                                                   on_disk["failed"])
+        assert on_disk["pending"] == on_disk["claimed"] == on_disk["waiting"] == 0
+        assert "as designed" in proc.stdout
+        assert "queue/claimed" in proc.stdout and "state/heartbeats" in proc.stdout
+    finally:
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
