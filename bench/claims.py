@@ -231,6 +231,7 @@ class Result:
     per_proc: list[int]
     errors: list[str]
     other: float  # share of the machine's CPU used by others during the run
+    cpu_us: float  # CPU time of the claiming processes per claim (fork to exit), microseconds
 
     @property
     def rate(self) -> float:
@@ -248,9 +249,11 @@ def cpu_busy() -> float:
     return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def own_cpu() -> float:
+def own_cpu() -> tuple[float, float]:
+    """(CPU seconds of this process and its reaped children, of the children alone)."""
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    kids_cpu = kids.ru_utime + kids.ru_stime
+    return me.ru_utime + me.ru_stime + kids_cpu, kids_cpu
 
 
 def run_once(ctx, peer_name: str, peer, base: Path, n: int, procs: int, tag: str) -> Result:
@@ -267,7 +270,8 @@ def run_once(ctx, peer_name: str, peer, base: Path, n: int, procs: int, tag: str
     got = [results.get(timeout=900) for _ in children]  # drain before join
     for c in children:
         c.join()
-    wall, busy, own = time.monotonic() - wall0, cpu_busy() - busy0, own_cpu() - own0
+    wall, busy, own1 = time.monotonic() - wall0, cpu_busy() - busy0, own_cpu()
+    own, kids = own1[0] - own0[0], own1[1] - own0[1]
     # CPU the rest of the machine used meanwhile (other users, steal), as a share of it.
     other = max(0.0, busy - own) / (wall * (os.cpu_count() or 1))
     shutil.rmtree(root, ignore_errors=True)
@@ -281,7 +285,8 @@ def run_once(ctx, peer_name: str, peer, base: Path, n: int, procs: int, tag: str
         duplicates=sum(c - 1 for c in claimed.values() if c > 1),
         lost=len(expected - claimed.keys()),
         unexpected=len(claimed.keys() - expected),
-        per_proc=sorted(len(r[3]) for r in got), errors=errors, other=other)
+        per_proc=sorted(len(r[3]) for r in got), errors=errors, other=other,
+        cpu_us=kids / n * 1e6)
 
 
 # -- report ------------------------------------------------------------------
@@ -317,12 +322,14 @@ def machine_line(base: Path) -> str:
 
 def print_table(results: list[Result]) -> None:
     head = (f"{'peer':<20}{'procs':>6}{'items':>8}{'seconds':>10}{'claims/s':>11}"
-            f"{'duplicates':>12}{'lost':>6}{'other-cpu':>11}  per-process claims (min-max)")
+            f"{'duplicates':>12}{'lost':>6}{'cpu-us/claim':>14}{'other-cpu':>11}"
+            "  per-process claims (min-max)")
     print(head)
     print("-" * len(head))
     for r in results:
         print(f"{r.peer:<20}{r.procs:>6}{r.items:>8}{r.seconds:>10.3f}{r.rate:>11.0f}"
-              f"{r.duplicates:>12}{r.lost:>6}{r.other:>10.0%}  {r.per_proc[0]}-{r.per_proc[-1]}")
+              f"{r.duplicates:>12}{r.lost:>6}{r.cpu_us:>14.1f}{r.other:>10.0%}"
+              f"  {r.per_proc[0]}-{r.per_proc[-1]}")
 
 
 def ratio(by: dict, a: str, b: str, procs: int) -> float | None:

@@ -4,7 +4,8 @@
 
 Builds a throwaway repository in a temp dir and prints ms per operation
 (median, mean, max over --reps repetitions) and the git processes each
-operation runs. Nothing is asserted; the numbers go to docs/benchmarks.md.
+operation runs. Nothing is asserted. The machine is shared: compare rows of one run
+(the raw-git reference row is the floor), not runs with each other.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ Rules (research/fsqueue.md §3.3):
   (reproduced here with git 2.39: 7 failures in 80 unlocked adds).
 - Work is never destroyed. Before a worktree is reset, uncommitted changes and
   untracked files are committed (onto the current ``harness`` branch, else onto
-  a new ``harness/rescue/...`` branch), and a detached HEAD whose commits no
+  a new ``harness-rescue/...`` branch), and a detached HEAD whose commits no
   branch contains gets a rescue branch. Removal refuses (:class:`UnsavedWork`)
   instead of rescuing, so an operator sees it. Files that ``.gitignore`` matches
   are not work: they are not saved, and ``start_attempt(clean_ignored=True)``
@@ -53,7 +53,7 @@ import filelock
 LOCK_NAME = "harness-worktrees.lock"
 LOCK_TIMEOUT = 600.0  # seconds; a worktree add of a large repo can take a while
 SAVE_MESSAGE = "harness: save uncommitted work before next attempt"
-RESCUE_PREFIX = "harness/rescue/"
+RESCUE_PREFIX = "harness-rescue/"
 # Branches the harness owns: uncommitted work found on them is committed onto them.
 HARNESS_BRANCH_PREFIXES = ("harness/", "harness-")
 IDENTITY = {
@@ -290,7 +290,7 @@ def _rescue_name(label: str, sha: str) -> str:
 
 
 def _create_rescue_ref(cwd: Path, label: str, sha: str) -> str:
-    """Create a new branch ``harness/rescue/<label>-<sha>[-N]`` at sha; return its name."""
+    """Create a new branch ``harness-rescue/<label>-<sha>[-N]`` at sha; return its name."""
     base = _rescue_name(label, sha)
     for n in range(1, 100):
         name = base if n == 1 else f"{base}-{n}"

@@ -202,64 +202,44 @@ class QueueMachine(RuleBasedStateMachine):
         self.workers[w].claim = got
 
     @precondition(lambda self: self._busy())
-    @rule(data=st.data())
-    def complete(self, data):
+    @rule(data=st.data(), how=st.sampled_from(
+        ["complete", "complete", "complete", "retry", "give-up", "release", "crash"]))
+    def finish(self, data, how):
+        """A busy worker records its outcome (a zombie must be Fenced and change
+        nothing), gives the item back for a rate limit, or dies (its memory is gone,
+        its claimed/ name stays)."""
         w = data.draw(st.sampled_from(self._busy()), label="worker")
         claim, self.workers[w].claim = self.workers[w].claim, None
-        if not self._live(claim):
-            with pytest.raises(Fenced):
-                claim.complete()
+        if how == "crash":
             return
-        done = claim.complete()
-        assert done == self.root / "done" / str(claim.name)
-        self._leave_claimed(claim.id)
-        self.items[claim.id].state = "done"
-
-    @precondition(lambda self: self._busy())
-    @rule(data=st.data(), retry=st.booleans())
-    def fail(self, data, retry):
-        w = data.draw(st.sampled_from(self._busy()), label="worker")
-        claim, self.workers[w].claim = self.workers[w].claim, None
         reason = f"attempt {claim.attempt} of {claim.id} failed"
+        delay = data.draw(st.sampled_from([0, 1, 30]), label="delay") if how == "release" else 0
+        record = {"complete": claim.complete,
+                  "retry": lambda: claim.fail(reason, retry=True),
+                  "give-up": lambda: claim.fail(reason, retry=False),
+                  "release": lambda: claim.release(delay)}[how]
         if not self._live(claim):
             with pytest.raises(Fenced):
-                claim.fail(reason, retry=retry)
+                record()
             return
-        m = self.items[claim.id]
-        outcome = claim.fail(reason, retry=retry)
+        result = record()
         self._leave_claimed(claim.id)
-        if retry and m.attempt - m.free < m.limit:
-            assert outcome == "retry"
+        m = self.items[claim.id]
+        if how == "complete":
+            assert result == self.root / "done" / str(claim.name)
+            m.state = "done"
+        elif how == "release":
+            m.state, m.due = "waiting", int((self.now + delay) * 1000)
+            m.attempt, m.free = m.attempt + 1, m.free + 1
+        elif how == "retry" and m.attempt - m.free < m.limit:
+            assert result == "retry"
             backoff = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (m.attempt - 1))
             m.state, m.due = "waiting", int((self.now + backoff) * 1000)
             m.attempt += 1
         else:
-            assert outcome == "failed"
+            assert result == "failed"
             m.state, m.reason = "failed", reason
             assert self.coordinator.failure_reason(claim.id) == reason
-
-    @precondition(lambda self: self._busy())
-    @rule(data=st.data())
-    def crash(self, data):
-        """The worker dies: its memory is gone, its claimed/ name stays."""
-        w = data.draw(st.sampled_from(self._busy()), label="worker")
-        self.workers[w].claim = None
-
-    @precondition(lambda self: self._busy())
-    @rule(data=st.data(), delay=st.sampled_from([0, 1, 30]))
-    def release(self, data, delay):
-        """A rate-limited worker gives its item back: the next attempt, not counted."""
-        w = data.draw(st.sampled_from(self._busy()), label="worker")
-        claim, self.workers[w].claim = self.workers[w].claim, None
-        if not self._live(claim):
-            with pytest.raises(Fenced):
-                claim.release(delay)
-            return
-        claim.release(delay)
-        self._leave_claimed(claim.id)
-        m = self.items[claim.id]
-        m.state, m.due = "waiting", int((self.now + delay) * 1000)
-        m.attempt, m.free = m.attempt + 1, m.free + 1
 
     # -- coordinator -------------------------------------------------------------------
 
@@ -301,12 +281,16 @@ class QueueMachine(RuleBasedStateMachine):
                 claim.complete()
 
     @rule(seconds=st.sampled_from([0, 0, 0.001, 1, 4.999, 5, 10, 20, 41, 100]),
-          promote=st.sampled_from([True, True, True, False]))
-    def tick(self, seconds, promote):
-        """Time passes; the coordinator promotes due retries and unblocked dependants."""
+          action=st.sampled_from(["promote", "promote", "promote", "idle", "recover",
+                                  "everyone-died"]))
+    def tick(self, seconds, action):
+        """Time passes; the coordinator promotes due retries and unblocked dependants,
+        or runs recovery (see _recover)."""
         self.now += seconds
-        if promote:
+        if action == "promote":
             self._promote()
+        elif action != "idle":
+            self._recover(everyone_died=action == "everyone-died")
 
     def _promote(self):
         now_ms = int(self.now * 1000)
@@ -335,7 +319,8 @@ class QueueMachine(RuleBasedStateMachine):
             assert reason.startswith(f"dependency {blocker!r} failed: "), reason
 
     @precondition(lambda self: self.items)
-    @rule(data=st.data(), action=st.sampled_from(["requeue", "cancel", "reject", "find"]))
+    @rule(data=st.data(), action=st.sampled_from(
+        ["requeue", "requeue", "cancel", "reject", "reject", "find"]))
     def operator(self, data, action):
         """Operator and merge-queue actions: retry a dead letter, cancel an unclaimed
         item, reject a done one (its merge conflicted), look an item up."""
@@ -367,8 +352,7 @@ class QueueMachine(RuleBasedStateMachine):
             elsewhere = tuple(s for s in names.STATES if s != m.state)
             assert self.coordinator.find(item_id, elsewhere) is None
 
-    @rule(everyone_died=st.booleans())
-    def run_recovery(self, everyone_died):
+    def _recover(self, everyone_died: bool) -> None:
         """Without revoke_claims, a consistent queue needs no repair and live (or
         crashed) workers' claims stay. When every worker has died, fsck --repair's
         recover(revoke_claims=True) returns each claim."""

@@ -217,7 +217,7 @@ def test_restarting_an_attempt_branch_rescues_its_commits(repo, wt):
     # The same branch name again (e.g. a restarted worker): its commit must survive the reset.
     assert worktrees.start_attempt(wt, "main", "harness-attempts/a/1") == git(repo, "rev-parse",
                                                                               "main")
-    assert done in branches(repo, "refs/heads/harness/rescue/").values()
+    assert done in branches(repo, "refs/heads/harness-rescue/").values()
 
 
 def test_start_attempt_reports_git_errors(repo, wt):
