@@ -34,12 +34,10 @@ _fp_enqueue_reserved = failpoints.define(
     "enqueue.after-reserve", "ids/<id> linked; no pending/ or waiting/ name yet")
 _fp_enqueue_published = failpoints.define(
     "enqueue.after-publish", "pending/ (or waiting/) name linked; tmp/ name not yet removed")
-_fp_claim_linked = failpoints.define(
-    "claim.after-link", "claimed/N linked; owner not recorded; pending/N still present")
+_fp_claim_renamed = failpoints.define(
+    "claim.after-rename", "pending/N renamed to claimed/N; owner not recorded")
 _fp_claim_recorded = failpoints.define(
-    "claim.after-record", "owner recorded; pending/N still present")
-_fp_claim_unlinked = failpoints.define(
-    "claim.after-unlink", "pending/N removed; item not yet read by the claimant")
+    "claim.after-record", "owner recorded; item not yet read by the claimant")
 _fp_complete_before = failpoints.define(
     "complete.before-rename", "work finished; claimed/N not yet renamed to done/")
 _fp_complete_after = failpoints.define(
@@ -48,8 +46,6 @@ _fp_fail_before = failpoints.define(
     "fail.before-rename", "attempt failed; claimed/N not yet moved to waiting/ or failed/")
 _fp_fail_after = failpoints.define(
     "fail.after-rename", "moved to failed/N; reason file not yet written")
-_fp_revoke_unlinked = failpoints.define(
-    "revoke.after-unlink", "leftover pending/N removed; claimed/N not yet renamed")
 _fp_revoke_after = failpoints.define(
     "revoke.after-rename", "claimed/N renamed to the next attempt or failed/; no reason yet")
 _fp_promote_before = failpoints.define(
@@ -202,10 +198,17 @@ class Queue:
     def claim(self, on_claim: Callable[[ItemName], None] | None = None) -> Claim | None:
         """Claim the first claimable pending item in (priority, order); None if there is none.
 
-        ``link(pending/N, claimed/N)``: EEXIST or ENOENT means another claimant
-        won, so move on. Then ``on_claim(N)`` records the owner, then the
-        pending name is removed. A claimed item that cannot be read or
-        validated is dead-lettered with the reason and the next one is tried.
+        ``rename(pending/N, claimed/N)``: ENOENT means another claimant (or a
+        revoke) moved the name first, so move on. Then ``on_claim(N)`` records
+        the owner. A claimed item that cannot be validated is dead-lettered
+        with the reason and the next one is tried.
+
+        Why rename and not ``link`` + ``unlink``: link(2) looks its source up
+        before it locks the target directory, so a claimant with a stale lookup
+        can re-create claimed/N after the winner has unlinked pending/N and
+        moved claimed/N on (a ghost claim of a finished or revoked attempt, seen
+        in tests/test_hammer.py). rename(2) looks both names up under the
+        directory locks, and the claim is one step with no two-name window.
         """
         relisted = False
         while True:
@@ -226,22 +229,15 @@ class Queue:
     def _try_claim(self, entry: str, on_claim: Callable[[ItemName], None] | None) -> Claim | None:
         src, dst = self.dir("pending") / entry, self.dir("claimed") / entry
         try:
-            os.link(src, dst)
-        except (FileExistsError, FileNotFoundError):
+            os.rename(src, dst)
+        except FileNotFoundError:
             return None
-        _fp_claim_linked()
+        self._sync("pending", "claimed")
+        _fp_claim_renamed()
         name = names.parse(entry)
         if on_claim is not None:
             on_claim(name)
         _fp_claim_recorded()
-        if not fsops.unlink_quiet(src):
-            # pending/N was already gone: either link(2) resolved it before another
-            # claimant's unlink and re-created claimed/N after that claim moved on (a
-            # ghost of a finished attempt), or a revoke removed it as a crash leftover.
-            # Not ours either way; revoke() or recover() clears the ghost name.
-            return None
-        self._sync("pending", "claimed")
-        _fp_claim_unlinked()
         try:
             item = load(dst.read_bytes(), str(dst))
         except InvalidItem as exc:
@@ -292,24 +288,15 @@ class Queue:
     def revoke(self, name: ItemName | str, reason: str, *, count: bool = True) -> RevokeResult:
         """Take a claim back from a dead or stale owner.
 
-        Removes a leftover pending/N of the same inode first (a claimant that
-        died between link and unlink; without this, a slow lister could claim
-        attempt N again), then one rename of claimed/N to pending/ at the next
-        attempt, or to failed/ when attempts are used up. Races safely with
-        the owner's completion: exactly one rename wins; "lost" means the
-        owner's did. ``count=False`` (a graceful shutdown) never dead-letters:
-        the attempt was not the item's fault.
+        One rename of claimed/N to pending/ at the next attempt, or to failed/
+        when attempts are used up. Races safely with the owner's completion:
+        both rename claimed/N, exactly one wins; "lost" means the owner's did.
+        ``count=False`` (a graceful shutdown) never dead-letters and marks the
+        attempt free: it was not the item's fault.
         """
         entry = str(name)
         src = self.dir("claimed") / entry
         parsed = names.parse(entry)
-        if self._superseded(parsed):
-            fsops.unlink_quiet(src)  # a ghost of a finished attempt: moving it would resurrect it
-            return "lost"
-        leftover = self.dir("pending") / entry
-        if fsops.same_file(src, leftover):
-            fsops.unlink_quiet(leftover)
-        _fp_revoke_unlinked()
         try:
             limit = load(src.read_bytes(), str(src)).max_attempts or self.max_attempts
         except FileNotFoundError:
@@ -392,20 +379,6 @@ class Queue:
                     if parsed is not None and parsed.id == item_id:
                         return parsed
         return None
-
-    def _superseded(self, name: ItemName) -> bool:
-        """True if attempt ``name.attempt`` is over: its item is terminal or at a later attempt."""
-        ready = str(name.ready())
-        if (self.dir("done") / ready).exists() or (self.dir("failed") / ready).exists():
-            return True
-        later = name.attempt + 1
-        for free in (name.free, name.free + 1):
-            if (self.dir("pending") / str(replace(name, attempt=later, free=free))).exists():
-                return True
-        prefix = name.key + "~"
-        return any(n.attempt > name.attempt for n in map(names.try_parse, (
-            e for d in ("waiting", "claimed") for e in os.listdir(self.dir(d))
-            if e.startswith(prefix))) if n)
 
     def promote(self, now: float | None = None) -> list[ItemName]:
         """Move due retries, and items whose dependencies are all done, to pending/.

@@ -180,8 +180,6 @@ def _keep_one(queue: Queue, item_id: str, held: list[tuple[str, ItemName]],
     for state, name in held[1:]:
         if state in ("done", "failed"):
             continue  # two terminal names need a human; fsck reports them
-        if state == "pending" and keep_state == "claimed" and name == keep:
-            continue  # a claimant between link and unlink, or dead there: revoke() decides
         path = queue.dir(state) / str(name)
         if fsops.same_file(path, reservation) and fsops.unlink_quiet(path):
             actions.append(f"removed {state}/{name}: superseded by {keep_state}/{keep}")

@@ -6,8 +6,8 @@ Started by the coordinator as ``python -m harness.worker --root R --id w1
 - holds ``state/workers/<id>.lock`` for its whole life (proof of life);
 - rewrites ``state/heartbeats/<id>.json`` with a rising counter and what its
   agent is doing (last tool, turns, tokens);
-- records each claim in its heartbeat (``item``) between the claim link and
-  the removal of the pending name, so the coordinator knows the owner;
+- records each claim in its heartbeat (``item``) right after the claim
+  rename, so the coordinator knows the owner;
 - on SIGTERM stops claiming and finishes its current item;
 - stops claiming and exits when the coordinator has been gone too long.
 

@@ -187,14 +187,14 @@ def test_claim_and_complete(queue):
         c.complete()
 
 
-def test_on_claim_runs_after_link_before_unlink(queue):
+def test_on_claim_runs_right_after_the_claim_rename(queue):
     name = queue.enqueue({"id": "a"})
     seen = []
 
     def on_claim(n: ItemName) -> None:
         seen.append(n)
         assert (queue.dir("claimed") / str(n)).exists()
-        assert (queue.dir("pending") / str(n)).exists()
+        assert not (queue.dir("pending") / str(n)).exists()
 
     c = queue.claim(on_claim=on_claim)
     assert seen == [name] and c is not None and c.name == name
@@ -421,18 +421,6 @@ def test_revoke_is_lost_when_the_owner_failed_first(queue):
     assert only(queue, "waiting") == waiting and ls(queue, "pending") == []
 
 
-def test_revoke_removes_the_leftover_pending_name_of_a_dead_claimant(queue):
-    name = queue.enqueue({"id": "a"})
-    # A claimant that died between link(pending/N, claimed/N) and unlink(pending/N).
-    os.link(queue.dir("pending") / str(name), queue.dir("claimed") / str(name))
-    assert [v.code for v in check(queue.root)] == ["two-live-names"]
-    assert queue.revoke(name, "dead claimant") == "retry"
-    assert ls(queue, "pending") == [str(name.with_attempt(2))]
-    assert ls(queue, "claimed") == []
-    clean(queue, enqueued=["a"], revoked=[("a", 1)])
-    assert claim_one(queue).attempt == 2     # attempt 1 can never be claimed again
-
-
 def test_revoke_of_an_unreadable_claim_dead_letters_it(queue):
     name = queue.enqueue({"id": "a"})
     os.link(queue.dir("pending") / str(name), queue.dir("claimed") / str(name))
@@ -466,39 +454,38 @@ def _bounded_claim(q: Queue, limit: int = 200) -> Claim | None:
         del q._try_claim
 
 
-def test_leftover_pending_name_is_skipped_by_claim_when_other_work_exists(queue):
-    stuck = queue.enqueue({"id": "stuck", "priority": 0})
-    queue.enqueue({"id": "other", "priority": 9})
-    os.link(queue.dir("pending") / str(stuck), queue.dir("claimed") / str(stuck))
-    c = _bounded_claim(queue)
-    assert c is not None and c.id == "other"
-
-
-def test_recover_leaves_an_unfinished_claim_for_revoke_to_resolve(queue):
-    # A claimant between link and unlink may be alive (a coordinator restarting with
-    # adopted workers): only revoke, which judges the owner, removes the pending name.
+def test_recover_removes_a_duplicate_name_made_by_hand(queue):
+    # Not reachable through the protocol (claims are one rename): a pending/N copy of a
+    # claim, e.g. `ln claimed/N pending/N` by hand. Recovery keeps the claim.
     name = queue.enqueue({"id": "a"})
-    os.link(queue.dir("pending") / str(name), queue.dir("claimed") / str(name))
-    assert recover(queue) == []
-    assert _bounded_claim(queue) is None
-    assert recover(queue, revoke_claims=True) == [f"revoked claimed/{name}: retry"]
+    os.rename(queue.dir("pending") / str(name), queue.dir("claimed") / str(name))
+    os.link(queue.dir("claimed") / str(name), queue.dir("pending") / str(name))
+    assert [v.code for v in check(queue.root)] == ["two-live-names"]
+    assert recover(queue) == [f"removed pending/{name}: superseded by claimed/{name}"]
     clean(queue, enqueued=["a"])
-    assert claim_one(queue).attempt == 2
 
 
-# Regression test for a fixed bug (harness/queue.py, Queue._next_candidate/claim, lines ~201-218): when the only
-# pending entry is the leftover pending/N of a claimant that died between link and
-# unlink, claim() never returns: link() fails with EEXIST, _try_claim returns None,
-# and _next_candidate relists at once because the cache is empty ("if not
-# self._cache or ..."), yielding the same entry forever. A worker busy-spins inside
-# claim() (no heartbeat, no SIGTERM/coordinator-gone checks) until the coordinator
-# revokes the dead claim -- forever if no coordinator runs. Fix: remember the
-# entries tried during one claim() call and skip them (return None once a fresh
-# listing has nothing untried), or on EEXIST with same_file(src, dst) skip the entry.
-def test_claim_returns_none_when_only_a_leftover_pending_name_exists(queue):
-    name = queue.enqueue({"id": "a"})
-    os.link(queue.dir("pending") / str(name), queue.dir("claimed") / str(name))
+def test_claim_makes_one_pass_when_every_name_is_taken_by_others(queue, monkeypatch):
+    for n in range(5):
+        queue.enqueue({"id": f"i{n}"})
+    real_rename = os.rename
+
+    def always_lost(src, dst, *a, **kw):
+        if "/pending/" in str(src):
+            raise FileNotFoundError(src)
+        return real_rename(src, dst, *a, **kw)
+
+    monkeypatch.setattr(os, "rename", always_lost)
     assert _bounded_claim(queue) is None
+
+
+def test_a_claimant_that_died_before_recording_itself_leaves_a_plain_claim(queue):
+    name = queue.enqueue({"id": "a"})
+    os.rename(queue.dir("pending") / str(name), queue.dir("claimed") / str(name))
+    assert recover(queue) == []
+    clean(queue, enqueued=["a"])
+    assert recover(queue, revoke_claims=True) == [f"revoked claimed/{name}: retry"]
+    assert claim_one(queue).attempt == 2
 
 
 # -- dependencies ----------------------------------------------------------------------
@@ -696,9 +683,9 @@ def test_recover_is_idempotent_over_assorted_debris(queue):
     queue.enqueue({"id": "base"})
     (queue.dir("tmp") / str(reserved)).write_bytes(b'{"id": "reserved", "depends_on": ["base"]}')
     os.link(queue.dir("tmp") / str(reserved), queue.dir("ids") / "reserved")
-    # 3. a claimant that died between link and unlink
+    # 3. a claimant that died after its claim rename, before recording itself
     half = queue.enqueue({"id": "half"})
-    os.link(queue.dir("pending") / str(half), queue.dir("claimed") / str(half))
+    os.rename(queue.dir("pending") / str(half), queue.dir("claimed") / str(half))
     # 4. an item whose queue name was deleted by hand
     lost = queue.enqueue({"id": "lost"})
     os.unlink(queue.dir("pending") / str(lost))
@@ -732,9 +719,8 @@ def test_recover_is_idempotent_over_assorted_debris(queue):
     everything = ["staged", "reserved", "base", "half", "lost", "noreason", "good"]
     assert state_of(queue, "staged") == ("pending", staged)
     assert state_of(queue, "reserved") == ("waiting", reserved)
-    # The dead claimant's pending/claimed pair waits for revoke (the owner might be alive).
-    assert sorted(s for s, ns in queue.scan().items() for n in ns if n == half) == \
-        ["claimed", "pending"]
+    clean(queue, enqueued=everything)
+    assert state_of(queue, "half") == ("claimed", half)
     assert state_of(queue, "lost")[0] == "failed" and "lost" in queue.failure_reason("lost")
     assert "no reason recorded" in queue.failure_reason("noreason")
     assert queue.read("ids", "base").title == ""
