@@ -8,15 +8,14 @@ name in ``pending/``, ``claimed/``, ``waiting/``, ``done/`` or ``failed/``.
 
 This module knows nothing of git, agents, heartbeats or the CLI. A caller
 that needs the owner of a claim recorded (the worker's heartbeat) passes
-``on_claim``; it runs after the claim link and before the pending name is
-removed.
+``on_claim``; it runs right after the claim rename.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -169,10 +168,13 @@ class Queue:
         name = ItemName(item.priority, names.next_order(), item.id, 1,
                         names.DEP if item.depends_on else None)
         staged = self.root / "tmp" / str(name)
-        # Locked before the first byte: recover() rolls a staged file forward only
-        # once it can take the lock, i.e. once this enqueuer is gone.
-        fd = fsops.write_new(staged, item.to_json(), durable=self.durable, lock=True)
+        # Written and locked under a dot-name, then renamed into view: recover()
+        # rolls a staged file forward only once it can take the lock, i.e. once this
+        # enqueuer is gone, and never sees a file that is not yet locked or complete.
+        hidden = staged.with_name(f".{name}.{os.getpid()}")
+        fd = fsops.write_new(hidden, item.to_json(), durable=self.durable, lock=True)
         try:
+            os.rename(hidden, staged)
             _fp_enqueue_staged()
             self._publish(staged, name, source)
         finally:
@@ -354,8 +356,8 @@ class Queue:
     def cancel_unclaimed(self, item_id: str, reason: str) -> bool:
         """Dead-letter a pending or waiting item with ``reason``; False if it is in neither.
 
-        A pending item is first claimed by name (the same exclusive link workers
-        use), so a cancel and a worker's claim cannot both win.
+        A pending item is first claimed by name (the same rename workers use),
+        so a cancel and a worker's claim cannot both win.
         """
         waiting = self.find(item_id, ("waiting",))
         if waiting is not None and self._dead_letter(self.dir("waiting") / str(waiting), waiting,
@@ -502,16 +504,3 @@ class Queue:
         if self.durable:
             for d in dict.fromkeys(dirs):
                 fsops.fsync_dir(self.root / d)
-
-
-def enqueue_many(queue: Queue, items: Iterable[Item | dict[str, Any]]
-                 ) -> tuple[list[ItemName], list[tuple[int, Exception]]]:
-    """Enqueue each item; return (added names, [(index, error)]) without stopping early."""
-    added, refused = [], []
-    for index, data in enumerate(items):
-        try:
-            added.append(queue.enqueue(data, source=f"item #{index}"))
-        except (InvalidItem, DuplicateId) as exc:
-            refused.append((index, exc))
-    return added, refused
-

@@ -10,6 +10,7 @@ tabulated in docs/protocol.md.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import re
 import time
@@ -100,9 +101,11 @@ def _adopt_foreign(queue: Queue, state: str, actions: list[str]) -> None:
             item = load(path.read_bytes(), f"{state}/{entry}")
             if state != "pending":
                 raise InvalidItem(f"{state}/{entry}", "files may be dropped only into pending/")
-            # An id derived from the file name makes adoption idempotent: a crash
-            # after the enqueue and before the unlink is found as a duplicate below.
-            item = item.model_copy(update={"id": item.id or _id_from_file(entry)})
+            # An id derived from this very file (name and inode) makes adoption
+            # idempotent: a crash after the enqueue and before the unlink is found as
+            # a duplicate below, while a new file dropped under the same name later
+            # gets a new id.
+            item = item.model_copy(update={"id": item.id or _id_from_file(path)})
             name = queue.enqueue(item, source=f"{state}/{entry}")
         except FileNotFoundError:
             continue
@@ -120,9 +123,11 @@ def _adopt_foreign(queue: Queue, state: str, actions: list[str]) -> None:
         actions.append(f"enqueued hand-dropped {state}/{entry} as {name}")
 
 
-def _id_from_file(entry: str) -> str:
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", entry.rsplit(".json", 1)[0]).strip(".-_")
-    return names.validate_id((stem or "item")[: names.ID_MAX_LEN].rstrip(".") or "item")
+def _id_from_file(path: Path) -> str:
+    st = os.stat(path)
+    tag = hashlib.sha1(f"{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}".encode()).hexdigest()[:8]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", path.name.rsplit(".json", 1)[0]).strip(".-_")
+    return names.validate_id(f"{(stem or 'item')[:100].rstrip('.')}-{tag}")
 
 
 def _already_adopted(queue: Queue, item: Any) -> bool:

@@ -265,10 +265,7 @@ def cmd_op(a: dict[str, Any]) -> int:
     try:
         for _ in range(a.get("repeat", 1)):
             if op == "enqueue":
-                data: dict[str, Any] = {"id": a["id"], "priority": a.get("priority", 5)}
-                if a.get("blob_mb"):  # a big item: its write takes a while
-                    data["meta"] = {"blob": "x" * (a["blob_mb"] << 20)}
-                q.enqueue(data)
+                q.enqueue({"id": a["id"], "priority": a.get("priority", 5)})
             elif op == "claim":
                 claim = q.claim()
                 assert claim is not None, "nothing to claim"
@@ -324,7 +321,8 @@ def cmd_claim_then(a: dict[str, Any]) -> int:
 def cmd_race(a: dict[str, Any]) -> int:
     """One side of the complete-vs-revoke race, for ``rounds`` rounds.
 
-    Round r: the claimer (``role`` "complete") claims one item and publishes
+    Round r: the claimer (``role`` "complete") waits for ``begin-r`` (so the
+    parent sees a quiet queue between rounds), claims one item and publishes
     ``claimed-r``; the revoker reads it and touches ``armed-r``; both spin on
     ``go-r`` (the parent creates it when both are armed), then the claimer
     completes and the revoker revokes. Each writes ``<role>-r`` with its result.
@@ -337,6 +335,7 @@ def cmd_race(a: dict[str, Any]) -> int:
     role = a["role"]
     for r in range(a["rounds"]):
         if role == "complete":
+            _wait_file(str(d / f"begin-{r}"), check)
             claim = q.claim()
             if claim is None:
                 print(f"round {r}: nothing to claim", flush=True)

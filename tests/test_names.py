@@ -130,14 +130,10 @@ def test_junk_is_bad_name(junk):
     assert names.try_parse(junk) is None
 
 
-# Regression test for a fixed bug (harness/names.py, parse): the fields are checked with int()/int(x, 16), which
-# accept '+', '_', surrounding spaces, leading zeros and non-ASCII digits (and '0x' or
-# '-' in the order), so parse() accepts names that do not render back to themselves.
-# Every scanner rebuilds paths from str(parsed) (promote, claim's Claim.path, dedupe),
-# so such a file is claimed under one name and completed under another (Fenced) or
-# never promoted. Fix: match the whole name with one anchored ASCII regex, e.g.
-# r"([0-9])\.([0-9a-f]{16})\.(<id>)~([1-9][0-9]*)(?:~([0-9]+|dep))?" (a check that
-# str(result) == name alone misses the '0x'/'-'/' ' orders, which break the sort).
+# Regression: parse() once checked the fields with int()/int(x, 16), which accept '+',
+# '_', spaces, leading zeros, non-ASCII digits, '0x' and '-'; such names do not render
+# back to themselves (or break the sort), and every operation addresses files by
+# str(name), so the file was claimed under one name and completed under another.
 @pytest.mark.parametrize("spelling", [
     "5.0123456789abcdef.job~01",
     "5.0123456789abcdef.job~+1",

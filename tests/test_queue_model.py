@@ -2,10 +2,13 @@
 
 Several in-process "workers" (each with its own Queue object, as separate
 processes would have) and one "coordinator" share one temporary directory.
-Workers claim, complete, fail, crash (forget their claim, leave the files) and
-become zombies (keep a claim the coordinator revoked). After every step the
+Workers claim, complete, fail, release (rate limit: not counted), crash (forget
+their claim, leave the files) and become zombies (keep a claim the coordinator
+revoked). The coordinator revokes, promotes on an injected clock and recovers;
+an operator requeues, cancels, rejects and looks items up. After every step the
 directory must satisfy ``harness.invariants.check`` with the model's history,
-and every id must be in exactly the state, attempt and due time the model says.
+and every id must be in exactly the state, attempt, free count and due time the
+model says.
 """
 
 from __future__ import annotations
@@ -273,8 +276,8 @@ class QueueMachine(RuleBasedStateMachine):
         expected = self._expect_revoke(claim.id, True)
         assert self.coordinator.revoke(claim.name, "heartbeat stale") == expected
         assert not claim.is_live()
-        # The zombie resumes and tries to record an outcome right now or later (complete
-        # and fail rules): it must be Fenced and change nothing.
+        # The zombie resumes and tries to record an outcome right now or later (the
+        # finish rule): it must be Fenced and change nothing.
         if data.draw(st.booleans(), label="resume now"):
             self.workers[w].claim = None
             with pytest.raises(Fenced):
@@ -395,7 +398,7 @@ class QueueMachine(RuleBasedStateMachine):
 
 
 QueueMachine.TestCase.settings = settings(
-    max_examples=100,
+    max_examples=75,
     stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
