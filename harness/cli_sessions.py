@@ -17,6 +17,8 @@ Only click is imported at module level, so registering these commands costs
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 EXIT_TIMEOUT = 1
@@ -1052,7 +1054,7 @@ def logs(ctx: click.Context, item_id: str, attempt: int | None, follow: bool, us
             return directory / "stderr.log" if (directory / "stderr.log").is_file() else None
         return _stream_file(directory)
 
-    out = click.get_binary_stream("stdout")
+    out = sys.stdout.buffer
     path = pick(d)
     if path is None and not follow:
         wanted = "stderr.log" if use_stderr else " or ".join(STREAM_FILES)

@@ -132,7 +132,7 @@ def load(path: Path, overrides: dict[str, dict[str, Any]] | None = None,
             if sub[key].annotation == list[str]:
                 value = [v.strip() for v in value.split(",") if v.strip()]
             data.setdefault(section, {})[key] = value
-            origin[f"{section}.{key}"] = f"environment variable " + f"HARNESS_{section}_{key}".upper()
+            origin[f"{section}.{key}"] = "environment variable " + f"HARNESS_{section}_{key}".upper()
     for section, values in (overrides or {}).items():
         for key, value in values.items():
             if value is not None:

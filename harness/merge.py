@@ -50,24 +50,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from harness.gitenv import git_env
 from typing import Literal
 
 MergeStatus = Literal["merged", "already_merged", "conflict"]
 
-#: Fixed identity for the merge commits this module creates, so it works in a
-#: repository (or CI box) with no ``user.name`` / ``user.email`` configured.
-GIT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "parallel-harness",
-    "GIT_AUTHOR_EMAIL": "parallel-harness@localhost",
-    "GIT_COMMITTER_NAME": "parallel-harness",
-    "GIT_COMMITTER_EMAIL": "parallel-harness@localhost",
-}
-
-# Inherited variables that would point git at another repository or index
-# (e.g. when the harness itself runs from a git hook).
-_REPO_LOCATION_VARS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
-                       "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_COMMON_DIR", "GIT_NAMESPACE",
-                       "GIT_PREFIX")
 
 GIT_TIMEOUT = 120.0
 MERGE_TREE_MIN_VERSION = (2, 38)
@@ -120,21 +108,11 @@ class MergeResult:
 # --------------------------------------------------------------------------- git
 
 
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _REPO_LOCATION_VARS}
-    env.update(GIT_IDENTITY)
-    env["LC_ALL"] = "C"            # stable, parseable messages
-    env["GIT_TERMINAL_PROMPT"] = "0"
-    if extra:
-        env.update(extra)
-    return env
-
-
 def _run(repo: Path, *args: str, input: bytes | None = None,
          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
     cmd = ["git", "-C", str(repo), *args]
     try:
-        return subprocess.run(cmd, capture_output=True, input=input, env=env or _env(),
+        return subprocess.run(cmd, capture_output=True, input=input, env=env or git_env(),
                               timeout=GIT_TIMEOUT)
     except FileNotFoundError as exc:
         raise MergeError("git executable not found", command=cmd) from exc
@@ -193,7 +171,7 @@ def is_merged(repo: Path, target: str, branch: str) -> bool:
 def git_version(repo: Path | None = None) -> tuple[int, int, int] | None:
     """``(major, minor, patch)`` of the git on PATH, or None if unusable."""
     try:
-        proc = subprocess.run(["git", "version"], capture_output=True, env=_env(),
+        proc = subprocess.run(["git", "version"], capture_output=True, env=git_env(),
                               cwd=str(repo) if repo is not None and Path(repo).is_dir() else None,
                               timeout=GIT_TIMEOUT)
     except (OSError, subprocess.TimeoutExpired):
@@ -373,7 +351,7 @@ def _check_checked_out(repo: Path, target_ref: str, tip: str) -> list[tuple[Path
     for wt in _worktrees_on(repo, target_ref):
         if not wt.is_dir():
             continue
-        env = _env({"GIT_OPTIONAL_LOCKS": "0"})
+        env = git_env({"GIT_OPTIONAL_LOCKS": "0"})
         proc = _run(wt, "--no-optional-locks", "status", "--porcelain=v1", "-z",
                     "--untracked-files=no", "--no-renames", "--ignore-submodules=none", env=env)
         if proc.returncode != 0:

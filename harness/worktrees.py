@@ -50,22 +50,15 @@ from pathlib import Path
 
 import filelock
 
+from harness.gitenv import git_env
+
 LOCK_NAME = "harness-worktrees.lock"
 LOCK_TIMEOUT = 600.0  # seconds; a worktree add of a large repo can take a while
 SAVE_MESSAGE = "harness: save uncommitted work before next attempt"
 RESCUE_PREFIX = "harness-rescue/"
 # Branches the harness owns: uncommitted work found on them is committed onto them.
 HARNESS_BRANCH_PREFIXES = ("harness/", "harness-")
-IDENTITY = {
-    "GIT_AUTHOR_NAME": "parallel-harness",
-    "GIT_AUTHOR_EMAIL": "parallel-harness@localhost",
-    "GIT_COMMITTER_NAME": "parallel-harness",
-    "GIT_COMMITTER_EMAIL": "parallel-harness@localhost",
-}
-# Variables that would point git at another repository than the cwd's.
-_REPO_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR",
-             "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_NAMESPACE",
-             "GIT_PREFIX", "GIT_CEILING_DIRECTORIES")
+
 _SHA = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 _UNSAFE_REF_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -106,19 +99,11 @@ class UnsavedWork(GitError):
 # -- running git ---------------------------------------------------------------
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _REPO_ENV}
-    env["LC_ALL"] = "C"  # English messages, and git's "initializing" marker (see _initializing)
-    env.pop("LANGUAGE", None)
-    env.update(IDENTITY)  # commits and reflog entries work with no identity configured
-    return env
-
-
 def _git(args: Sequence[str], cwd: Path, *, check: bool = True,
          what: str | None = None) -> subprocess.CompletedProcess[str]:
     cmd = ["git", *args]
     try:
-        proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True,
+        proc = subprocess.run(cmd, cwd=cwd, env=git_env(), capture_output=True,
                               encoding="utf-8", errors="surrogateescape")
     except OSError as exc:  # cwd vanished, git not installed
         raise GitError(f"{what or 'git'}: {exc}", cmd=cmd, path=cwd) from exc

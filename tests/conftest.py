@@ -37,3 +37,18 @@ def queue(tmp_path, clock):
     from harness.queue import Queue
 
     return Queue(tmp_path / "queue", clock=clock)
+
+
+# -- real processes ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def procs(tmp_path):
+    """Child processes recorded by process group and killed by it at teardown."""
+    from tests.procs import Procs
+
+    p = Procs(tmp_path / "procs")
+    try:
+        yield p
+    finally:
+        p.kill_all()

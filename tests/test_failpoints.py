@@ -93,15 +93,6 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 
-@pytest.fixture
-def procs(tmp_path):
-    p = Procs(tmp_path / "procs")
-    try:
-        yield p
-    finally:
-        p.kill_all()
-
-
 def make_background(q: Queue) -> list[str]:
     """Items in every state that no scenario may disturb; the target sorts first (prio 0)."""
     q.enqueue({"id": "bg-done"})

@@ -26,15 +26,6 @@ pytestmark = pytest.mark.timeout(60)
 CHILD_TIMEOUT = 30.0
 
 
-@pytest.fixture
-def procs(tmp_path):
-    p = Procs(tmp_path / "procs")
-    try:
-        yield p
-    finally:
-        p.kill_all()
-
-
 def entries(root: Path, state: str) -> list[names.ItemName]:
     return sorted((names.parse(e) for e in names.entries(root / state)), key=str)
 

@@ -33,15 +33,6 @@ DEADLINE = 60.0  # guards against hangs only; a healthy run takes a few seconds
 
 
 
-@pytest.fixture
-def procs(tmp_path):
-    p = Procs(tmp_path / "procs")
-    try:
-        yield p
-    finally:
-        p.kill_all()
-
-
 def start_workers(procs: Procs, root: Path, work: Path, **extra) -> list:
     workers = []
     for k in range(WORKERS):

@@ -300,4 +300,4 @@ def test_index_tree_matches_git_write_tree(repo: Path) -> None:
     (repo / "run.sh").chmod(0o755)
     os.symlink("README.md", repo / "link")
     git(repo, "add", "-A")
-    assert merge._index_tree(repo, merge._env()) == git(repo, "write-tree")
+    assert merge._index_tree(repo, merge.git_env()) == git(repo, "write-tree")

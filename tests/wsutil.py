@@ -11,8 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import orjson
 import psutil
 
 from harness.demo import make_repo
+from tests.procs import wait_for  # noqa: F401  (re-exported for the tests)
 from harness.workspace import Workspace
 
 FAST_CONFIG = """\
@@ -53,18 +52,6 @@ def make_workspace(root: Path, extra: str = "", **overrides: Any) -> Workspace:
     ws = Workspace.at(root)
     ws.make_dirs()
     return ws
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, step: float = 0.02) -> Any:
-    """Poll ``cond`` until truthy; fail the test naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(step)
 
 
 def start_coordinator(ws: Workspace, *args: str) -> subprocess.Popen[bytes]:
