@@ -269,6 +269,7 @@ def show(ctx: click.Context, item_id: str, as_json: bool) -> None:
     """
     from harness.status import item_report
 
+    _queue(ctx)  # a clear error if there is no queue here
     report = item_report(_workspace(ctx), item_id)
     if report is None:
         _usage_error(f"no item {item_id!r} in {_workspace(ctx).queue_dir}")
@@ -285,7 +286,7 @@ def show(ctx: click.Context, item_id: str, as_json: bool) -> None:
         r, m = a.get("result") or {}, a.get("metrics") or {}
         tokens = sum(m.get(k, 0) for k in ("input_tokens", "output_tokens",
                                            "cache_creation_tokens", "cache_read_tokens"))
-        click.echo(f"  attempt {a['attempt']:<3} {r.get('reason', 'running'):<16}"
+        click.echo(f"  attempt {a['attempt']:<3} {r.get('reason', 'unfinished'):<16}"
                    f" {tokens:>8} tok  ${m.get('cost_usd', 0):.4f}  {r.get('detail', '')[:70]}")
         click.echo(f"              {a['log_dir']}")
 

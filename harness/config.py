@@ -69,7 +69,7 @@ Preset = Literal["claude", "codex", "shell", "sim", "custom"]
 class AgentConfig(_Section):
     preset: Preset = Field("shell", description="claude, codex, shell, sim or custom")
     command: list[str] = Field(default_factory=list, description="argv template for preset=custom")
-    output: Literal["stream-json", "text"] | None = Field(None, description="agent stdout format; default by preset")
+    output: Literal["stream-json", "text"] | None = Field(None, description="agent stdout format; default stream-json for claude and sim, text otherwise")
     model: str = Field("", description="model name passed to the agent (empty = agent default)")
     allowed_tools: list[str] = Field(default_factory=lambda: ["Bash", "Read", "Edit", "Write", "Glob", "Grep"])
     max_turns: int = Field(50, ge=1, description="per attempt, passed to the agent")
@@ -97,7 +97,9 @@ class AgentConfig(_Section):
     def streams(self) -> bool:
         if self.output is not None:
             return self.output == "stream-json"
-        return self.preset != "shell"
+        # Only Claude Code's stream (and the sim's copy of it) is parsed by default:
+        # codex --json has no result event, a custom agent's format is unknown.
+        return self.preset in ("claude", "sim")
 
 
 class PathsConfig(_Section):

@@ -33,14 +33,15 @@ from filelock import FileLock, Timeout
 
 from harness import fsops, heartbeat, names, runner
 from harness.config import Config, queue_options
+from harness.integration import MergeQueue, reconcile_branches
 from harness.liveness import ProcessIdentity, lock_is_held
 from harness.queue import Queue
 from harness.recovery import recover
+from harness.runstats import RunStats
 from harness.workspace import EventTail, Workspace
 
 QUICK_DEATH = 10.0  # a worker that dies sooner than this after start counts as crash-looping
 OK_REASONS = frozenset({"succeeded", "fenced", "rate_limited", "cancelled"})
-THROUGHPUT_WINDOW = 600.0  # seconds of completions behind the items/minute figure
 
 
 class CoordinatorError(Exception):
@@ -66,59 +67,6 @@ class Slot:
 
 
 @dataclass
-class RunStats:
-    """Counters of this run, derived from the event log; written to state/run.json and metrics.prom."""
-
-    started_at: float = field(default_factory=time.time)
-    attempts: dict[str, int] = field(default_factory=dict)
-    tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
-        ("input", "output", "cache_creation", "cache_read"), 0))
-    cost_usd: float = 0.0
-    claims: int = 0
-    completions: int = 0
-    reclaims: int = 0
-    restarts: int = 0
-    done_times: list[float] = field(default_factory=list)
-    slots_started: set[Any] = field(default_factory=set)
-
-    def observe(self, ev: dict[str, Any]) -> None:
-        kind = ev.get("event")
-        if kind == "claim":
-            self.claims += 1
-        elif kind == "revoke":
-            self.reclaims += 1
-        elif kind == "worker-spawn":
-            # The first spawn of a slot is a start; every later one replaces a dead worker.
-            self.restarts += ev.get("worker") in self.slots_started
-            self.slots_started.add(ev.get("worker"))
-        elif kind == "attempt-end":
-            reason = str(ev.get("reason"))
-            self.attempts[reason] = self.attempts.get(reason, 0) + 1
-            m = ev.get("metrics") or {}
-            for k in self.tokens:
-                self.tokens[k] += int(m.get(f"{k}_tokens") or 0)
-            self.cost_usd += float(m.get("cost_usd") or 0.0)
-            if ev.get("queue") == "done":
-                self.completions += 1
-                self.done_times.append(float(ev.get("ts") or time.time()))
-
-    def snapshot(self, counts: dict[str, int], alive: int, desired: int, paused: bool
-                 ) -> dict[str, Any]:
-        now = time.time()
-        self.done_times = [t for t in self.done_times if now - t <= THROUGHPUT_WINDOW]
-        window = min(THROUGHPUT_WINDOW, max(1.0, now - self.started_at))
-        per_min = len(self.done_times) * 60.0 / window
-        left = counts["pending"] + counts["claimed"] + counts["waiting"]
-        return {"started_at": self.started_at, "items": counts, "attempts": dict(self.attempts),
-                "workers_alive": alive, "workers_desired": desired,
-                "claims_total": self.claims, "completions_total": self.completions,
-                "reclaims_total": self.reclaims, "restarts_total": self.restarts,
-                "tokens_total": dict(self.tokens), "cost_usd_total": round(self.cost_usd, 6),
-                "paused": int(paused), "throughput_per_min": round(per_min, 2),
-                "eta_s": round(left / per_min * 60.0) if per_min > 0 and left else None}
-
-
-@dataclass
 class Coordinator:
     ws: Workspace
     cfg: Config
@@ -134,9 +82,9 @@ class Coordinator:
         self.consecutive_failures = 0
         self.memory_held = False
         self.budget_hit: str | None = None
-        self.spent = {"tokens": 0, "cost_usd": 0.0}
-        self.merges: list[str] = []
         self.repo = (self.ws.root / self.cfg.git.repo).resolve()
+        self.merges = MergeQueue(self.repo, self.cfg.git.target_branch, self.queue,
+                                 self.ws.logs_dir, self.event)
         self.stats = RunStats()
         self.lock = FileLock(str(self.ws.coordinator_lock))
         self.doomed: list[tuple[ProcessIdentity, float]] = []
@@ -158,14 +106,16 @@ class Coordinator:
         me = ProcessIdentity.of()
         heartbeat.HeartbeatWriter(self.ws.coordinator_file, self.ws.tmp_dir, **me.as_record(),
                                   started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z")).beat()
+        # A pool size set by `scale` belongs to the run that was scaled, not to this one.
+        self.ws.desired_workers_file.unlink(missing_ok=True)
         for action in recover(self.queue):
             self.event("recovered", action=action)
         self.failed_at_start = self._ids_in("failed")
         self.tail = EventTail(self.ws.events_file)
         self._adopt()
-        self.reconcile_branches()
+        reconcile_branches(self.repo, self.queue, self.event)
         if self.cfg.git.integrate == "merge":
-            self.merges = self._unmerged_done()
+            self.merges.load_unmerged()
         self.event("coordinator-start", agents=self.desired_workers(), forever=self.forever)
 
     def _adopt(self) -> None:
@@ -219,16 +169,23 @@ class Coordinator:
         self.queue.promote()
         self.scale()
         self.watch_events()
-        self.merge_next()
+        self.check_budget()
+        self.merges.step()
         self.auto_resume()
         self.publish_stats()
 
     def finished(self) -> bool:
-        """The batch is over: nothing live and nothing left to merge, or the budget is spent."""
+        """The batch is over: nothing live, no worker still recording, nothing left to merge.
+
+        A worker moves its item to done/ before it logs the attempt's end, so an
+        empty queue alone could end the run before the last merge is queued.
+        """
         counts = self.queue.counts()
-        if self.budget_hit and counts["claimed"] == 0:
-            return True
-        return counts["pending"] + counts["claimed"] + counts["waiting"] == 0 and not self.merges
+        if counts["claimed"] or (not self.budget_hit and counts["pending"] + counts["waiting"]):
+            return False
+        working = any(hb.get("state") == "working"
+                      for hb in heartbeat.read_all(self.ws.heartbeats_dir).values())
+        return not working and not self.merges
 
     # -- worker health ---------------------------------------------------------
 
@@ -394,9 +351,8 @@ class Coordinator:
             self.stats.observe(ev)
             if ev.get("event") != "attempt-end":
                 continue
-            self._spend(ev.get("metrics") or {})
             if ev.get("queue") == "done" and self.cfg.git.integrate == "merge":
-                self.merges.append(ev["item"])
+                self.merges.add(ev["item"])
             if ev.get("reason") in OK_REASONS:
                 self.consecutive_failures = 0
                 continue
@@ -405,24 +361,22 @@ class Coordinator:
                 reason = (f"circuit breaker: {self.consecutive_failures} consecutive failed"
                           f" attempts (last: {ev.get('item')}: {ev.get('detail')});"
                           " fix the cause, then `parallel-harness resume`")
-                self.ws.interrupt_file.write_text(reason + "\n")
+                self.ws.pause(reason)
                 self.event("circuit-open", reason=reason)
+                self.consecutive_failures = 0  # after `resume`, count afresh
 
-    def _spend(self, metrics: dict[str, Any]) -> None:
-        """Add an attempt's usage to the run total; pause new attempts at the run budget."""
+    def check_budget(self) -> None:
+        """At the run budget, pause new attempts; running ones finish, then the run ends."""
         run = self.cfg.run
-        self.spent["tokens"] += sum(int(metrics.get(k) or 0) for k in (
-            "input_tokens", "output_tokens", "cache_creation_tokens", "cache_read_tokens"))
-        self.spent["cost_usd"] += float(metrics.get("cost_usd") or 0.0)
-        over = ((run.budget_tokens and self.spent["tokens"] >= run.budget_tokens)
-                or (run.budget_usd and self.spent["cost_usd"] >= run.budget_usd))
+        tokens, cost = sum(self.stats.tokens.values()), self.stats.cost_usd
+        over = ((run.budget_tokens and tokens >= run.budget_tokens)
+                or (run.budget_usd and cost >= run.budget_usd))
         if over and not self.budget_hit:
-            self.budget_hit = (f"run budget reached: {self.spent['tokens']} tokens,"
-                               f" ${self.spent['cost_usd']:.2f} (budget_tokens {run.budget_tokens},"
-                               f" budget_usd {run.budget_usd}); running attempts finish,"
-                               " no new ones start")
+            self.budget_hit = (f"run budget reached: {tokens} tokens, ${cost:.2f}"
+                               f" (budget_tokens {run.budget_tokens}, budget_usd"
+                               f" {run.budget_usd}); running attempts finish, no new ones start")
             self.ws.pause(self.budget_hit)
-            self.event("budget-reached", **self.spent)
+            self.event("budget-reached", tokens=tokens, cost_usd=cost)
 
     def publish_stats(self) -> None:
         """Write state/run.json (for status) and state/metrics.prom (for Prometheus)."""
@@ -440,78 +394,6 @@ class Coordinator:
         resume_at = self.ws.resume_at()
         if resume_at is not None and time.time() >= resume_at and self.ws.resume():
             self.event("resumed", why="rate-limit reset time reached")
-
-    def merge_next(self) -> None:
-        """Integrate finished items into the target branch, one at a time, in completion order."""
-        from harness import merge
-
-        while self.merges:
-            item_id = self.merges.pop(0)
-            name = self._done_name(item_id)
-            if name is None:
-                continue
-            try:
-                result = merge.integrate(self.repo, self.cfg.git.target_branch, f"harness/{item_id}",
-                                         message=f"harness: merge {item_id}")
-            except merge.MergeRaceError as exc:
-                self.merges.insert(0, item_id)  # the target keeps moving: try again next tick
-                self.event("merge-race", item=item_id, error=str(exc))
-                return
-            except merge.MergeError as exc:
-                self.queue.reject(name, f"merge failed: {exc}; branch harness/{item_id} kept")
-                self.event("merge-failed", item=item_id, error=str(exc))
-                continue
-            if result.status == "conflict":
-                reason = (f"conflict: harness/{item_id} conflicts with {self.cfg.git.target_branch}"
-                          f" in {', '.join(result.conflicts) or '(unknown paths)'};"
-                          f" branch harness/{item_id} kept")
-                self.queue.reject(name, reason)
-                self.event("merge-conflict", item=item_id, paths=list(result.conflicts))
-            else:
-                self.event("merged", item=item_id, status=result.status, sha=result.target_sha)
-
-    def reconcile_branches(self) -> None:
-        """Give every done item its ``harness/<id>`` branch (a worker may have died in between).
-
-        The accepted attempt is the one in done/, so its attempt branch is the result.
-        """
-        refs = subprocess.run(["git", "for-each-ref", "--format=%(refname:short)",
-                               "refs/heads/harness/", "refs/heads/harness-attempts/"],
-                              cwd=self.repo, capture_output=True, text=True).stdout.split()
-        have = set(refs)
-        for entry in names.entries(self.queue.dir("done")):
-            parsed = names.try_parse(entry)
-            if parsed is None or f"harness/{parsed.id}" in have:
-                continue
-            attempt = f"harness-attempts/{parsed.id}/{parsed.attempt}"
-            if attempt in have:
-                subprocess.run(["git", "branch", f"harness/{parsed.id}", attempt],
-                               cwd=self.repo, capture_output=True)
-                self.event("branch-reconciled", item=parsed.id, attempt=parsed.attempt)
-
-    def _done_name(self, item_id: str) -> str | None:
-        for entry in names.entries(self.queue.dir("done")):
-            parsed = names.try_parse(entry)
-            if parsed is not None and parsed.id == item_id:
-                return entry
-        return None
-
-    def _unmerged_done(self) -> list[str]:
-        """Done items whose branch is not in the target yet, oldest completion first."""
-        from harness import merge
-
-        done = []
-        for entry in names.entries(self.queue.dir("done")):
-            parsed = names.try_parse(entry)
-            try:
-                merged = parsed is None or merge.is_merged(
-                    self.repo, self.cfg.git.target_branch, f"harness/{parsed.id}")
-                ctime = os.stat(self.queue.dir("done") / entry).st_ctime
-            except (merge.MergeError, FileNotFoundError):
-                continue
-            if not merged:
-                done.append((ctime, parsed.id))
-        return [item_id for _, item_id in sorted(done)]
 
     # -- shutdown --------------------------------------------------------------
 

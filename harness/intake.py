@@ -93,7 +93,7 @@ def validate_batch(queue: Queue, raw: Sequence[Any], template: tuple[str, str] |
             seen.add(item.id or "")
             items.append(item)
         except (InvalidItem, DuplicateId, prompts.PromptError) as exc:
-            report.refused.append((where, str(exc)))
+            report.refused.append((where, _why(exc)))
             items.append(None)
     return items, report
 
@@ -119,5 +119,13 @@ def submit(queue: Queue, raw: Sequence[Any], *, atomic: bool = False,
         try:
             report.added.append(queue.enqueue(valid[i], source=f"item {valid[i].id or i}"))
         except (InvalidItem, DuplicateId) as exc:
-            report.refused.append((f"item {valid[i].id or i}", str(exc)))
+            report.refused.append((f"item {valid[i].id or i}", _why(exc)))
     return report
+
+
+def _why(exc: Exception) -> str:
+    """The reason without the source prefix (the report names the item already)."""
+    reason = getattr(exc, "reason", None)
+    if isinstance(exc, prompts.PromptError):
+        return str(exc)  # its source is the template file, which the reason needs
+    return str(reason) if reason else str(exc)

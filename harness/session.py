@@ -55,6 +55,7 @@ class Metrics:
     events: int = 0  # JSON lines parsed, objects or not
     unknown_events: int = 0  # JSON that is not an object, or an object of an unknown type
     non_json_lines: int = 0
+    truncated_bytes: int = 0  # stream and stderr bytes beyond [run] log_cap_mb, not stored
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

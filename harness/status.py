@@ -41,7 +41,8 @@ def collect(ws: Workspace) -> dict[str, Any]:
             "cost_usd": hb.get("cost_usd"), "turns": hb.get("turns"),
         })
     coordinator = heartbeat.read(ws.coordinator_file)
-    run = heartbeat.read(ws.run_file) if coordinator else None
+    coordinator_alive = lock_is_held(ws.coordinator_lock)
+    run = heartbeat.read(ws.run_file) if coordinator_alive else None
     return {
         "run": {k: run.get(k) for k in ("throughput_per_min", "eta_s", "tokens_total",
                                         "cost_usd_total", "attempts", "reclaims_total",
@@ -50,7 +51,7 @@ def collect(ws: Workspace) -> dict[str, Any]:
         "paused": ws.interrupt_reason(), "workers": workers,
         "coordinator": {"pid": coordinator.get("pid"), "host": coordinator.get("host"),
                         "started_at": coordinator.get("started_at"),
-                        "alive": lock_is_held(ws.coordinator_lock)} if coordinator else None,
+                        "alive": coordinator_alive} if coordinator else None,
         "recent_failures": _recent_failures(ws, failed),
     }
 
@@ -140,7 +141,11 @@ def item_report(ws: Workspace, item_id: str) -> dict[str, Any] | None:
 
     where = None
     for state in names.STATES:
-        for entry in names.entries(ws.queue_dir / state):
+        try:
+            entries = names.entries(ws.queue_dir / state)
+        except FileNotFoundError:
+            return None
+        for entry in entries:
             parsed = names.try_parse(entry)
             if parsed is not None and parsed.id == item_id:
                 where = (state, entry)

@@ -32,6 +32,7 @@ import psutil
 from harness import agents, heartbeat, prompts, runner, session, worktrees
 from harness import config as config_mod
 from harness.config import Config
+from harness.integration import attempt_branch, item_branch
 from harness.liveness import ProcessIdentity, hold_lock
 from harness.names import ItemName
 from harness.queue import Claim, Fenced, Queue
@@ -40,14 +41,6 @@ from harness.workspace import Workspace
 EXIT_SLOT_TAKEN = 3
 IDLE_POLL = 0.1
 RATE_LIMIT_DEFAULT_PAUSE = 900.0  # seconds, when the agent does not say when its quota resets
-
-
-def attempt_branch(item_id: str, attempt: int) -> str:
-    return f"harness-attempts/{item_id}/{attempt}"
-
-
-def item_branch(item_id: str) -> str:
-    return f"harness/{item_id}"
 
 
 class Attempt:
@@ -214,6 +207,7 @@ class Worker:
             on_poll=lambda: self._poll(claim, att),
             on_line=att.stream.feed if streams else None,
             result_seen=lambda: att.stream.result is not None)
+        att.stream.metrics.truncated_bytes = outcome.truncated_bytes
         if outcome.aborted == "cancelled":
             att.end("cancelled", "cancelled by the operator (parallel-harness cancel)")
         elif outcome.aborted:

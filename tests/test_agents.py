@@ -188,3 +188,25 @@ def test_prompt_template_errors_exit_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "harness.cli", "--root", str(ws.root), "run"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "bootstrap.md" in proc.stderr and "not found" in proc.stderr
+
+
+def test_run_budget_stops_new_attempts_and_ends_the_run(tmp_path):
+    ws = make_workspace(tmp_path / "ws", extra=SIM.replace(
+        "result_grace = 0.5", "result_grace = 0.5\nbudget_tokens = 100"))
+    q = Queue(ws.queue_dir)
+    for i in range(4):
+        q.enqueue({"id": f"spend-{i}"})
+    coord = start_coordinator(ws, "--agents", "1")
+    try:
+        assert coord.wait(timeout=60) == 1
+    finally:
+        kill_all(ws, coord)
+    out = (ws.root / "coordinator.out").read_text()
+    assert "run budget reached" in out
+    done = names.entries(ws.queue_dir / "done")
+    # The first attempt spends the budget; the coordinator sees it within one tick, by
+    # which time the worker may already have started one more attempt (it finishes).
+    assert 1 <= len(done) <= 2
+    assert len(names.entries(ws.queue_dir / "pending")) == 4 - len(done)
+    assert not ws.interrupt_file.exists(), "the budget pause ends with the run"
+    assert any(e["event"] == "budget-reached" for e in events(ws))

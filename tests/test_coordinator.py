@@ -228,3 +228,62 @@ def test_chaos_kills_and_stops_lose_nothing(tmp_path):
     assert check(ws.queue_dir, enqueued=ids, expect_finished=True) == []
     assert len(names_in(ws, "done")) + len(names_in(ws, "failed")) == len(ids)
     assert live_recorded(ws) == []
+
+
+def test_orphaned_claim_is_revoked_after_the_grace_and_then_done(ws):
+    q = Queue(ws.queue_dir)
+    name = q.enqueue({"id": "orphan", "command": "true"})
+    # A claimant that died right after its claim rename, before naming it anywhere.
+    os.rename(ws.queue_dir / "pending" / str(name), ws.queue_dir / "claimed" / str(name))
+    coord = start_coordinator(ws, "--agents", "1")
+    try:
+        assert finish(coord) == 0
+    finally:
+        kill_all(ws, coord)
+    revokes = [e for e in events(ws) if e["event"] == "revoke"]
+    assert [(e["why"], e["outcome"]) for e in revokes] == [("orphaned", "retry")]
+    assert [(n.id, n.attempt) for n in names_in(ws, "done")] == [("orphan", 2)]
+
+
+def test_scale_changes_the_pool_live(ws):
+    coord = start_coordinator(ws, "--agents", "1", "--forever")
+    try:
+        wait_for(lambda: heartbeat_of(ws, "w1"), 20, "one worker")
+        ws.desired_workers_file.write_text("3\n")
+        wait_for(lambda: all(heartbeat_of(ws, w) for w in ("w1", "w2", "w3")), 20,
+                 "three workers after scale 3")
+        ws.desired_workers_file.write_text("1\n")
+        wait_for(lambda: not heartbeat_of(ws, "w2") and not heartbeat_of(ws, "w3"), 20,
+                 "two workers retired after scale 1")
+        assert heartbeat_of(ws, "w1") is not None
+        coord.send_signal(signal.SIGTERM)
+        finish(coord, 30)
+    finally:
+        kill_all(ws, coord)
+    assert sum(e["event"] == "worker-retire" for e in events(ws)) == 2
+    assert live_recorded(ws) == []
+
+
+def test_circuit_breaker_pauses_after_consecutive_failures(tmp_path):
+    ws = make_workspace(tmp_path / "ws", max_attempts=1)
+    (ws.root / "harness.toml").write_text((ws.root / "harness.toml").read_text().replace(
+        "max_consecutive_failures = 0", "max_consecutive_failures = 2"))
+    q = Queue(ws.queue_dir)
+    for i in range(5):
+        q.enqueue({"id": f"bad-{i}", "command": "sleep 0.3; exit 3"})
+    coord = start_coordinator(ws, "--agents", "1", "--forever")
+    try:
+        wait_for(lambda: "circuit breaker" in (ws.interrupt_reason() or ""), 30,
+                 "the circuit breaker to pause the pool")
+        failed_then = len(names_in(ws, "failed"))
+        assert any(e["event"] == "circuit-open" for e in events(ws))
+        assert finish_after_signal(coord) == 128 + signal.SIGTERM
+    finally:
+        kill_all(ws, coord)
+    assert 2 <= failed_then <= 3, "pool paused after two failures (one may have been running)"
+    assert len(names_in(ws, "pending")) >= 2, "the rest was not burnt"
+
+
+def finish_after_signal(coord):
+    coord.send_signal(signal.SIGTERM)
+    return finish(coord, 30)

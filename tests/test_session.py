@@ -50,7 +50,7 @@ def test_success_stream_gives_exact_metrics():
         "errors": ["Bash error: Exit code 1 F. FAILED tests/test_parse.py::test_empty - "
                    "AssertionError: assert [''] == [] 1 failed, 1 passed in 0.04s"],
         "duration_s": 48.213, "model": "claude-sonnet-4-5-20250929",
-        "events": 13, "unknown_events": 0, "non_json_lines": 0,
+        "events": 13, "unknown_events": 0, "non_json_lines": 0, "truncated_bytes": 0,
     }
     assert state.session_id == "8f3c2a71-5d4e-4b9a-9c0e-2f6a1d7b3e55"
     assert state.turns == 9 and state.last_tool == "Bash" and state.activity == "finished"

@@ -1,0 +1,131 @@
+"""Where results go in git: branch names, and the coordinator's merge queue.
+
+Each attempt works on its own branch ``harness-attempts/<id>/<n>``; the
+accepted attempt (the one in done/) also ends on ``harness/<id>``. With
+``integrate = "merge"`` the coordinator alone merges those branches into the
+target branch, one at a time in completion order; the ref moves only by
+compare-and-swap (harness.merge). A conflict sends the item from done/ to
+failed/ with the paths and keeps its branch.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from harness import fsops, names
+from harness.gitenv import git_env
+from harness.queue import Queue
+
+
+def attempt_branch(item_id: str, attempt: int) -> str:
+    return f"harness-attempts/{item_id}/{attempt}"
+
+
+def item_branch(item_id: str) -> str:
+    return f"harness/{item_id}"
+
+
+class MergeQueue:
+    """Done items waiting to be merged into ``target``; ``step()`` drains it."""
+
+    def __init__(self, repo: Path, target: str, queue: Queue, logs_dir: Path,
+                 event: Callable[..., None]) -> None:
+        self.repo, self.target, self.queue, self.event = repo, target, queue, event
+        self.logs_dir = logs_dir
+        self.pending: list[str] = []
+
+    def add(self, item_id: str) -> None:
+        self.pending.append(item_id)
+
+    def __bool__(self) -> bool:
+        return bool(self.pending)
+
+    def load_unmerged(self) -> None:
+        """After a restart: every done item not yet in the target, oldest completion first.
+
+        A rename into done/ sets the file's ctime, so ctime order is completion order.
+        """
+        from harness import merge
+
+        done = []
+        for entry in names.entries(self.queue.dir("done")):
+            parsed = names.try_parse(entry)
+            try:
+                if parsed is None or merge.is_merged(self.repo, self.target,
+                                                     item_branch(parsed.id)):
+                    continue
+                done.append((os.stat(self.queue.dir("done") / entry).st_ctime, parsed.id))
+            except (merge.MergeError, FileNotFoundError):
+                continue
+        self.pending = [item_id for _, item_id in sorted(done)]
+
+    def step(self) -> None:
+        """Merge every pending item, in order; stop early if the target keeps moving."""
+        from harness import merge
+
+        while self.pending:
+            item_id = self.pending.pop(0)
+            name = self.queue.find(item_id, ("done",))
+            if name is None:
+                continue
+            try:
+                result = merge.integrate(self.repo, self.target, item_branch(item_id),
+                                         message=f"harness: merge {item_id}")
+            except merge.MergeRaceError as exc:
+                self.pending.insert(0, item_id)  # try again next tick
+                self.event("merge-race", item=item_id, error=str(exc))
+                return
+            except merge.MergeError as exc:
+                self.queue.reject(name, f"merge failed: {exc}; branch {item_branch(item_id)} kept")
+                self.event("merge-failed", item=item_id, error=str(exc))
+                continue
+            self._record(item_id, name, result)
+
+    def _record(self, item_id: str, name: Any, result: Any) -> None:
+        if result.status == "conflict":
+            paths = ", ".join(result.conflicts) or "(unknown paths)"
+            reason = (f"conflict: {item_branch(item_id)} conflicts with {self.target} in"
+                      f" {paths}; branch {item_branch(item_id)} kept")
+            self.queue.reject(name, reason)
+            self._amend_result(item_id, name.attempt, reason)
+            self.event("merge-conflict", item=item_id, paths=list(result.conflicts))
+        else:
+            self.event("merged", item=item_id, status=result.status, sha=result.target_sha)
+
+
+    def _amend_result(self, item_id: str, attempt: int, detail: str) -> None:
+        """The attempt succeeded but its result could not be integrated: say so in result.json."""
+        path = self.logs_dir / item_id / str(attempt) / "result.json"
+        try:
+            result = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return
+        result.update(reason="conflict", detail=detail, queue="failed")
+        fsops.write_atomic(path, orjson.dumps(result, option=orjson.OPT_INDENT_2),
+                           tmp_dir=path.parent, durable=False)
+
+
+def reconcile_branches(repo: Path, queue: Queue, event: Callable[..., None]) -> None:
+    """Give every done item its ``harness/<id>`` branch (its worker may have died first).
+
+    The accepted attempt is the one in done/, so its attempt branch is the result.
+    """
+    proc = subprocess.run(["git", "for-each-ref", "--format=%(refname:short)",
+                           "refs/heads/harness/", "refs/heads/harness-attempts/"],
+                          cwd=repo, capture_output=True, text=True, env=git_env())
+    have = set(proc.stdout.split())
+    for entry in names.entries(queue.dir("done")):
+        parsed = names.try_parse(entry)
+        if parsed is None or item_branch(parsed.id) in have:
+            continue
+        if attempt_branch(parsed.id, parsed.attempt) in have:
+            subprocess.run(["git", "branch", item_branch(parsed.id),
+                            attempt_branch(parsed.id, parsed.attempt)],
+                           cwd=repo, capture_output=True, env=git_env())
+            event("branch-reconciled", item=parsed.id, attempt=parsed.attempt)
