@@ -102,7 +102,7 @@ def all_attempts(ws: Workspace) -> list[tuple[str, int, Path]]:
     return [(item_id, n, d) for _, item_id, n, d in found]
 
 
-def running(ws: Workspace) -> set[tuple[str, int]]:
+def running_attempts(ws: Workspace) -> set[tuple[str, int]]:
     """(item, attempt) pairs that a worker's heartbeat says it is working on."""
     return {(hb.get("item_id"), hb.get("attempt"))
             for hb in heartbeat.read_all(ws.heartbeats_dir).values() if hb.get("item_id")}
@@ -121,9 +121,8 @@ def stream_file(d: Path) -> Path | None:
     return None
 
 
-def new_transcript(d: Path) -> Transcript:
-    """An empty transcript for the stream file ``d`` has (text mode for a shell agent's)."""
-    path = stream_file(d)
+def new_transcript(path: Path | None) -> Transcript:
+    """An empty transcript for a stream file (text mode for a shell agent's stdout.log)."""
     return Transcript(text_mode=path is not None and path.name == SHELL_STREAM)
 
 
@@ -147,11 +146,12 @@ def stderr_lines(d: Path) -> list[str]:
 
 def load(d: Path) -> Transcript | None:
     """Replay an attempt's stream (events.jsonl, or stdout.log as text); None if it has none."""
-    if stream_file(d) is None:
+    path = stream_file(d)
+    if path is None:
         return None
-    transcript = new_transcript(d)
+    transcript = new_transcript(path)
     ended = (d / "result.json").exists()
-    for line in read_lines(stream_file(d), complete_only=not ended):
+    for line in read_lines(path, complete_only=not ended):
         transcript.feed(line)
     return transcript
 
@@ -271,11 +271,11 @@ def export(ws: Workspace, item_id: str, picked: list[tuple[int, Path]]) -> dict[
     Lines of events.jsonl that are not JSON are listed under "bad_lines"; a
     shell agent's attempt has no events.
     """
-    now_running = running(ws)
+    running = running_attempts(ws)
     attempts = []
     for n, d in picked:
         transcript = load(d)
-        info = attempt_info(item_id, n, d, running=now_running, transcript=transcript)
+        info = attempt_info(item_id, n, d, running=running, transcript=transcript)
         streamed = transcript is not None and not transcript.text_mode
         attempts.append({
             "attempt": n, "reason": info["reason"], "dir": str(d),

@@ -1,18 +1,13 @@
 """``parallel-harness sessions ...`` and ``parallel-harness logs``: read what attempts left behind.
 
-Every attempt of an item writes ``logs/<item-id>/<attempt>/``::
+The commands and their text / JSON rendering; reading and analysing the
+attempt directories (``logs/<item-id>/<attempt>/``) is harness.attempts and
+harness.transcript.
 
-    item.json  prompt.md  events.jsonl (stream agents) | stdout.log (shell agents)
-    stderr.log  verify.log  metrics.json  result.json
-
-``metrics.json`` and ``result.json`` appear when the attempt ends (result.json
-last); until then the metrics are derived from the stream with
-:class:`harness.session.StreamState`, the same parser the worker uses.
-
-Only click is imported at module level, so registering these commands costs
-``parallel-harness status`` nothing. Exit codes: 0 ok, 1 ``watch``/``logs
---follow`` stopped by ``--timeout`` before the attempt ended, 2 usage errors
-(unknown item or attempt, no logs).
+Only click is imported at module level (the rest inside the commands), so
+registering these commands costs ``parallel-harness status`` nothing. Exit
+codes: 0 ok, 1 ``watch``/``logs --follow`` stopped by ``--timeout`` before the
+attempt ended, 2 usage errors (unknown item or attempt, no logs).
 """
 
 from __future__ import annotations
@@ -25,11 +20,9 @@ EXIT_TIMEOUT = 1
 EXIT_USAGE = 2
 POLL_INTERVAL = 0.1  # seconds between reads when following a growing file
 LIST_LIMIT = 50
-PREVIEW_CHARS = 100
-STREAM_FILES = ("events.jsonl", "stdout.log")
-LOG_FILES = ("events.jsonl", "stdout.log", "stderr.log", "verify.log", "prompt.md", "item.json",
-             "metrics.json", "result.json")
-ARG_KEYS = ("command", "file_path", "path", "pattern", "description", "url", "query", "prompt")
+METRIC_ROWS = ("input_tokens", "output_tokens", "cache_creation_tokens", "cache_read_tokens",
+               "cost_usd", "turns", "tool_errors", "duration_s", "events", "unknown_events",
+               "non_json_lines", "model")
 
 _attempt_option = click.option(
     "--attempt", "attempt", type=click.IntRange(min=0), default=None, metavar="N",
@@ -41,7 +34,7 @@ _json_option = click.option("--json", "as_json", is_flag=True, help="Machine-rea
 
 
 # ---------------------------------------------------------------------------
-# Locating attempts
+# Helpers
 # ---------------------------------------------------------------------------
 
 
@@ -57,461 +50,25 @@ def _workspace(ctx: click.Context):  # -> Workspace
     return Workspace.at(obj.get("root", ".") if isinstance(obj, dict) else ".")
 
 
-def _item_dir(ws, item_id: str):  # -> Path
-    from harness.names import ID_PATTERN
+def _attempts(ctx: click.Context, item_id: str, attempt: int | None, *, every: bool):
+    """(workspace, [(attempt, dir)]) of item ``item_id`` (see attempts.pick); exit 2 if none."""
+    from harness.attempts import NoAttempt, pick
 
-    if not ID_PATTERN.fullmatch(item_id):
-        _fail(f"{item_id!r} is not a valid item id")
-    path = ws.logs_dir / item_id
-    if not _attempt_numbers(path):
-        _fail(f"no logs for item {item_id!r} (nothing in {path})")
-    return path
-
-
-def _attempt_numbers(item_dir) -> list[int]:
-    import os
-
+    ws = _workspace(ctx)
     try:
-        entries = os.listdir(item_dir)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    return sorted(int(e) for e in entries if e.isdigit() and (item_dir / e).is_dir())
+        return ws, pick(ws, item_id, attempt, every=every)
+    except NoAttempt as exc:
+        _fail(str(exc))
 
 
-def _pick(ws, item_id: str, attempt: int | None, *, every: bool) -> list[tuple[int, object]]:
-    """[(attempt, dir)] of an item: ``attempt`` only, else every attempt or the latest."""
-    item_dir = _item_dir(ws, item_id)
-    numbers = _attempt_numbers(item_dir)
-    if attempt is not None:
-        if attempt not in numbers:
-            _fail(f"item {item_id!r} has no attempt {attempt} in {item_dir} "
-                  f"(attempts: {', '.join(map(str, numbers))})")
-        numbers = [attempt]
-    elif not every:
-        numbers = numbers[-1:]
-    return [(n, item_dir / str(n)) for n in numbers]
-
-
-def _all_attempt_dirs(ws) -> list[tuple[float, str, int, object]]:
-    """Every (start key, item id, attempt, dir) under logs/, newest first.
-
-    The start key is the mtime of ``item.json`` (written once when the attempt
-    starts), else of the directory: a stat per attempt, no file reads.
-    """
-    import os
-
-    out = []
-    try:
-        items = os.listdir(ws.logs_dir)
-    except FileNotFoundError:
-        return []
-    for item_id in items:
-        item_dir = ws.logs_dir / item_id
-        for n in _attempt_numbers(item_dir):
-            d = item_dir / str(n)
-            try:
-                key = os.stat(d / "item.json").st_mtime
-            except OSError:
-                try:
-                    key = os.stat(d).st_mtime
-                except OSError:
-                    continue
-            out.append((key, item_id, n, d))
-    out.sort(key=lambda t: (t[0], t[1], t[2]), reverse=True)
-    return out
-
-
-def _read_json(path) -> dict | None:
+def _json_bytes(data: object) -> bytes:
     import orjson
 
-    try:
-        data = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _stream_file(d):  # -> Path | None
-    for name in STREAM_FILES:
-        if (d / name).is_file():
-            return d / name
-    return None
-
-
-def _running(ws) -> set[tuple[str, int]]:
-    """(item, attempt) pairs that a worker's heartbeat says it is working on."""
-    from harness import heartbeat
-
-    return {(hb.get("item_id"), hb.get("attempt"))
-            for hb in heartbeat.read_all(ws.heartbeats_dir).values() if hb.get("item_id")}
-
-
-# ---------------------------------------------------------------------------
-# Reading a stream
-# ---------------------------------------------------------------------------
-
-
-def _short(value: object, limit: int = PREVIEW_CHARS) -> str:
-    text = " ".join(str(value).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _content_text(content: object) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(b["text"] for b in content
-                        if isinstance(b, dict) and isinstance(b.get("text"), str))
-    return ""
-
-
-def _tool_arg(tool_input: object, limit: int | None = PREVIEW_CHARS) -> str:
-    import orjson
-
-    if not isinstance(tool_input, dict):
-        return ""
-    for key in ARG_KEYS:
-        if isinstance(tool_input.get(key), str) and tool_input[key]:
-            text = tool_input[key]
-            break
-    else:
-        text = orjson.dumps(tool_input, default=str).decode() if tool_input else ""
-    return _short(text, limit) if limit else text
-
-
-def _timestamp(ev: dict) -> float | None:
-    """An event's own wall-clock time (``timestamp`` ISO string or epoch, or ``ts``), if any."""
-    from datetime import datetime
-
-    for key in ("timestamp", "ts"):
-        value = ev.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-            return value / 1000 if value > 1e12 else float(value)
-        if isinstance(value, str) and value:
-            try:
-                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-            except ValueError:
-                continue
-    return None
-
-
-class _Reader:
-    """Turns stream lines into records and tallies, feeding a StreamState on the way.
-
-    A record is ``{"line", "t", "type", "text", "error"}`` (``t``: seconds since
-    the first timestamped event, or None). ``text_mode`` is for shell agents'
-    stdout.log: every line is a ``stdout`` record.
-    """
-
-    def __init__(self, text_mode: bool = False) -> None:
-        from harness.session import StreamState
-
-        self.text_mode = text_mode
-        self.state = StreamState()
-        self.lineno = 0
-        self.records: list[dict] = []
-        self.events: list[object] = []  # every JSON value, in order
-        self.bad_lines: list[dict] = []  # {"line", "text"}: not JSON
-        self.calls: list[dict] = []
-        self.errors: list[dict] = []  # {"line", "kind", "text"}
-        self._calls_by_id: dict[str, dict] = {}
-        self._base: float | None = None
-
-    def feed(self, raw: bytes | str) -> dict | None:
-        """Read one line; return its record (None for a blank line)."""
-        self.lineno += 1
-        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        text = text.rstrip("\r\n")
-        if not text.strip():
-            return None
-        if self.text_mode:
-            return self._record("stdout", _short(text, 200))
-        bad_before = self.state.metrics.non_json_lines
-        ev = self.state.feed(text)
-        if self.state.metrics.non_json_lines > bad_before:
-            self.bad_lines.append({"line": self.lineno, "text": text})
-            self._error("non_json", _short(text, 200))
-            return self._record("non-json", _short(text), error=True)
-        if ev is None:  # JSON, but not an object
-            import orjson
-
-            self.events.append(orjson.loads(text))
-            self._error("not_an_object", _short(text, 200))
-            return self._record("json", _short(text), error=True)
-        self.events.append(ev)
-        t = _timestamp(ev)
-        if t is not None and self._base is None:
-            self._base = t
-        kind, desc, error = self._describe(ev)
-        return self._record(kind, desc, error=error,
-                            t=None if t is None else round(t - self._base, 3))
-
-    def _record(self, kind: str, text: str, *, error: bool = False, t: float | None = None):
-        record = {"line": self.lineno, "t": t, "type": kind, "text": text, "error": error}
-        self.records.append(record)
-        return record
-
-    def _error(self, kind: str, text: str) -> None:
-        self.errors.append({"line": self.lineno, "kind": kind, "text": text})
-
-    def _describe(self, ev: dict) -> tuple[str, str, bool]:
-        kind = ev.get("type") if isinstance(ev.get("type"), str) else "?"
-        sub = ev.get("subtype") if isinstance(ev.get("subtype"), str) else None
-        label = f"{kind}/{sub}" if sub else kind
-        msg = ev.get("message") if isinstance(ev.get("message"), dict) else {}
-        if kind == "system" and sub == "init":
-            tools = ev.get("tools") if isinstance(ev.get("tools"), list) else []
-            return label, _short(f"session {ev.get('session_id')} model {ev.get('model')} "
-                                 f"{len(tools)} tools cwd {ev.get('cwd')}"), False
-        if kind == "system":
-            rest = {k: v for k, v in ev.items() if k not in ("type", "subtype", "session_id",
-                                                              "uuid")}
-            if sub == "api_retry":
-                self._error("api_retry", _short(rest, 200))
-            return label, _short(rest), sub == "api_retry"
-        if kind == "assistant":
-            return label, *self._assistant(ev, msg)
-        if kind == "user":
-            return label, *self._user(msg)
-        if kind == "rate_limit_event":
-            info = ev.get("rate_limit_info") if isinstance(ev.get("rate_limit_info"), dict) else {}
-            status = info.get("status")
-            when = info.get("resetsAt")
-            text = f"{status} {info.get('rateLimitType') or ''}".strip()
-            if isinstance(when, (int, float)) and 0 < when < 1e11:
-                text += f", resets {_when(when)}"
-            if status == "rejected":
-                self._error("rate_limit", text)
-            return label, text, status == "rejected"
-        if kind == "result":
-            error = ev.get("is_error") is True or (sub or "").startswith("error")
-            parts = [f"{ev.get('num_turns')} turns" if "num_turns" in ev else "",
-                     f"${ev['total_cost_usd']:.4f}" if isinstance(ev.get("total_cost_usd"),
-                                                                  (int, float)) else "",
-                     _dur(ev["duration_ms"] / 1000) if isinstance(ev.get("duration_ms"),
-                                                                  (int, float)) else ""]
-            errors = [e for e in ev.get("errors") or [] if isinstance(e, str)] \
-                if isinstance(ev.get("errors"), list) else []
-            said = " ".join([ev["result"] if isinstance(ev.get("result"), str) else "", *errors])
-            head = ", ".join(p for p in parts if p)
-            if error:
-                self._error("result_error", _short(f"{sub or 'error'}: {said.strip()}", 200))
-            return label, _short(f"{'ERROR ' if error else ''}{head}: {said}".strip(" :")), error
-        return label, _short({k: v for k, v in ev.items() if k != "type"}), False
-
-    def _assistant(self, ev: dict, msg: dict) -> tuple[str, bool]:
-        parts = []
-        for block in msg.get("content") if isinstance(msg.get("content"), list) else []:
-            if not isinstance(block, dict):
-                continue
-            btype = block.get("type")
-            if btype == "text":
-                parts.append(f"text: {_short(block.get('text', ''), 60)}")
-            elif btype in ("thinking", "redacted_thinking"):
-                parts.append("thinking")
-            elif btype == "tool_use":
-                parts.append(self._call(block))
-            else:
-                parts.append(str(btype))
-        error = isinstance(ev.get("error"), str)
-        if error:
-            text = _content_text(msg.get("content"))
-            self._error("api_error", _short(f"{ev['error']}: {text}", 200))
-            parts.insert(0, f"ERROR {ev['error']}")
-        return _short("; ".join(parts) or "(empty)"), error
-
-    def _call(self, block: dict) -> str:
-        call_id = block.get("id") if isinstance(block.get("id"), str) else None
-        if call_id and call_id in self._calls_by_id:  # the same block on a repeated line
-            call = self._calls_by_id[call_id]
-        else:
-            name = block.get("name") if isinstance(block.get("name"), str) else "?"
-            call = {"index": len(self.calls) + 1, "line": self.lineno, "id": call_id,
-                    "name": name, "arg": _tool_arg(block.get("input")),
-                    "input": block.get("input"), "is_error": None, "result": None}
-            self.calls.append(call)
-            if call_id:
-                self._calls_by_id[call_id] = call
-        return f"{call['name']}({call['arg']})" if call["arg"] else call["name"]
-
-    def _user(self, msg: dict) -> tuple[str, bool]:
-        content = msg.get("content")
-        if isinstance(content, str):
-            return _short(f"prompt: {content}"), False
-        parts, error = [], False
-        for block in content if isinstance(content, list) else []:
-            if not isinstance(block, dict):
-                continue
-            if block.get("type") != "tool_result":
-                parts.append(_short(f"{block.get('type')}: {_content_text([block])}", 60))
-                continue
-            call = self._calls_by_id.get(block.get("tool_use_id"))
-            name = call["name"] if call else "tool"
-            failed = block.get("is_error") is True
-            text = _content_text(block.get("content"))
-            if call is not None:
-                call["is_error"], call["result"] = failed, _short(text, 200)
-            if failed:
-                error = True
-                arg = f" ({call['arg']})" if call and call["arg"] else ""
-                self._error("tool_error", _short(f"{name}{arg}: {text}", 300))
-            parts.append(f"{name} {'ERROR' if failed else 'ok'}: {_short(text, 60)}")
-        return _short("; ".join(parts) or "(empty)"), error
-
-
-def _read_lines(path, *, complete_only: bool) -> list[bytes]:
-    """The lines of a log file; with ``complete_only`` a last line without newline is dropped."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    lines = data.split(b"\n")
-    last = lines.pop()  # b"" when the file ends with a newline
-    if last and not complete_only:
-        lines.append(last)
-    return lines
-
-
-def _load(d) -> _Reader | None:
-    """Parse an attempt's stream (events.jsonl, or stdout.log as text); None if it has none."""
-    path = _stream_file(d)
-    if path is None:
-        return None
-    reader = _Reader(text_mode=path.name == "stdout.log")
-    ended = (d / "result.json").exists()
-    for line in _read_lines(path, complete_only=not ended):
-        reader.feed(line)
-    return reader
-
-
-# ---------------------------------------------------------------------------
-# Attempt records
-# ---------------------------------------------------------------------------
-
-
-def _metrics_obj(data: dict):  # -> Metrics
-    import dataclasses
-
-    from harness.session import Metrics
-
-    m = Metrics()
-    for f in dataclasses.fields(Metrics):
-        value = data.get(f.name)
-        default = getattr(m, f.name)
-        if f.name == "model":
-            m.model = value if isinstance(value, str) else None
-        elif isinstance(default, dict):
-            if isinstance(value, dict):
-                m.tool_calls = {str(k): int(v) for k, v in value.items()
-                                if isinstance(v, (int, float))}
-        elif isinstance(default, list):
-            if isinstance(value, list):
-                m.errors = [str(e) for e in value]
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            setattr(m, f.name, type(default)(value))
-    return m
-
-
-def _metrics(d, reader: _Reader | None) -> tuple[dict, str]:
-    """(metrics, source): metrics.json if the attempt wrote it, else derived from the stream."""
-    from harness.session import Metrics
-
-    data = _read_json(d / "metrics.json")
-    if data is not None:
-        return _metrics_obj(data).as_dict(), "metrics.json"
-    if reader is not None and not reader.text_mode:
-        return reader.state.metrics.as_dict(), "stream"
-    return Metrics().as_dict(), "none"
-
-
-def _tokens(m: dict) -> int:
-    return sum(int(m.get(k) or 0) for k in ("input_tokens", "output_tokens",
-                                             "cache_creation_tokens", "cache_read_tokens"))
-
-
-def _attempt_info(item_id: str, n: int, d, *, running: set, reader: _Reader | None = None,
-                  parse: bool = True) -> dict:
-    """Everything known about one attempt (the stream is parsed if ``parse`` or still running)."""
-    import os
-    import time
-
-    result = _read_json(d / "result.json")
-    if reader is None and (parse or result is None or not (d / "metrics.json").exists()):
-        reader = _load(d)
-    metrics, source = _metrics(d, reader)
-    started = result.get("started_at") if result else None
-    if not isinstance(started, (int, float)):
-        try:
-            started = os.stat(d / "item.json").st_mtime
-        except OSError:
-            started = None
-    ended = result.get("ended_at") if result else None
-    ended = ended if isinstance(ended, (int, float)) else None
-    if result is not None:
-        reason = result.get("reason") or "unknown"
-    else:
-        reason = "running" if (item_id, n) in running else "unfinished"
-    if started is not None and (ended is not None or reason == "running"):
-        duration = round((ended or time.time()) - started, 3)
-    else:
-        duration = metrics.get("duration_s") or None
-    stream = _stream_file(d)
-    info = {
-        "item": item_id, "attempt": n, "reason": reason,
-        "detail": result.get("detail") if result else None,
-        "queue": result.get("queue") if result else None,
-        "worker": result.get("worker") if result else None,
-        "branch": result.get("branch") if result else None,
-        "commit": result.get("commit") if result else None,
-        "started_at": started, "ended_at": ended, "duration_s": duration,
-        "tokens": _tokens(metrics), "cost_usd": metrics.get("cost_usd", 0.0),
-        "turns": metrics.get("turns", 0), "model": metrics.get("model"),
-        "session_id": reader.state.session_id if reader and not reader.text_mode else None,
-        "agent": "shell" if stream is not None and stream.name == "stdout.log" else
-                 "stream" if stream is not None else None,
-        "metrics": metrics, "metrics_source": source,
-        "dir": str(d), "files": {name: str(d / name) for name in LOG_FILES if (d / name).exists()},
-    }
-    if reader is not None:
-        info["lines"] = {"records": len(reader.records), "events": len(reader.events),
-                         "non_json": len(reader.bad_lines)}
-        info["problems"] = reader.errors
-    return info
-
-
-def _item_title(d) -> str:
-    data = _read_json(d / "item.json") or {}
-    return str(data.get("title") or "")
-
-
-# ---------------------------------------------------------------------------
-# Output helpers
-# ---------------------------------------------------------------------------
+    return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS, default=str)
 
 
 def _emit_json(data: object) -> None:
-    import orjson
-
-    click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS,
-                            default=str).decode())
-
-
-def _when(t: float | None) -> str:
-    import time
-
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
-
-
-def _dur(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
+    click.echo(_json_bytes(data).decode())
 
 
 def _table(rows: list[list[str]], indent: str = "") -> None:
@@ -526,23 +83,44 @@ def _count(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 or word == "failed" else f"{n} {word}s"
 
 
+def _most_first(counts: dict[str, int]) -> dict[str, int]:
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _name_counts(counts: dict[str, int]) -> str:
+    """"Bash 3, Read 1": most first."""
+    return ", ".join(f"{k} {v}" for k, v in _most_first(counts).items())
+
+
+def _tally(problems: list[dict]) -> str:
+    """"2 tool_error, 1 non_json": problems per kind, in order of first appearance."""
+    from collections import Counter
+
+    return ", ".join(f"{v} {k}" for k, v in Counter(p["kind"] for p in problems).items())
+
+
 def _timeline_line(rec: dict) -> str:
     when = f"+{rec['t']:.1f}s" if rec.get("t") is not None else f"#{rec['line']}"
     return f"{when:>9}  {rec['type']:<18} {rec['text']}"
 
 
+def _ended_line(result: dict) -> str:
+    return f"ended: {result.get('reason')}: {result.get('detail')}"
+
+
 def _render_summary(info: dict, title: str = "") -> None:
+    from harness.transcript import dur, preview, when
+
     m = info["metrics"]
     head = f"{info['item']} attempt {info['attempt']}: {info['reason']}"
     if info.get("queue"):
         head += f" (queue: {info['queue']})"
     click.echo(head + (f"  — {title}" if title else ""))
     calls = m.get("tool_calls") or {}
-    by_name = ", ".join(f"{k} {v}" for k, v in sorted(calls.items(),
-                                                      key=lambda kv: (-kv[1], kv[0])))
+    by_name = _name_counts(calls)
     rows = [
         ["detail", info.get("detail") or "-"],
-        ["started", f"{_when(info['started_at'])}   duration {_dur(info['duration_s'])}"],
+        ["started", f"{when(info['started_at'])}   duration {dur(info['duration_s'])}"],
         ["worker", f"{info.get('worker') or '-'}   session {info.get('session_id') or '-'}"],
         ["model", str(m.get("model") or "-")],
         ["turns", str(m.get("turns", 0))],
@@ -555,79 +133,37 @@ def _render_summary(info: dict, title: str = "") -> None:
     ]
     problems = info.get("problems")
     if problems is not None:  # the stream was read: tally what `sessions errors` would list
-        kinds: dict[str, int] = {}
-        for p in problems:
-            kinds[p["kind"]] = kinds.get(p["kind"], 0) + 1
-        rows.append(["errors", ", ".join(f"{v} {k}" for k, v in kinds.items()) or "none"])
+        rows.append(["errors", _tally(problems) or "none"])
     else:
-        rows.append(["errors", str(len(m.get("errors") or [])) or "none"])
-    rows += [["", f"- {_short(e)}"] for e in (m.get("errors") or [])[:5]]
+        rows.append(["errors", str(len(m.get("errors") or []))])
+    rows += [["", f"- {preview(e)}"] for e in (m.get("errors") or [])[:5]]
     if "lines" in info:
         lines = info["lines"]
         rows.append(["stream", f"{lines['events']} events, {lines['non_json']} non-JSON lines"
                                f" (metrics from {info['metrics_source']})"])
     commit = (info.get("commit") or "")[:12]
     rows.append(["branch", f"{info.get('branch') or '-'}" + (f" @ {commit}" if commit else "")])
-    files = info.get("files") or {}
     rows.append(["logs", info["dir"]])
-    rows.append(["", " ".join(n for n in files)])
+    rows.append(["", " ".join(n for n in info.get("files") or {})])
     _table(rows, indent="  ")
 
 
-# ---------------------------------------------------------------------------
-# Following a growing file
-# ---------------------------------------------------------------------------
+def _metrics_cell(key: str, value: object) -> str:
+    if key == "cost_usd" and isinstance(value, float):
+        return f"${value:.4f}"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return "-" if value is None else str(value)
 
 
-class _Tail:
-    """Reads the complete lines appended to a file since the last call."""
-
-    def __init__(self, path) -> None:
-        self.path, self.offset, self.partial = path, 0, b""
-
-    def read(self, final: bool = False) -> list[bytes]:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-        except FileNotFoundError:
-            data = b""
-        self.offset += len(data)
-        lines = (self.partial + data).split(b"\n")
-        self.partial = lines.pop()
-        if final and self.partial:
-            lines.append(self.partial)
-            self.partial = b""
-        return lines
-
-
-def _follow(d, pick, emit, *, timeout: float | None, interval: float, tail=None) -> str:
-    """Feed each new line of ``pick(d)``'s file to ``emit`` until result.json appears.
-
-    Returns "ended", "timeout" or "interrupted" (Ctrl-C). The file may not
-    exist yet (the agent has not started); result.json is checked before the
-    last read, so every line written before it is emitted. ``tail``: a
-    :class:`_Tail` already positioned (``logs -n N --follow``).
-    """
-    import time
-
-    deadline = None if timeout is None else time.monotonic() + timeout
-    try:
-        while True:
-            done = (d / "result.json").exists()
-            if tail is None and (path := pick(d)) is not None:
-                tail = _Tail(path)
-            if tail is not None:
-                for line in tail.read(final=done):
-                    emit(line)
-            if done:
-                return "ended"
-            if deadline is not None and time.monotonic() >= deadline:
-                return "timeout"
-            time.sleep(interval)
-    except KeyboardInterrupt:
-        return "interrupted"
-
+def _last_lines(data: bytes, n: int | None) -> bytes:
+    """The last ``n`` lines of ``data`` (all if None), keeping a final newline if it had one."""
+    if n is None:
+        return data
+    lines = data.split(b"\n")
+    trailing = lines[-1] == b""
+    lines = lines[:-1] if trailing else lines
+    return b"\n".join(lines[-n:]) + (b"\n" if trailing else b"")
 
 def _follow_end(how: str, item_id: str, n: int, timeout: float | None) -> None:
     if how == "timeout":
@@ -672,12 +208,15 @@ def list_cmd(ctx: click.Context, limit: int, as_json: bool) -> None:
     Example:
       parallel-harness sessions list --limit 20 --json
     """
+    from harness import attempts
+    from harness.transcript import dur, when
+
     ws = _workspace(ctx)
-    everything = _all_attempt_dirs(ws)
+    everything = attempts.all_attempts(ws)
     shown = everything[:limit] if limit else everything
-    running = _running(ws)
-    infos = [_attempt_info(item_id, n, d, running=running, parse=False)
-             for _, item_id, n, d in shown]
+    running = attempts.running_attempts(ws)
+    infos = [attempts.attempt_info(item_id, n, d, running=running, parse=False)
+             for item_id, n, d in shown]
     if as_json:
         keys = ("item", "attempt", "reason", "detail", "queue", "started_at", "ended_at",
                 "duration_s", "tokens", "cost_usd", "turns", "dir")
@@ -687,8 +226,8 @@ def list_cmd(ctx: click.Context, limit: int, as_json: bool) -> None:
         click.echo(f"no attempts in {ws.logs_dir}")
         return
     rows = [["ITEM", "ATTEMPT", "REASON", "STARTED", "DURATION", "TOKENS", "COST"]]
-    rows += [[i["item"], str(i["attempt"]), i["reason"], _when(i["started_at"]),
-              _dur(i["duration_s"]), str(i["tokens"]), f"${float(i['cost_usd'] or 0):.4f}"]
+    rows += [[i["item"], str(i["attempt"]), i["reason"], when(i["started_at"]),
+              dur(i["duration_s"]), str(i["tokens"]), f"${float(i['cost_usd'] or 0):.4f}"]
              for i in infos]
     _table(rows)
     if len(shown) < len(everything):
@@ -705,16 +244,18 @@ def latest(ctx: click.Context, as_json: bool) -> None:
     Example:
       parallel-harness sessions latest
     """
+    from harness import attempts
+
     ws = _workspace(ctx)
-    everything = _all_attempt_dirs(ws)
+    everything = attempts.all_attempts(ws)
     if not everything:
         _fail(f"no attempt logs in {ws.logs_dir}")
-    _, item_id, n, d = everything[0]
-    info = _attempt_info(item_id, n, d, running=_running(ws))
+    item_id, n, d = everything[0]
+    info = attempts.attempt_info(item_id, n, d, running=attempts.running_attempts(ws))
     if as_json:
         _emit_json(info)
     else:
-        _render_summary(info, _item_title(d))
+        _render_summary(info, attempts.item_title(d))
 
 
 @sessions.command(short_help="Per attempt: outcome, tokens, cost, tools, paths.")
@@ -731,11 +272,12 @@ def summary(ctx: click.Context, item_id: str, attempt: int | None, as_json: bool
     Example:
       parallel-harness sessions summary fix-parser --attempt 2
     """
-    ws = _workspace(ctx)
-    picked = _pick(ws, item_id, attempt, every=True)
-    running = _running(ws)
-    infos = [_attempt_info(item_id, n, d, running=running) for n, d in picked]
-    title = _item_title(picked[-1][1])
+    from harness import attempts
+
+    ws, picked = _attempts(ctx, item_id, attempt, every=True)
+    running = attempts.running_attempts(ws)
+    infos = [attempts.attempt_info(item_id, n, d, running=running) for n, d in picked]
+    title = attempts.item_title(picked[-1][1])
     if as_json:
         _emit_json({"item": item_id, "title": title, "attempts": infos})
         return
@@ -759,28 +301,29 @@ def tools(ctx: click.Context, item_id: str, attempt: int | None, full: bool,
     Example:
       parallel-harness sessions tools fix-parser --full
     """
+    from collections import Counter
+
     import orjson
 
-    ws = _workspace(ctx)
-    (n, d), = _pick(ws, item_id, attempt, every=False)
-    reader = _load(d) or _Reader()
-    counts: dict[str, int] = {}
-    for call in reader.calls:
-        counts[call["name"]] = counts.get(call["name"], 0) + 1
-    counts = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    from harness import attempts
+    from harness.transcript import Transcript
+
+    _, ((n, d),) = _attempts(ctx, item_id, attempt, every=False)
+    transcript = attempts.load(d) or Transcript()
+    calls = transcript.calls
+    counts = _most_first(Counter(c["name"] for c in calls))
     if as_json:
-        _emit_json({"item": item_id, "attempt": n, "counts": counts, "calls": reader.calls})
+        _emit_json({"item": item_id, "attempt": n, "counts": counts, "calls": calls})
         return
-    errors = sum(1 for c in reader.calls if c["is_error"])
-    click.echo(f"{item_id} attempt {n}: {_count(len(reader.calls), 'tool call')}"
-               f" ({errors} failed)")
-    if reader.text_mode:
+    errors = sum(1 for c in calls if c["is_error"])
+    click.echo(f"{item_id} attempt {n}: {_count(len(calls), 'tool call')} ({errors} failed)")
+    if transcript.text_mode:
         click.echo("  (shell agent: no event stream)")
     _table([[name, str(count)] for name, count in counts.items()], indent="  ")
-    if reader.calls:
+    if calls:
         click.echo("sequence:")
     rows = []
-    for c in reader.calls:
+    for c in calls:
         arg = orjson.dumps(c["input"], default=str).decode() if full else c["arg"]
         status = {True: "ERROR", False: "ok", None: "-"}[c["is_error"]]
         rows.append([f"#{c['index']}", f"line {c['line']}", c["name"], status, arg])
@@ -803,25 +346,22 @@ def errors(ctx: click.Context, item_id: str, attempt: int | None, tail_lines: in
     Example:
       parallel-harness sessions errors fix-parser --tail 50
     """
-    ws = _workspace(ctx)
-    (n, d), = _pick(ws, item_id, attempt, every=False)
-    reader = _load(d) or _Reader()
-    result = _read_json(d / "result.json")
-    stderr = [line.decode("utf-8", "replace")
-              for line in _read_lines(d / "stderr.log", complete_only=False)]
+    from harness import attempts
+    from harness.transcript import Transcript
+
+    _, ((n, d),) = _attempts(ctx, item_id, attempt, every=False)
+    problems = (attempts.load(d) or Transcript()).errors
+    result = attempts.read_json(d / "result.json")
+    stderr = attempts.stderr_lines(d)
     stderr_tail = stderr[-tail_lines:] if tail_lines else []
     outcome = {k: result.get(k) for k in ("reason", "detail", "queue")} if result else None
     if as_json:
-        _emit_json({"item": item_id, "attempt": n, "outcome": outcome, "errors": reader.errors,
+        _emit_json({"item": item_id, "attempt": n, "outcome": outcome, "errors": problems,
                     "stderr_lines": len(stderr), "stderr_tail": stderr_tail,
                     "stderr_file": str(d / "stderr.log")})
         return
-    kinds: dict[str, int] = {}
-    for e in reader.errors:
-        kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
-    tally = ", ".join(f"{v} {k}" for k, v in kinds.items()) or "no errors in the stream"
-    click.echo(f"{item_id} attempt {n}: {tally}")
-    _table([[f"line {e['line']}", e["kind"], e["text"]] for e in reader.errors], indent="  ")
+    click.echo(f"{item_id} attempt {n}: {_tally(problems) or 'no errors in the stream'}")
+    _table([[f"line {e['line']}", e["kind"], e["text"]] for e in problems], indent="  ")
     if outcome and outcome["reason"] != "succeeded":
         click.echo(f"outcome: {outcome['reason']}: {outcome['detail']}")
     if stderr_tail:
@@ -847,19 +387,20 @@ def timeline(ctx: click.Context, item_id: str, attempt: int | None, as_json: boo
     Example:
       parallel-harness sessions timeline fix-parser --attempt 1
     """
-    ws = _workspace(ctx)
-    (n, d), = _pick(ws, item_id, attempt, every=False)
-    reader = _load(d)
-    records = reader.records if reader else []
+    from harness import attempts
+
+    _, ((n, d),) = _attempts(ctx, item_id, attempt, every=False)
+    transcript = attempts.load(d)
+    records = transcript.records if transcript else []
     if as_json:
         _emit_json({"item": item_id, "attempt": n, "events": records})
         return
     click.echo(f"{item_id} attempt {n}: {len(records)} events")
     for rec in records:
         click.echo(_timeline_line(rec))
-    result = _read_json(d / "result.json")
+    result = attempts.read_json(d / "result.json")
     if result:
-        click.echo(f"ended: {result.get('reason')}: {result.get('detail')}")
+        click.echo(_ended_line(result))
 
 
 @sessions.command(short_help="metrics.json per attempt and the item total.")
@@ -877,42 +418,24 @@ def metrics(ctx: click.Context, item_id: str, attempt: int | None, as_json: bool
     Example:
       parallel-harness sessions metrics fix-parser --json
     """
-    from harness.session import Metrics
+    from harness.attempts import item_metrics
 
-    ws = _workspace(ctx)
-    picked = _pick(ws, item_id, attempt, every=True)
-    per = []
-    total = Metrics()
-    for n, d in picked:
-        has_file = (d / "metrics.json").exists()
-        data, source = _metrics(d, None if has_file else _load(d))
-        total.add(_metrics_obj(data))
-        per.append({"attempt": n, "source": source, "metrics": data})
+    _, picked = _attempts(ctx, item_id, attempt, every=True)
+    per, total = item_metrics(picked)
     total_dict = total.as_dict()
     if as_json:
         _emit_json({"item": item_id, "attempts": per, "total": total_dict})
         return
-    columns = [*(f"attempt {p['attempt']}" for p in per), "total"]
     dicts = [*(p["metrics"] for p in per), total_dict]
-    rows = [["", *columns]]
-    for key in ("input_tokens", "output_tokens", "cache_creation_tokens", "cache_read_tokens",
-                "cost_usd", "turns", "tool_errors", "duration_s", "events", "unknown_events",
-                "non_json_lines", "model"):
-        cells = []
-        for m in dicts:
-            value = m.get(key)
-            cells.append(f"${value:.4f}" if key == "cost_usd" and isinstance(value, float)
-                         else f"{value:.1f}" if isinstance(value, float)
-                         else "-" if value is None else str(value))
-        rows.append([key, *cells])
+    rows = [["", *(f"attempt {p['attempt']}" for p in per), "total"]]
+    rows += [[key, *(_metrics_cell(key, m.get(key)) for m in dicts)] for key in METRIC_ROWS]
     rows.append(["tool_calls", *(str(sum((m.get("tool_calls") or {}).values())) for m in dicts)])
     rows.append(["errors", *(str(len(m.get("errors") or [])) for m in dicts)])
     rows.append(["source", *(p["source"] for p in per), "sum"])
     click.echo(f"{item_id}: {len(per)} attempt(s)")
     _table(rows)
     if total.tool_calls:
-        calls = sorted(total.tool_calls.items(), key=lambda kv: (-kv[1], kv[0]))
-        click.echo("tool calls (total): " + ", ".join(f"{k} {v}" for k, v in calls))
+        click.echo("tool calls (total): " + _name_counts(total.tool_calls))
 
 
 @sessions.command(short_help="An item's attempts as one JSON document.")
@@ -931,37 +454,17 @@ def export(ctx: click.Context, item_id: str, attempt: int | None, output: str | 
     Example:
       parallel-harness sessions export fix-parser -o fix-parser.json
     """
-    import time
+    from harness import attempts
 
-    import orjson
-
-    ws = _workspace(ctx)
-    picked = _pick(ws, item_id, attempt, every=True)
-    running = _running(ws)
-    attempts = []
-    for n, d in picked:
-        reader = _load(d)
-        info = _attempt_info(item_id, n, d, running=running, reader=reader)
-        stderr = _read_lines(d / "stderr.log", complete_only=False)
-        attempts.append({
-            "attempt": n, "reason": info["reason"], "dir": str(d),
-            "result": _read_json(d / "result.json"), "metrics": info["metrics"],
-            "metrics_source": info["metrics_source"], "agent": info["agent"],
-            "session_id": info["session_id"], "files": info["files"],
-            "events": reader.events if reader and not reader.text_mode else [],
-            "bad_lines": reader.bad_lines if reader else [],
-            "stderr_tail": [line.decode("utf-8", "replace") for line in stderr[-50:]],
-        })
-    doc = {"item_id": item_id, "item": _read_json(picked[-1][1] / "item.json"),
-           "root": str(ws.root), "exported_at": time.time(), "attempts": attempts}
-    data = orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS, default=str)
+    ws, picked = _attempts(ctx, item_id, attempt, every=True)
+    doc = attempts.export(ws, item_id, picked)
     if output is None:
-        click.echo(data.decode())
+        _emit_json(doc)
         return
     with open(output, "wb") as f:
-        f.write(data + b"\n")
-    events = sum(len(a["events"]) for a in attempts)
-    click.echo(f"wrote {output} ({len(attempts)} attempt(s), {events} events)", err=True)
+        f.write(_json_bytes(doc) + b"\n")
+    events = sum(len(a["events"]) for a in doc["attempts"])
+    click.echo(f"wrote {output} ({len(doc['attempts'])} attempt(s), {events} events)", err=True)
 
 
 @sessions.command(short_help="Follow a running attempt's events live.")
@@ -988,23 +491,22 @@ def watch(ctx: click.Context, item_id: str, attempt: int | None, timeout: float 
     """
     import orjson
 
-    ws = _workspace(ctx)
-    (n, d), = _pick(ws, item_id, attempt, every=False)
-    state: dict = {}
+    from harness import attempts
+
+    _, ((n, d),) = _attempts(ctx, item_id, attempt, every=False)
+    transcript = None  # made at the first line, when the stream file exists
 
     def emit(raw: bytes) -> None:
-        reader = state.get("reader")
-        if reader is None:
-            path = _stream_file(d)
-            reader = state["reader"] = _Reader(text_mode=path is not None
-                                               and path.name == "stdout.log")
-        rec = reader.feed(raw)
+        nonlocal transcript
+        if transcript is None:
+            transcript = attempts.new_transcript(attempts.stream_file(d))
+        rec = transcript.feed(raw)
         if rec is None:
             return
         if as_json:
             out = dict(rec)
             if rec["type"] not in ("non-json", "stdout"):
-                out["event"] = reader.events[-1] if reader.events else None
+                out["event"] = transcript.events[-1] if transcript.events else None
             click.echo(orjson.dumps(out, default=str).decode())
         else:
             click.echo(_timeline_line(rec))
@@ -1013,13 +515,13 @@ def watch(ctx: click.Context, item_id: str, attempt: int | None, timeout: float 
         ended = (d / "result.json").exists()
         click.echo(f"watching {item_id} attempt {n} ({d})"
                    + (": already ended" if ended else "; Ctrl-C to stop"), err=True)
-    how = _follow(d, _stream_file, emit, timeout=timeout, interval=interval)
+    how = attempts.follow(d, attempts.stream_file, emit, timeout=timeout, interval=interval)
     if how == "ended":
-        result = _read_json(d / "result.json") or {}
+        result = attempts.read_json(d / "result.json") or {}
         if as_json:
             click.echo(orjson.dumps({"type": "end", "result": result}, default=str).decode())
         else:
-            click.echo(f"ended: {result.get('reason')}: {result.get('detail')}")
+            click.echo(_ended_line(result))
     _follow_end(how, item_id, n, timeout)
 
 
@@ -1046,27 +548,22 @@ def logs(ctx: click.Context, item_id: str, attempt: int | None, follow: bool, us
       parallel-harness logs fix-parser --follow
       parallel-harness logs fix-parser --attempt 1 --stderr -n 50
     """
-    ws = _workspace(ctx)
-    (n, d), = _pick(ws, item_id, attempt, every=False)
+    from harness import attempts
+
+    _, ((n, d),) = _attempts(ctx, item_id, attempt, every=False)
 
     def pick(directory):
         if use_stderr:
             return directory / "stderr.log" if (directory / "stderr.log").is_file() else None
-        return _stream_file(directory)
+        return attempts.stream_file(directory)
 
     out = sys.stdout.buffer
     path = pick(d)
     if path is None and not follow:
-        wanted = "stderr.log" if use_stderr else " or ".join(STREAM_FILES)
+        wanted = "stderr.log" if use_stderr else " or ".join(attempts.STREAM_FILES)
         _fail(f"{item_id} attempt {n} has no {wanted} in {d}")
     if not follow:
-        data = path.read_bytes()
-        if tail_lines is not None:
-            lines = data.split(b"\n")
-            trailing = lines[-1] == b""
-            lines = lines[:-1] if trailing else lines
-            data = b"\n".join(lines[-tail_lines:]) + (b"\n" if trailing else b"")
-        out.write(data)
+        out.write(_last_lines(path.read_bytes(), tail_lines))
         out.flush()
         return
 
@@ -1076,9 +573,10 @@ def logs(ctx: click.Context, item_id: str, attempt: int | None, follow: bool, us
 
     tail = None
     if tail_lines is not None and path is not None:  # start with the last N complete lines
-        tail = _Tail(path)
+        tail = attempts.Tail(path)
         for line in tail.read()[-tail_lines:]:
             out.write(line + b"\n")
         out.flush()
-    how = _follow(d, pick, emit, timeout=timeout, interval=interval, tail=tail)
+    how = attempts.follow(d, pick, emit, timeout=timeout, interval=interval, tail=tail)
     _follow_end(how, item_id, n, timeout)
+

@@ -2,12 +2,12 @@
 
 Off unless ``HARNESS_FAILPOINTS`` names one or more points, e.g.::
 
-    HARNESS_FAILPOINTS="claim.after-link=kill"
-    HARNESS_FAILPOINTS="complete.before-rename=stop,revoke.after-unlink=kill"
+    HARNESS_FAILPOINTS="claim.after-rename=kill"
+    HARNESS_FAILPOINTS="complete.before-rename=stop,revoke.after-rename=kill"
 
 Actions: ``kill`` (SIGKILL self: a crash with no cleanup), ``stop`` (SIGSTOP
 self: a zombie that may be continued later), ``raise`` (OSError EIO, for
-error paths). A point may be limited to its Nth hit: ``claim.after-link=kill@3``.
+error paths). A point may be limited to its Nth hit: ``claim.after-rename=kill@3``.
 
 Every point is declared once with :func:`define`, so tests can enumerate
 :data:`REGISTRY` and fail when a new point has no test case.

@@ -125,7 +125,8 @@ def probe(root: Path, subdirs: list[str]) -> None:
         else:
             raise UnsupportedFilesystem(src, "O_EXCL create", "a second exclusive create succeeded")
         for sub in subdirs:
-            made.append(_probe_link(src, root / sub / name))
+            made.append(root / sub / name)
+            _probe_link(src, root / sub / name)
         for here, there in zip(subdirs, subdirs[1:]):
             moved = root / there / (name + ".r")
             made.append(moved)
@@ -145,14 +146,14 @@ def _step(path: Path, operation: str, fn, *args) -> None:
         raise UnsupportedFilesystem(path, operation, os.strerror(exc.errno or 0)) from exc
 
 
-def _probe_link(src: Path, dst: Path) -> Path:
+def _probe_link(src: Path, dst: Path) -> None:
     _step(dst, "link", os.link, src, dst)
     if not same_file(src, dst):
         raise UnsupportedFilesystem(dst, "link", "the new name is not a second link to the file")
     try:
         os.link(src, dst)
     except FileExistsError:
-        return dst
+        return
     raise UnsupportedFilesystem(dst, "link", "linking onto an existing name succeeded")
 
 

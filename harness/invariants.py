@@ -1,8 +1,8 @@
 """The queue invariants as code, shared by the tests and ``fsck``.
 
-``check()`` looks at one snapshot of the directories. Run it on a quiescent
-queue (or after ``recover()``): while workers run, an item between the two
-steps of a claim briefly has two names, and fsck says so.
+``check()`` lists one directory at a time, so run it on a quiescent queue (or
+after ``recover()``): an item that moves while it runs may be reported with two
+names or none.
 
 With a history from the caller (the ids it enqueued, the attempts it saw
 revoked), it also gives the Jepsen "total queue" verdict: lost, unexpected,

@@ -305,6 +305,8 @@ class Queue:
             return "lost"
         except InvalidItem:
             limit = 0
+        except OSError:  # EIO, ESTALE: the rename below may still work; count by default
+            limit = self.max_attempts
         if parsed.counted < limit or not count:
             dst = self.dir("pending") / str(parsed.with_attempt(parsed.attempt + 1, free=not count))
             outcome = "retry"
@@ -354,7 +356,10 @@ class Queue:
         return new
 
     def cancel_unclaimed(self, item_id: str, reason: str) -> bool:
-        """Dead-letter a pending or waiting item with ``reason``; False if it is in neither.
+        """Dead-letter a pending or waiting item with ``reason``; True if this call did.
+
+        False if the item is in neither state, another claimant won it first, or it
+        turned out malformed (dead-lettered with that reason instead).
 
         A pending item is first claimed by name (the same rename workers use),
         so a cancel and a worker's claim cannot both win.

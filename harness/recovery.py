@@ -126,8 +126,9 @@ def _adopt_foreign(queue: Queue, state: str, actions: list[str]) -> None:
 def _id_from_file(path: Path) -> str:
     st = os.stat(path)
     tag = hashlib.sha1(f"{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}".encode()).hexdigest()[:8]
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", path.name.rsplit(".json", 1)[0]).strip(".-_")
-    return names.validate_id(f"{(stem or 'item')[:100].rstrip('.')}-{tag}")
+    # Dots dropped too: "a..b" or "x.lock" would be valid file names but not valid ids.
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", path.name.rsplit(".json", 1)[0]).strip("-_")
+    return names.validate_id(f"{(stem or 'item')[:100]}-{tag}")
 
 
 def _already_adopted(queue: Queue, item: Any) -> bool:

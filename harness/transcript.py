@@ -119,13 +119,6 @@ class Transcript:
         return self._record(kind, desc, error=error,
                             t=None if t is None else round(t - self._base, 3))
 
-    def call_counts(self) -> dict[str, int]:
-        """Tool calls per name, most used first."""
-        counts: dict[str, int] = {}
-        for call in self.calls:
-            counts[call["name"]] = counts.get(call["name"], 0) + 1
-        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-
     def _record(self, kind: str, text: str, *, error: bool = False, t: float | None = None):
         record = {"line": self.lineno, "t": t, "type": kind, "text": text, "error": error}
         self.records.append(record)

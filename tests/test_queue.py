@@ -777,7 +777,7 @@ def test_adopting_a_hand_dropped_file_is_idempotent_across_a_crash(queue, tmp_pa
     clean(queue, enqueued=[name.id])
 
 
-# BUG (harness/recovery.py _adopt_foreign / _id_from_file / _already_adopted, lines
+# Regression test for a fixed bug (harness/recovery.py _adopt_foreign / _id_from_file / _already_adopted, lines
 # ~93-135): an item dropped without an id gets its id from the FILE NAME, so dropping
 # a file of the same name again later -- e.g. a recurring "nightly.json" -- is not
 # enqueued: with the same content it is taken for "adopted before a crash" and
@@ -852,6 +852,14 @@ def test_files_dropped_outside_pending_are_dead_lettered(queue, state):
     recover(queue)
     assert "files may be dropped only into pending/" in reason_of(queue.dir("failed") / "x.json")
     assert ls(queue, "ids") == []
+    clean(queue)
+
+
+@pytest.mark.parametrize("file_name", ["a..b.json", "x.lock.json", "...json", "é.json"])
+def test_hand_dropped_files_with_awkward_names_are_adopted(queue, file_name):
+    (queue.dir("pending") / file_name).write_text('{"title": "dropped"}')
+    actions = recover(queue)
+    assert len(actions) == 1 and actions[0].startswith(f"enqueued hand-dropped pending/{file_name}")
     clean(queue)
 
 
@@ -933,7 +941,7 @@ def test_recover_during_enqueue_does_not_break_it(queue, monkeypatch):
     clean(queue, enqueued=["a"])
 
 
-# BUG (harness/fsops.py write_new lines ~36-55, used by Queue.enqueue; harness/recovery.py
+# Regression test for a fixed bug (harness/fsops.py write_new lines ~36-55, used by Queue.enqueue; harness/recovery.py
 # _finish_staged): the staging file appears under its final tmp/<name> at os.open()
 # (O_CREAT|O_EXCL) and is flocked only by the next call. A recover() scheduled in that
 # window (the coordinator recovers at start; the CLI may be enqueueing) takes the
