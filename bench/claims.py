@@ -381,15 +381,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peers", default=",".join(PEERS), help=f"subset of {','.join(PEERS)}")
     ap.add_argument("--filelock-items", type=int, default=2_000,
                     help="cap for filelock-json, whose claim is O(items) (default 2000)")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="runs per (peer, procs); the median by time is reported (default 1)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="rounds: runs per (peer, procs), the median by time is reported"
+                         " (default 3)")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 1,000 items (filelock-json 200), 1 and 2 processes")
+                    help="smoke run: 1,000 items (filelock-json 200), 1 and 2 processes, one round")
     ap.add_argument("--dir", type=Path, default=None,
                     help="bench directory (default: a new temp dir under /tmp, removed after)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.items, args.filelock_items, args.procs = 1_000, 200, "1,2"
+        args.items, args.filelock_items, args.procs, args.repeat = 1_000, 200, "1,2", 1
     procs_list = [int(p) for p in args.procs.split(",") if p.strip()]
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     unknown = set(peers) - set(PEERS)
@@ -422,21 +423,29 @@ def main(argv: list[str] | None = None) -> int:
                      "raw-link": RawLinkPeer(template), "filelock-json": FilelockJsonPeer(),
                      "sqlite-wal": SqliteWalPeer(), "sqlite-wal-durable": SqliteWalDurablePeer()}
 
-        results: list[Result] = []
         every: list[Result] = []
-        for name in peers:
-            n = min(args.items, args.filelock_items) if name == "filelock-json" else args.items
-            for procs in procs_list:
-                runs = [run_once(ctx, name, peer_objs[name], base, n, procs, str(k))
-                        for k in range(args.repeat)]
-                every += runs
-                for r in runs:
+        # Rounds: every (peer, procs) once per round, so a burst of load from elsewhere
+        # on the machine hits different peers in different rounds.
+        for k in range(args.repeat):
+            if args.repeat > 1:
+                print(f"round {k + 1} of {args.repeat}")
+            for name in peers:
+                n = min(args.items, args.filelock_items) if name == "filelock-json" else args.items
+                for procs in procs_list:
+                    r = run_once(ctx, name, peer_objs[name], base, n, procs, str(k))
+                    every.append(r)
                     print(f"check: {r.peer:<19} procs={r.procs} items={r.items}:"
                           f" {sum(r.per_proc)} claims by {r.procs}"
                           f" processes, duplicates={r.duplicates} lost={r.lost}"
                           f" unexpected={r.unexpected} {'OK' if r.ok else 'FAILED'}"
-                          f" ({r.rate:.0f}/s, other-cpu {r.other:.0%})" + "".join(f"\n    {e}" for e in r.errors))
-                results.append(sorted(runs, key=lambda r: r.seconds)[len(runs) // 2])
+                          f" ({r.rate:.0f}/s, other-cpu {r.other:.0%})"
+                          + "".join(f"\n    {e}" for e in r.errors), flush=True)
+        results = []  # per (peer, procs): the median run by time
+        for name in peers:
+            for procs in procs_list:
+                runs = sorted((r for r in every if r.peer == name and r.procs == procs),
+                              key=lambda r: r.seconds)
+                results.append(runs[len(runs) // 2])
     finally:
         if own_dir:
             shutil.rmtree(base, ignore_errors=True)
