@@ -88,12 +88,12 @@ def _most_first(counts: dict[str, int]) -> dict[str, int]:
 
 
 def _name_counts(counts: dict[str, int]) -> str:
-    """"Bash 3, Read 1": most first."""
+    """Counts by name, most first: "Bash 3, Read 1"."""
     return ", ".join(f"{k} {v}" for k, v in _most_first(counts).items())
 
 
 def _tally(problems: list[dict]) -> str:
-    """"2 tool_error, 1 non_json": problems per kind, in order of first appearance."""
+    """Problems per kind, in order of first appearance: "2 tool_error, 1 non_json"."""
     from collections import Counter
 
     return ", ".join(f"{v} {k}" for k, v in Counter(p["kind"] for p in problems).items())
@@ -144,7 +144,7 @@ def _render_summary(info: dict, title: str = "") -> None:
     commit = (info.get("commit") or "")[:12]
     rows.append(["branch", f"{info.get('branch') or '-'}" + (f" @ {commit}" if commit else "")])
     rows.append(["logs", info["dir"]])
-    rows.append(["", " ".join(n for n in info.get("files") or {})])
+    rows.append(["", " ".join(info.get("files") or {})])
     _table(rows, indent="  ")
 
 
