@@ -161,7 +161,7 @@ class Coordinator:
         self.stop_requested = signal.Signals(signum).name
 
     def tick(self) -> None:
-        hbs = heartbeat.read_all(self.ws.heartbeats_dir)
+        hbs = self.hbs = heartbeat.read_all(self.ws.heartbeats_dir)
         for slot in list(self.slots.values()):
             self.check_slot(slot, hbs.get(slot.id))
         self.reap_doomed()
@@ -177,14 +177,14 @@ class Coordinator:
     def finished(self) -> bool:
         """The batch is over: nothing live, no worker still recording, nothing left to merge.
 
-        A worker moves its item to done/ before it logs the attempt's end, so an
-        empty queue alone could end the run before the last merge is queued.
+        Judged on the readings of the tick just run. A worker moves its item to
+        done/ before it logs the attempt's end, so an empty queue alone could end
+        the run before the last merge is queued: a "working" heartbeat holds it.
         """
-        counts = self.queue.counts()
+        counts = self.counts
         if counts["claimed"] or (not self.budget_hit and counts["pending"] + counts["waiting"]):
             return False
-        working = any(hb.get("state") == "working"
-                      for hb in heartbeat.read_all(self.ws.heartbeats_dir).values())
+        working = any(hb.get("state") == "working" for hb in self.hbs.values())
         return not working and not self.merges
 
     # -- worker health ---------------------------------------------------------
@@ -383,7 +383,8 @@ class Coordinator:
         from harness.metrics import write_prometheus
 
         alive = sum(1 for slot in self.slots.values() if slot.running)
-        snap = self.stats.snapshot(self.queue.counts(), alive, self.desired_workers(),
+        self.counts = self.queue.counts()
+        snap = self.stats.snapshot(self.counts, alive, self.desired_workers(),
                                    self.ws.interrupt_file.exists())
         fsops.write_atomic(self.ws.run_file, orjson.dumps(snap), tmp_dir=self.ws.tmp_dir,
                            durable=False)
