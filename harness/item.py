@@ -84,6 +84,10 @@ def load(raw: bytes, source: str) -> Item:
     if not raw.strip():
         raise InvalidItem(source, "empty file")
     try:
+        return Item.model_validate_json(raw)  # one pass in pydantic-core: the claim's hot path
+    except ValidationError:
+        pass  # rare: take the slow path below for a precise message
+    try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidItem(source, f"malformed JSON: {exc}") from None

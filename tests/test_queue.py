@@ -273,16 +273,15 @@ def test_invalid_item_content_is_dead_lettered_with_the_reason(queue, content, w
 def test_claim_that_cannot_read_its_item_gives_it_back_counted(queue, monkeypatch,
                                                                max_attempts, state):
     name = queue.enqueue({"id": "a", "max_attempts": max_attempts})
-    real_read_bytes = Path.read_bytes
     failed_reads: list[Path] = []
 
-    def read_bytes(self):
-        if self.parent.name == "claimed" and not failed_reads:
-            failed_reads.append(self)
+    def flaky_open(path, *args, **kwargs):
+        if Path(path).parent.name == "claimed" and not failed_reads:
+            failed_reads.append(Path(path))
             raise OSError(errno.EIO, "Input/output error")    # EIO/ESTALE on a flaky mount
-        return real_read_bytes(self)
+        return open(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr("harness.queue.open", flaky_open, raising=False)
     assert queue.claim() is None
     monkeypatch.undo()
     assert failed_reads == [queue.dir("claimed") / str(name)]
