@@ -179,20 +179,30 @@ def _pump(proc: subprocess.Popen[bytes], out: _CappedLog, err: _CappedLog, poll:
         os.set_blocking(stream.fileno(), False)
         sel.register(stream, selectors.EVENT_READ, log)
     partial = b""
-    while sel.get_map():
-        for key, _ in sel.select(timeout=poll):
-            data = os.read(key.fd, 65536)
-            if not data:
-                sel.unregister(key.fileobj)
-                continue
-            key.data.write(data)
-            if key.data is out:
-                watch.last_output = time.monotonic()
-                *lines, partial = (partial + data).split(b"\n")
-                for line in lines:
-                    on_line(line)
+    while True:
+        if sel.get_map():
+            for key, _ in sel.select(timeout=poll):
+                data = os.read(key.fd, 65536)
+                if not data:
+                    sel.unregister(key.fileobj)
+                    continue
+                key.data.write(data)
+                if key.data is out:
+                    watch.last_output = time.monotonic()
+                    *lines, partial = (partial + data).split(b"\n")
+                    for line in lines:
+                        on_line(line)
+        else:
+            # Both pipes closed but the agent may still be running (GNU sleep and make
+            # close stdout before they exit): wait for it, never kill it for that.
+            try:
+                proc.wait(timeout=poll)
+            except subprocess.TimeoutExpired:
+                pass
         if watch.exited_at is None and proc.poll() is not None:
             watch.exited_at = time.monotonic()
+        if watch.exited_at is not None and not sel.get_map():
+            break
         if watch.verdict(time.monotonic(), on_poll(), result_seen()):
             break
     if partial:
