@@ -67,6 +67,7 @@ class Worker:
         self.repo = (ws.root / cfg.git.repo).resolve()
         self.template_path = ws.root / cfg.paths.bootstrap
         self.stopping = False
+        self._committed_clean = False  # our last commit_attempt left the worktree clean
         self._last_beat = 0.0
         self._coordinator_gone_since: float | None = None
 
@@ -157,7 +158,9 @@ class Worker:
             argv = self._argv(claim, log_dir, session_id)
             self.beat(force=True, doing="preparing worktree")
             wt = worktrees.ensure_worktree(self.repo, self.ws.worktree(self.id), target)
-            worktrees.start_attempt(wt, target, attempt_branch(claim.id, claim.attempt))
+            clean, self._committed_clean = self._committed_clean, False
+            worktrees.start_attempt(wt, target, attempt_branch(claim.id, claim.attempt),
+                                    assume_clean=clean)
         except (agents.AgentError, prompts.PromptError) as exc:
             return att.end("failed", str(exc))
         except worktrees.GitError as exc:
@@ -170,6 +173,7 @@ class Worker:
                                                    f"\n\n{claim.item.title}".strip())
         except worktrees.GitError as exc:
             return att.end("failed", f"commit: {exc}")
+        self._committed_clean = not self.cfg.git.verify  # verify may leave files behind
         if att.reason == "succeeded" and self.cfg.git.verify:
             self._verify(claim, att, wt, log_dir)
         return att

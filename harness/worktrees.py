@@ -463,15 +463,22 @@ def _save(wt: Path, st: _Status) -> str | None:
     return rescue
 
 
-def start_attempt(wt: Path, target: str, branch: str, *, clean_ignored: bool = False) -> str:
+def start_attempt(wt: Path, target: str, branch: str, *, clean_ignored: bool = False,
+                  assume_clean: bool = False) -> str:
     """Check out a fresh ``branch`` at ``target`` in the worktree, clean; return the start sha.
 
     Everything in the worktree is saved first (see :func:`save_work`). If
     ``branch`` already exists with commits that ``target`` lacks, they get a
-    rescue branch before the branch is moved.
+    rescue branch before the branch is moved. ``assume_clean`` skips that
+    check: only for a caller that has itself just committed everything here
+    (:func:`commit_attempt`) and has held the worktree since.
     """
     wt = Path(wt)
-    _save(wt, _status(wt))
+    dirty = False
+    if not assume_clean:
+        st = _status(wt)
+        _save(wt, st)
+        dirty = st.dirty
     co = _git_wt(["checkout", "--force", "-q", "-b", branch, target], wt, check=False)
     if co.returncode != 0:
         old = _git_wt(["rev-parse", "--verify", "-q", f"refs/heads/{branch}"], wt, check=False)
@@ -485,7 +492,8 @@ def start_attempt(wt: Path, target: str, branch: str, *, clean_ignored: bool = F
             _create_rescue_ref(wt, wt.name, old_sha)
         _git_wt(["checkout", "--force", "-q", "-B", branch, target], wt,
                 what=f"start {branch} at {target}")
-    _git_wt(["clean", "-fdq" + ("x" if clean_ignored else "")], wt, what="git clean")
+    if dirty or clean_ignored:  # a clean status shows no untracked files: nothing to clean
+        _git_wt(["clean", "-fdq" + ("x" if clean_ignored else "")], wt, what="git clean")
     return _head_sha(wt)
 
 
