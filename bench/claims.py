@@ -15,16 +15,19 @@ Peers (each claims every item of a freshly set-up store, nothing else):
   filelock-json       the old harness's design: one JSON file holding the whole list;
                       per claim take a filelock.FileLock, read + parse the file, mark the
                       first pending entry claimed, write temp + os.replace, release
+                      (orjson; capped by --filelock-items, since a claim is O(items))
   sqlite-wal          SQLite, journal_mode=WAL, synchronous=NORMAL: BEGIN IMMEDIATE;
                       SELECT id ... WHERE state='pending' ORDER BY prio, seq LIMIT 1;
                       UPDATE ... SET state='claimed', owner=?; COMMIT
   sqlite-wal-durable  the same with synchronous=FULL (compare with harness-durable)
 
-Each (peer, procs) run: the store is set up (untimed; the harness/raw-link queue is
-filled with Queue.enqueue, then the file system is synced), N forked processes open the
-store and wait on a barrier; time runs from the barrier's release to the last process
-finishing. Every process returns the ids it claimed, and the run is checked: zero
-duplicates and zero losses (the union of what was claimed == every item enqueued).
+Each (peer, procs) run: the store is set up (untimed; the queue for the harness and raw
+peers is filled once with Queue.enqueue and cloned by hard links per run, then the file
+system is synced), N forked processes open the store and wait on a barrier; time runs
+from the barrier's release to the last process finishing. Every process returns the ids
+it claimed, and the run is checked: zero duplicates and zero losses (the union of what
+was claimed == every item enqueued). Every (peer, procs) runs once per round (--repeat,
+default 2); the fastest round is reported, with the spread of all rounds beside it.
 
 Run:  python3 bench/claims.py                 (the default run: 20,000 items, 1,2,4,8 procs)
       python3 bench/claims.py --quick         (a smoke run of a few seconds)
@@ -338,11 +341,19 @@ def cpu_model() -> str:
     return platform.processor() or "?"
 
 
+def harness_version() -> str:
+    """The commit the harness was measured at, and whether harness/ differed from it."""
+    repo = Path(__file__).resolve().parent.parent
+    head = sh("git", "-C", str(repo), "rev-parse", "--short", "HEAD")
+    dirty = sh("git", "-C", str(repo), "status", "--porcelain", "--", "harness")
+    return f"{head}{' + uncommitted changes in harness/' if dirty else ''}"
+
+
 def machine_line(base: Path) -> str:
     return (f"machine: nproc={sh('nproc')} cpu={cpu_model()!r} python={platform.python_version()}"
             f" kernel={platform.release()} fs={sh('stat', '-f', '-c', '%T', str(base))}"
             f" dir={base} sqlite={sqlite3.sqlite_version} filelock={filelock.__version__}"
-            f" loadavg={loadavg()}")
+            f" loadavg={loadavg()}\nharness: commit {harness_version()}")
 
 
 LEGEND = """\
