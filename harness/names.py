@@ -158,5 +158,7 @@ def is_entry(name: str) -> bool:
 
 
 def entries(directory: str | os.PathLike[str]) -> list[str]:
-    """The names in ``directory`` that scanners consider, unsorted."""
-    return [n for n in os.listdir(directory) if is_entry(n)]
+    """The names in ``directory`` that scanners consider (see is_entry), unsorted."""
+    # is_entry inlined: a function call per name was a tenth of a claimant's re-list.
+    return [n for n in os.listdir(directory)
+            if n[:1] != "." and not n.endswith(REASON_SUFFIX)]
