@@ -8,7 +8,7 @@ import pytest
 
 from harness import agents, runner
 from harness.config import AgentConfig
-from tests.wsutil import gone
+from tests.wsutil import gone, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -71,7 +71,8 @@ def test_stall_and_timeout_kill_the_whole_group(tmp_path):
                                   limits=runner.Limits(timeout=30, stall_after=0.5))
     assert outcome.stalled and not outcome.timed_out
     grandchild = int(lines[0])
-    assert gone(started[0].pid) and gone(grandchild)
+    # SIGKILL is delivered asynchronously: the group is killed, death follows promptly.
+    wait_for(lambda: gone(started[0].pid) and gone(grandchild), 5, "the agent's group to die")
     timed, _, _ = run(tmp_path, ["/bin/sh", "-c", "sleep 300"], limits=runner.Limits(timeout=0.5))
     assert timed.timed_out and timed.signal is not None
 
