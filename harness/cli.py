@@ -470,10 +470,9 @@ def _register_optional() -> None:
     """Commands that live in their own modules (each imports only click at load)."""
     from harness import cli_ops, cli_sessions
 
-    for module, names in ((cli_sessions, ("sessions", "logs")),
-                          (cli_ops, ("doctor", "gc", "metrics"))):
-        for name in names:
-            main.add_command(getattr(module, name))
+    cli_ops.register(main)
+    main.add_command(cli_sessions.sessions)
+    main.add_command(cli_sessions.logs)
 
 
 _register_optional()

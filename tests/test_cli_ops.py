@@ -9,11 +9,11 @@ import subprocess
 import time
 from pathlib import Path
 
-import click
 import orjson
 import pytest
 from click.testing import CliRunner
 
+from harness.cli import main
 from harness import cli_ops, worktrees
 from harness.liveness import hold_lock
 from harness.metrics import METRICS_FILE, render_prometheus, write_prometheus
@@ -34,15 +34,7 @@ preset = "{preset}"
 """
 
 
-@click.group()
-@click.option("--root", required=True)
-@click.pass_context
-def cli(ctx: click.Context, root: str) -> None:
-    ctx.ensure_object(dict)
-    ctx.obj["root"] = root
-
-
-cli_ops.register(cli)
+cli = main  # the real command group: every command reads ctx.obj['root']
 
 
 def invoke(ws_root: Path, *args: str):

@@ -18,11 +18,10 @@ import threading
 import time
 from pathlib import Path
 
-import click
 import pytest
 from click.testing import CliRunner
 
-from harness.cli_sessions import logs, sessions
+from harness.cli import main
 from harness.session import Metrics, StreamState
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,16 +34,7 @@ ID_COMMANDS = [["sessions", "summary"], ["sessions", "tools"], ["sessions", "err
 DEADLINE = 10.0  # seconds any one wait may take before the test fails
 
 
-@click.group()
-@click.option("--root", required=True)
-@click.pass_context
-def cli(ctx: click.Context, root: str) -> None:
-    ctx.ensure_object(dict)
-    ctx.obj["root"] = root
-
-
-cli.add_command(sessions)
-cli.add_command(logs)
+cli = main  # the real command group: every command reads ctx.obj['root']
 
 
 def invoke(root: Path, *args: str):
