@@ -70,6 +70,7 @@ class Worker:
         self._committed_clean = False  # our last commit_attempt left the worktree clean
         self._last_beat = 0.0
         self._coordinator_gone_since: float | None = None
+        self._coordinator_checked = -1e9
 
     # -- loop ----------------------------------------------------------------
 
@@ -109,12 +110,20 @@ class Worker:
             self._last_beat = now
 
     def coordinator_gone(self) -> bool:
+        """True once the coordinator has been gone for ``coordinator_gone_after``.
+
+        Probed at most once per heartbeat interval: the idle loop polls ten times a
+        second, and the limit is measured in tens of seconds.
+        """
+        now = time.monotonic()
+        if now - self._coordinator_checked < self.cfg.run.heartbeat_interval:
+            return False
+        self._coordinator_checked = now
         record = heartbeat.read(self.ws.coordinator_file)
         ident = ProcessIdentity.from_record(record) if record else None
         if ident is not None and ident.is_running() is not False:
             self._coordinator_gone_since = None
             return False
-        now = time.monotonic()
         if self._coordinator_gone_since is None:
             self._coordinator_gone_since = now
         return now - self._coordinator_gone_since > self.cfg.run.coordinator_gone_after
