@@ -185,18 +185,23 @@ def test_next_order_increases_even_if_the_clock_stalls_or_steps_back(monkeypatch
 
 def test_new_id_is_valid_unique_and_sorts_by_time(monkeypatch):
     ids = [names.new_id() for _ in range(500)]
+    assert ids == sorted(ids), "ids made in one process sort in the order made"
     assert len(set(ids)) == len(ids)
     for item_id in ids:
         assert names.validate_id(item_id) == item_id
         assert re.fullmatch(r"\d{8}-\d{6}-\d{3}-[0-9a-f]{6}", item_id)
     now = [1_700_000_000.0]
     monkeypatch.setattr(names.time, "time", lambda: now[0])
+    monkeypatch.setattr(names, "_last_id_ms", 0)  # a fresh process
     stamped = []
     for step in (0.001, 0.5, 1.0, 59.0, 3600.0, 86400.0 * 40):
         now[0] += step
         stamped.append(names.new_id())
     assert stamped == sorted(stamped)
     assert stamped[0].startswith("20231114-221320-001-")
+    now[0] -= 5.0  # the clock steps back: ids still sort after the ones before
+    after = [names.new_id() for _ in range(3)]
+    assert [stamped[-1], *after] == sorted([stamped[-1], *after])
 
 
 # -- ids -----------------------------------------------------------------------
