@@ -417,13 +417,21 @@ main(sys.argv[1:])
 """
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Follower:
     """The command in a subprocess; its stdout lines arrive on a queue read with deadlines."""
 
     def __init__(self, root: Path, *args: str) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+        # SIGINT back to SIG_DFL in the child: a suite started as a background job of a
+        # non-interactive shell inherits SIGINT ignored, and Python then installs no
+        # KeyboardInterrupt handler, so the Ctrl-C test would wait forever.
         self.proc = subprocess.Popen([sys.executable, "-c", RUNNER, "--root", str(root), *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                     preexec_fn=_default_sigint)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.thread = threading.Thread(target=self._pump, daemon=True)
         self.thread.start()
