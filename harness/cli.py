@@ -383,9 +383,12 @@ def scale(ctx: click.Context, workers: int) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--watch", is_flag=True, help="Redraw live (plain text when not a terminal).")
-@click.option("--interval", type=float, default=1.0, show_default=True)
-@click.option("--timeout", type=float, default=None, help="Stop watching after this many seconds.")
+@click.option("--watch", is_flag=True,
+              help="Redraw live on a terminal; elsewhere (pipe, log) print a line per change.")
+@click.option("--interval", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
+              metavar="SECONDS", help="With --watch: seconds between looks.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="Stop watching after this many seconds.")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool, watch: bool, interval: float,
            timeout: float | None) -> None:

@@ -95,6 +95,15 @@ def outcome(ws: Workspace) -> tuple[list[str], list[str]]:
     return ids["done"], ids["failed"]
 
 
+LOOK_AT = """\
+  ls queue/*/                          one file per item, named by its state
+  cat state/heartbeats/w1.json         what a worker is doing (while running)
+  cat state/events.jsonl               what the coordinator did, one JSON line per event
+  ls logs/*/*                          each agent session: events.jsonl, result.json, ...
+  git log --oneline --graph main       the merged work
+  parallel-harness --root . status     the same from the CLI (also: ls, show, sessions)"""
+
+
 def run_demo(agents: int, keep: bool, fast: bool) -> int:
     """Run the demo; 0 if it ended as designed (everything done but one of the conflicting pair)."""
     from harness.live import watch
@@ -120,18 +129,15 @@ def run_demo(agents: int, keep: bool, fast: bool) -> int:
             proc.terminate()
         proc.wait()
     done, failed = outcome(ws)
-    print(render_summary(collect(ws)))
+    print("\n" + render_summary(collect(ws), look_at=False))
     as_designed = len(done) == len(items) - 1 and len(failed) == 1 and failed[0] in CONFLICTING
-    print(f"\n{'as designed' if as_designed else 'NOT as designed'}: {len(done)} done,"
+    print(f"{'as designed' if as_designed else 'NOT as designed'}: {len(done)} done,"
           f" {len(failed)} failed ({', '.join(failed) or 'none'}; one of {'/'.join(CONFLICTING)}"
-          " is expected to fail with a merge conflict)")
-    print(f"\nlook at:\n  ls {root}/queue/claimed {root}/queue/done {root}/queue/failed\n"
-          f"  cat {root}/state/heartbeats/w1.json   (while running)\n"
-          f"  cat {root}/state/events.jsonl\n  ls {root}/logs/*/*\n"
-          f"  git -C {root} log --oneline --graph main")
+          " is expected to fail with a merge conflict)\n")
     if keep:
-        print(f"\nkept: {root}")
+        print(f"kept: {root}\nlook at (cd {root}):")
     else:
         shutil.rmtree(root, ignore_errors=True)
-        print("\n(workspace removed; --keep keeps it)")
+        print("workspace removed (--keep keeps it); in a kept workspace, look at:")
+    print(LOOK_AT)
     return 0 if as_designed else 1

@@ -1,7 +1,9 @@
 """``status --watch`` and the demo's live view: redraw the status snapshot.
 
-On a terminal, rich redraws one table in place; otherwise (a pipe, a log
-file) the plain text view is printed again whenever it changes.
+On a terminal, rich redraws one table in place. Otherwise (a pipe, a log
+file, CI) it prints one timestamped line whenever the queue counts, a worker's
+item or the pause state change, and each new failure once: heartbeat ages and
+agent activity change every tick and would flood a log.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from harness.status import collect, render_text
+from harness.status import collect
 from harness.workspace import Workspace
 
 
@@ -59,14 +61,35 @@ def watch(ws: Workspace, interval: float, until: Callable[[], bool] = lambda: Fa
                     time.sleep(interval)
                     live.update(table(collect(ws)))
         else:
-            last = ""
+            last, failures_seen = "", set()
             while True:
-                view = render_text(collect(ws))
-                if view != last:
-                    print(view + "\n", flush=True)
-                    last = view
+                snapshot = collect(ws)
+                line = progress_line(snapshot)
+                if line != last:
+                    print(time.strftime("%H:%M:%S ") + line, flush=True)
+                    last = line
+                for f in snapshot["recent_failures"]:
+                    if (f["item"], f["reason"]) not in failures_seen:
+                        failures_seen.add((f["item"], f["reason"]))
+                        print(f"{time.strftime('%H:%M:%S')} failed {f['item']}: {f['reason']}",
+                              flush=True)
                 if done():
                     break
                 time.sleep(interval)
     except KeyboardInterrupt:
         pass
+
+
+def progress_line(snapshot: dict[str, Any]) -> str:
+    """Counts, each worker's item and attempt (``-`` idle, ``DEAD``), and the pause reason."""
+    c = snapshot["counts"]
+    parts = ["  ".join(f"{state} {c[state]}"
+                       for state in ("pending", "claimed", "waiting", "done", "failed"))]
+    if snapshot["workers"]:
+        parts.append("  ".join(
+            f"{w['worker']} " + ("DEAD" if not w["alive"] else
+                                 f"{w['item']}~{w['attempt']}" if w["item"] else "-")
+            for w in snapshot["workers"]))
+    if snapshot["paused"]:
+        parts.append("PAUSED " + snapshot["paused"].replace("\n", " | "))
+    return "  |  ".join(parts)

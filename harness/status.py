@@ -107,14 +107,15 @@ def render_text(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render_summary(s: dict[str, Any]) -> str:
+def render_summary(s: dict[str, Any], look_at: bool = True) -> str:
     c = s["counts"]
     lines = [f"summary: {c['done']} done, {c['failed']} failed, {c['pending']} pending,"
              f" {c['claimed']} claimed, {c['waiting']} waiting"]
     for f in s["recent_failures"]:
         lines.append(f"  failed {f['item']}: {f['reason'][:120]}")
-    lines.append(f"look at: {s['root']}/queue/{{done,failed}}  {s['root']}/state/events.jsonl"
-                 f"  {s['root']}/logs/")
+    if look_at:
+        lines.append(f"look at: {s['root']}/queue/{{done,failed}}  {s['root']}/state/events.jsonl"
+                     f"  {s['root']}/logs/")
     return "\n".join(lines)
 
 

@@ -280,11 +280,33 @@ def test_status_watch_draws_the_workers_in_a_terminal(ws):
         kill_all(ws, coord)
 
 
-def test_status_without_a_terminal_prints_plain_text(ws):
-    Queue(ws.queue_dir).enqueue({"id": "a"})
-    result = cli(ws, "status", "--watch", "--interval", "0.05", "--timeout", "0.2")
-    assert result.exit_code == 0
-    assert "queue    pending 1" in result.output and "\x1b[" not in result.output
+def test_status_watch_without_a_terminal_prints_a_line_per_change(ws):
+    q = Queue(ws.queue_dir, max_attempts=1)
+    q.enqueue({"id": "broken"})
+    q.enqueue({"id": "a"})
+    q.claim().fail("boom")
+    # Nothing changes during the watch: one progress line and the failure once, however
+    # many times it polls.
+    result = cli(ws, "status", "--watch", "--interval", "0.02", "--timeout", "0.3")
+    assert result.exit_code == 0 and "\x1b[" not in result.output
+    lines = result.output.splitlines()
+    assert len(lines) == 2, result.output
+    assert re.fullmatch(r"\d\d:\d\d:\d\d pending 1  claimed 0  waiting 0  done 0  failed 1",
+                        lines[0])
+    assert re.fullmatch(r"\d\d:\d\d:\d\d failed broken: boom", lines[1])
+
+
+def test_progress_line_names_each_workers_item_and_the_pause():
+    from harness.live import progress_line
+
+    snapshot = {"counts": dict(pending=3, claimed=1, waiting=0, done=2, failed=0),
+                "workers": [{"worker": "w1", "alive": True, "item": "fix-a", "attempt": 2},
+                            {"worker": "w2", "alive": True, "item": None, "attempt": None},
+                            {"worker": "w3", "alive": False, "item": "x", "attempt": 1}],
+                "paused": "quota\nresets at 12:00", "recent_failures": []}
+    assert progress_line(snapshot) == (
+        "pending 3  claimed 1  waiting 0  done 2  failed 0  |  w1 fix-a~2  w2 -  w3 DEAD"
+        "  |  PAUSED quota | resets at 12:00")
 
 
 # -- demo -----------------------------------------------------------------------------------------
