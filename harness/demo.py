@@ -96,12 +96,12 @@ def outcome(ws: Workspace) -> tuple[list[str], list[str]]:
 
 
 LOOK_AT = """\
-  ls queue/*/                          one file per item, named by its state
-  cat state/heartbeats/w1.json         what a worker is doing (while running)
-  cat state/events.jsonl               what the coordinator did, one JSON line per event
-  ls logs/*/*                          each agent session: events.jsonl, result.json, ...
-  git log --oneline --graph main       the merged work
-  parallel-harness --root . status     the same from the CLI (also: ls, show, sessions)"""
+  ls queue/claimed queue/done queue/failed   one file per item, named by its state
+  cat state/heartbeats/w1.json               what a worker is doing (while running)
+  cat state/events.jsonl                     what the coordinator did, a JSON line per event
+  ls logs/*/*                                each agent session: events.jsonl, result.json, ...
+  git log --oneline --graph main             the merged work
+  parallel-harness --root . status           the same from the CLI (also: ls, show, sessions)"""
 
 
 def run_demo(agents: int, keep: bool, fast: bool) -> int:
