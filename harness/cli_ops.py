@@ -114,13 +114,15 @@ def _check_worktrees(ws, cfg) -> list[tuple[str, str, str]]:
                                     f" {proc.stderr.strip()}")]
     count = sum(1 for line in proc.stdout.splitlines() if line.startswith("worktree "))
     out = [(PASS, "worktrees", f"`git worktree list` works in {repo} ({count} registered)")]
+    from harness.worktrees import branch_head
+
     target = cfg.git.target_branch
-    ref = _git(["rev-parse", "--verify", "-q", f"refs/heads/{target}^{{commit}}"], repo)
-    if ref.returncode != 0:
+    head = branch_head(repo, target)
+    if head is None:
         out.append((FAIL, "target-branch", f"branch {target!r} ([git] target_branch) has no"
                                            f" commit in {repo}; every attempt starts from it"))
     else:
-        out.append((PASS, "target-branch", f"{target} at {ref.stdout.strip()[:12]}"))
+        out.append((PASS, "target-branch", f"{target} at {head[:12]}"))
     return out
 
 

@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 
 class ConfigError(Exception):
@@ -111,6 +111,11 @@ class Config(_Section):
     git: GitConfig = Field(default_factory=GitConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
+    _origins: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def error(self, key: str, reason: str) -> ConfigError:
+        """A ConfigError for ``key`` ("section.key") naming where its value came from."""
+        return ConfigError(self._origins.get(key, self._origins.get("", "defaults")), key, reason)
 
 
 def load(path: Path, overrides: dict[str, dict[str, Any]] | None = None,
@@ -141,12 +146,14 @@ def load(path: Path, overrides: dict[str, dict[str, Any]] | None = None,
                 data.setdefault(section, {})[key] = value
                 origin[f"{section}.{key}"] = "command line"
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
         msg = err["msg"] if err["type"] != "extra_forbidden" else "unknown key"
         raise ConfigError(origin.get(key, source), key, msg) from None
+    cfg._origins = {"": source, **origin}
+    return cfg
 
 
 def queue_options(cfg: Config) -> dict[str, Any]:
@@ -172,9 +179,11 @@ def sections() -> list[tuple[str, type[BaseModel]]]:
     return [(name, f.annotation) for name, f in Config.model_fields.items()]  # type: ignore[misc]
 
 
-def render_toml(preset: str = "shell") -> str:
-    """A complete, commented harness.toml with every key at its default (for ``init``)."""
-    cfg = Config.model_validate({"agent": {"preset": preset}})
+def render_toml(preset: str = "shell", target_branch: str | None = None) -> str:
+    """A complete, commented harness.toml with every key at its default (for ``init``),
+    but for the agent preset and, when given, the repository's branch."""
+    git = {"target_branch": target_branch} if target_branch else {}
+    cfg = Config.model_validate({"agent": {"preset": preset}, "git": git})
     lines = ["# parallel-harness configuration. Every key is optional; shown at its default.",
              "# Environment variables HARNESS_<SECTION>_<KEY> and command-line flags override it.",
              "# Reference: docs/configuration.md", ""]

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -446,6 +447,21 @@ class Coordinator:
         self.ws.log_event(kind, source="coordinator", **fields)
 
 
+def _check_target_branch(cfg: Config, repo: Path) -> None:
+    """Refuse to start when attempts could not start from the target branch: otherwise
+    every attempt fails in `git worktree add` until the circuit breaker trips."""
+    from harness import worktrees
+
+    target = cfg.git.target_branch
+    if worktrees.branch_head(repo, target) is not None:
+        return
+    have = worktrees.branches(repo)
+    hint = (f"its branches: {', '.join(have)}" if have else
+            "it has no commit yet: make one first")
+    raise cfg.error("git.target_branch", f"no branch {target!r} with a commit in {repo} ({hint});"
+                    " every attempt starts from this branch")
+
+
 def run_coordinator(ws: Workspace, overrides: dict[str, dict[str, Any]], *, forever: bool) -> int:
     """Load config, start, supervise, print the summary; return the exit code."""
     from harness import config as config_mod
@@ -459,6 +475,7 @@ def run_coordinator(ws: Workspace, overrides: dict[str, dict[str, Any]], *, fore
         if not (repo / ".git").exists():
             raise CoordinatorError(f"{repo} is not a git repository ([git] repo in"
                                    f" {ws.config_file}); workers need one for their worktrees")
+        _check_target_branch(cfg, repo)
         if cfg.agent.preset != "shell":
             from harness import prompts
 

@@ -41,7 +41,11 @@ def init(root: Path, preset: str) -> list[str]:
     if existing:
         raise ScaffoldError(f"refusing to overwrite {', '.join(existing)}; move it away first")
     created = []
-    ws.config_file.write_text(config.render_toml(preset))
+    from harness.worktrees import current_branch
+
+    # Attempts start from the branch the operator is on, not an assumed "main"
+    # (git init still makes "master" on many hosts).
+    ws.config_file.write_text(config.render_toml(preset, current_branch(root)))
     created.append(str(ws.config_file))
     template.parent.mkdir(exist_ok=True)
     template.write_text(prompts.DEFAULT_BOOTSTRAP)

@@ -363,6 +363,28 @@ def _prune(repo: Path, common: Path) -> None:
     _git(["worktree", "prune"], repo, what="git worktree prune")
 
 
+def branch_head(repo: Path, branch: str) -> str | None:
+    """The commit ``refs/heads/<branch>`` points at; None if there is no such branch
+    (or it has no commit yet: an unborn branch in a fresh ``git init``)."""
+    proc = _git(["rev-parse", "--verify", "-q", f"refs/heads/{branch}^{{commit}}"], repo,
+                check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def current_branch(repo: Path) -> str | None:
+    """The branch HEAD is on (also when unborn); None when detached or not a repository."""
+    proc = _git(["symbolic-ref", "-q", "--short", "HEAD"], repo, check=False)
+    if proc.returncode != 0:
+        return None
+    return proc.stdout.strip() or None
+
+
+def branches(repo: Path) -> list[str]:
+    """Local branch names, harness/ and harness-attempts/ ones left out."""
+    proc = _git(["for-each-ref", "--format=%(refname:short)", "refs/heads/"], repo, check=False)
+    return [b for b in proc.stdout.split() if not _is_harness_branch(b)]
+
+
 def ensure_worktree(repo: Path, path: Path, target: str) -> Path:
     """Return ``path`` as a registered worktree of ``repo``, creating it (detached at target).
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -168,6 +169,7 @@ def test_merge_queue_integrates_in_order_and_rejects_conflicts(tmp_path):
     ("[agent]\npreset = 'sim'\nbogus = 1\n", "agent.bogus"),
     ("[run]\nagents = 'many'\n", "run.agents"),
     ("[agent]\npreset = 'custom'\ncommand = ['x', '{nope}']\n", "agent.command"),
+    ("[git]\ntarget_branch = 'trunk'\n", "git.target_branch"),
 ])
 def test_config_errors_exit_2_naming_file_and_key(tmp_path, toml, key):
     ws = make_workspace(tmp_path / "ws")
@@ -176,6 +178,19 @@ def test_config_errors_exit_2_naming_file_and_key(tmp_path, toml, key):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "harness.toml" in proc.stderr and key in proc.stderr
+
+
+def test_a_missing_target_branch_refuses_the_run_naming_its_source(tmp_path):
+    ws = make_workspace(tmp_path / "ws")
+    Queue(ws.queue_dir).enqueue({"id": "never-started", "command": "true"})
+    env = {**os.environ, "HARNESS_GIT_TARGET_BRANCH": "master"}
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "--root", str(ws.root), "run"],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2
+    assert "HARNESS_GIT_TARGET_BRANCH" in proc.stderr and "git.target_branch" in proc.stderr
+    assert "'master'" in proc.stderr and "its branches: main" in proc.stderr
+    # Refused before anything ran: the item was not claimed, no attempt was spent.
+    assert [n.attempt for n in map(names.parse, names.entries(ws.queue_dir / "pending"))] == [1]
 
 
 def test_prompt_template_errors_exit_2(tmp_path):

@@ -58,6 +58,15 @@ def test_init_scaffolds_a_workspace_and_refuses_to_overwrite(tmp_path):
     assert again.exit_code == 2 and "refusing to overwrite" in again.output
 
 
+@pytest.mark.parametrize("branch", ["master", "trunk"])
+def test_init_targets_the_branch_the_repository_is_on(tmp_path, branch):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", "-b", branch], cwd=repo, check=True)
+    assert CliRunner().invoke(main, ["init", str(repo)]).exit_code == 0
+    assert f'target_branch = "{branch}"' in (repo / "harness.toml").read_text()
+
+
 def test_init_outside_a_git_repository_is_a_usage_error(tmp_path):
     result = CliRunner().invoke(main, ["init", str(tmp_path)])
     assert result.exit_code == 2 and "git init" in result.output
