@@ -14,24 +14,18 @@ from typing import Any, NoReturn
 
 import click
 
-EXIT_FAILURES = 1
-EXIT_USAGE = 2
+from harness.cli_common import EXIT_FAILURES, EXIT_USAGE, echo_json, usage_error, workspace
+
 STATE_NAMES = ("pending", "claimed", "waiting", "done", "failed")
-
-
-def _workspace(ctx: click.Context):  # -> Workspace
-    from harness.workspace import Workspace
-
-    return Workspace.at(ctx.obj["root"])
 
 
 def _config(ctx: click.Context):  # -> Config
     from harness import config
 
     try:
-        return config.load(_workspace(ctx).config_file)
+        return config.load(workspace(ctx).config_file)
     except config.ConfigError as exc:
-        _usage_error(str(exc))
+        usage_error(str(exc))
 
 
 def _queue(ctx: click.Context):  # -> Queue
@@ -39,21 +33,7 @@ def _queue(ctx: click.Context):  # -> Queue
     from harness.config import queue_options
     from harness.queue import Queue
 
-    ws = _workspace(ctx)
-    if not ws.queue_dir.is_dir():
-        _usage_error(f"{ws.queue_dir}: no queue here (use --root DIR or `parallel-harness init`)")
-    return Queue(ws.queue_dir, **queue_options(_config(ctx)))
-
-
-def _usage_error(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(EXIT_USAGE)
-
-
-def _echo_json(data: Any) -> None:
-    import orjson
-
-    click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+    return Queue(workspace(ctx).queue_dir, **queue_options(_config(ctx)))
 
 
 @click.group(invoke_without_command=True,
@@ -108,7 +88,7 @@ def run(ctx: click.Context, agents: int | None, forever: bool, stale_after: floa
     from harness.coordinator import run_coordinator
 
     overrides = {"run": {"agents": agents, "stale_after": stale_after, "tick": tick}}
-    sys.exit(run_coordinator(_workspace(ctx), overrides, forever=forever))
+    sys.exit(run_coordinator(workspace(ctx), overrides, forever=forever))
 
 
 @main.command()
@@ -127,7 +107,7 @@ def init(directory: str, preset: str) -> None:
     try:
         created = scaffold(Path(directory), preset)
     except ScaffoldError as exc:
-        _usage_error(str(exc))
+        usage_error(str(exc))
     for path in created:
         click.echo(f"created  {path}")
     click.echo("next: edit harness.toml, then `parallel-harness enqueue ...` and"
@@ -162,7 +142,7 @@ def _read_inputs(files: tuple[str, ...]) -> list[Any]:
             text = sys.stdin.read() if f == "-" else Path(f).read_text()
             items.extend(parse(text, "stdin" if f == "-" else f))
         except (OSError, InputError) as exc:
-            _usage_error(str(exc))
+            usage_error(str(exc))
     return items
 
 
@@ -170,7 +150,7 @@ def _template(ctx: click.Context) -> tuple[str, str] | None:
     """The prompt template to check items against, if the workspace uses one."""
     from harness import prompts
 
-    ws = _workspace(ctx)
+    ws = workspace(ctx)
     cfg = _config(ctx)
     if cfg.agent.preset == "shell":
         return None
@@ -178,7 +158,7 @@ def _template(ctx: click.Context) -> tuple[str, str] | None:
     try:
         return prompts.load_template(path), str(path)
     except prompts.PromptError as exc:
-        _usage_error(str(exc))
+        usage_error(str(exc))
 
 
 @main.command()
@@ -215,10 +195,10 @@ def enqueue(ctx: click.Context, files: tuple[str, ...], item_id: str | None, tit
     if any(v is not None for v in fields.values()):
         items.append({k: v for k, v in fields.items() if v is not None})
     if not items:
-        _usage_error("nothing to enqueue: give FILES or --title/--prompt/--command")
+        usage_error("nothing to enqueue: give FILES or --title/--prompt/--command")
     report = submit(_queue(ctx), items, atomic=atomic, template=_template(ctx))
     if as_json:
-        _echo_json({"added": [{"id": n.id, "name": str(n)} for n in report.added],
+        echo_json({"added": [{"id": n.id, "name": str(n)} for n in report.added],
                     "refused": [{"item": w, "reason": r} for w, r in report.refused]})
     else:
         for name in report.added:
@@ -243,9 +223,9 @@ def ls_cmd(ctx: click.Context, state: str, as_json: bool) -> None:
     """
     from harness.status import list_state
 
-    rows = list_state(_workspace(ctx), state)
+    rows = list_state(workspace(ctx), state)
     if as_json:
-        _echo_json(rows)
+        echo_json(rows)
         return
     for r in rows:
         if r.get("foreign"):
@@ -269,12 +249,12 @@ def show(ctx: click.Context, item_id: str, as_json: bool) -> None:
     """
     from harness.status import item_report
 
-    _queue(ctx)  # a clear error if there is no queue here
-    report = item_report(_workspace(ctx), item_id)
+    ws = workspace(ctx)
+    report = item_report(ws, item_id)
     if report is None:
-        _usage_error(f"no item {item_id!r} in {_workspace(ctx).queue_dir}")
+        usage_error(f"no item {item_id!r} in {ws.queue_dir}")
     if as_json:
-        _echo_json(report)
+        echo_json(report)
         return
     doc = report["item"]
     click.echo(f"{item_id}  [{report['state']}]  {doc.get('title', '')}")
@@ -306,7 +286,7 @@ def retry(ctx: click.Context, item_id: str) -> None:
     try:
         name = _queue(ctx).requeue_failed(item_id)
     except QueueError as exc:
-        _usage_error(str(exc))
+        usage_error(str(exc))
     click.echo(f"retrying {item_id} as queue/pending/{name}")
 
 
@@ -321,12 +301,12 @@ def cancel(ctx: click.Context, item_id: str) -> None:
       parallel-harness cancel fix-flaky-test
     """
     queue = _queue(ctx)
-    ws = _workspace(ctx)
+    ws = workspace(ctx)
     if queue.cancel_unclaimed(item_id, "cancelled by the operator (parallel-harness cancel)"):
         click.echo(f"cancelled {item_id} (it was not running)")
         return
     if queue.find(item_id, ("claimed",)) is None:
-        _usage_error(f"item {item_id!r} is not pending, waiting or claimed")
+        usage_error(f"item {item_id!r} is not pending, waiting or claimed")
     ws.cancel_dir.mkdir(parents=True, exist_ok=True)
     (ws.cancel_dir / item_id).write_text("cancel\n")
     click.echo(f"cancel requested for {item_id}: its worker stops the agent and dead-letters it")
@@ -346,7 +326,7 @@ def pause(ctx: click.Context, reason: tuple[str, ...]) -> None:
       parallel-harness pause deploying the database migration
     """
     text = " ".join(reason) or "paused by the operator"
-    _workspace(ctx).pause(text)
+    workspace(ctx).pause(text)
     click.echo(f"paused: {text}")
 
 
@@ -359,7 +339,7 @@ def resume(ctx: click.Context) -> None:
     Example:
       parallel-harness resume
     """
-    click.echo("resumed" if _workspace(ctx).resume() else "was not paused")
+    click.echo("resumed" if workspace(ctx).resume() else "was not paused")
 
 
 @main.command()
@@ -372,7 +352,7 @@ def scale(ctx: click.Context, workers: int) -> None:
     Example:
       parallel-harness scale 6
     """
-    ws = _workspace(ctx)
+    ws = workspace(ctx)
     ws.state_dir.mkdir(parents=True, exist_ok=True)
     ws.desired_workers_file.write_text(f"{workers}\n")
     click.echo(f"desired workers: {workers}")
@@ -403,13 +383,13 @@ def status(ctx: click.Context, as_json: bool, watch: bool, interval: float,
     """
     from harness.status import collect, render_text
 
-    ws = _workspace(ctx)
+    ws = workspace(ctx)
     if watch:
         from harness.live import watch as live
 
         live(ws, interval, timeout=timeout)
     elif as_json:
-        _echo_json(collect(ws))
+        echo_json(collect(ws))
     else:
         click.echo(render_text(collect(ws)))
 
@@ -433,7 +413,7 @@ def fsck(ctx: click.Context, repair: bool, as_json: bool) -> None:
     from harness.invariants import check
     from harness.recovery import recover
 
-    ws = _workspace(ctx)
+    ws = workspace(ctx)
     queue = _queue(ctx)
     repaired: list[str] = []
     if repair:
@@ -442,7 +422,7 @@ def fsck(ctx: click.Context, repair: bool, as_json: bool) -> None:
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            _usage_error("a coordinator is running; stop it before `fsck --repair`")
+            usage_error("a coordinator is running; stop it before `fsck --repair`")
         try:
             _refuse_live_workers(ws)
             repaired = recover(queue, revoke_claims=True)
@@ -450,7 +430,7 @@ def fsck(ctx: click.Context, repair: bool, as_json: bool) -> None:
             lock.release()
     violations = check(ws.queue_dir)
     if as_json:
-        _echo_json({"repaired": repaired, "violations": [vars(v) for v in violations]})
+        echo_json({"repaired": repaired, "violations": [vars(v) for v in violations]})
     else:
         for line in repaired:
             click.echo(f"repaired   {line}")
@@ -465,7 +445,7 @@ def _refuse_live_workers(ws: Any) -> None:
 
     live = sorted(p.stem for p in ws.locks_dir.glob("*.lock") if lock_is_held(p))
     if live:
-        _usage_error(f"worker(s) {', '.join(live)} still running (their coordinator is gone,"
+        usage_error(f"worker(s) {', '.join(live)} still running (their coordinator is gone,"
                      " they finish their items); wait or stop them before `fsck --repair`")
 
 

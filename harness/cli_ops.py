@@ -3,7 +3,7 @@ and ``metrics`` (print the coordinator's Prometheus file).
 
 Register them on the main group with ``cli_ops.register(main)``. Like
 cli.py, only click is imported at module level; each command imports what it
-uses. Each command reads the workspace from ``ctx.obj["root"]``.
+uses. Each command reads the workspace from the global ``--root`` (cli_common).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import sys
 from typing import Any
 
 import click
+
+from harness.cli_common import echo_json, usage_error, workspace
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 
@@ -32,18 +34,6 @@ def register(group: click.Group) -> None:
     """Add doctor, gc and metrics to ``group`` (which must set ``ctx.obj["root"]``)."""
     for command in (doctor, gc, metrics):
         group.add_command(command)
-
-
-def _workspace(ctx: click.Context):  # -> Workspace
-    from harness.workspace import Workspace
-
-    return Workspace.at(ctx.obj["root"])
-
-
-def _echo_json(data: Any) -> None:
-    import orjson
-
-    click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
 
 
 def _size(n: int) -> str:
@@ -186,15 +176,25 @@ def _check_queue_fs(ws) -> tuple[str, str, str]:
     from harness.fsops import UnsupportedFilesystem
     from harness.queue import Queue
 
+    import shutil
+    import tempfile
+
     if not ws.root.is_dir():
         return FAIL, "queue-fs", f"workspace {ws.root} does not exist"
+    # Not a workspace yet: probe a throw-away queue beside where it would be, so that
+    # doctor leaves nothing behind (a queue/ would make the directory a workspace).
+    scratch = None if ws.exists() else tempfile.mkdtemp(prefix=".harness-doctor-", dir=ws.root)
+    where = ws.queue_dir if scratch is None else ws.root
     try:
-        Queue(ws.queue_dir).probe()
+        Queue(ws.queue_dir if scratch is None else scratch).probe()
     except UnsupportedFilesystem as exc:
         return FAIL, "queue-fs", str(exc)
     except OSError as exc:
-        return FAIL, "queue-fs", f"{ws.queue_dir}: {exc}"
-    return PASS, "queue-fs", f"{ws.queue_dir}: O_EXCL, link, rename and directory fsync work"
+        return FAIL, "queue-fs", f"{where}: {exc}"
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return PASS, "queue-fs", f"{where}: O_EXCL, link, rename and directory fsync work"
 
 
 def _check_disk(ws) -> tuple[str, str, str]:
@@ -250,10 +250,17 @@ def _check_prompt(ws, cfg) -> tuple[str, str, str]:
     return PASS, "prompt", f"{path}: variables valid"
 
 
+def _check_workspace(ws) -> tuple[str, str, str]:
+    if ws.exists():
+        return PASS, "workspace", str(ws.root)
+    return WARN, "workspace", (f"{ws.root} is not a workspace yet (no harness.toml, no queue/):"
+                               " `parallel-harness init` makes one")
+
+
 def run_checks(ws) -> list[tuple[str, str, str]]:
     """Every doctor check as (PASS|WARN|FAIL, name, detail), in display order."""
     config_check, cfg = _check_config(ws)
-    checks = [config_check, _check_git(cfg), *_check_worktrees(ws, cfg), _check_agent(cfg),
+    checks = [_check_workspace(ws), config_check, _check_git(cfg), *_check_worktrees(ws, cfg), _check_agent(cfg),
               _check_env(), _check_queue_fs(ws), _check_disk(ws), _check_memory(cfg),
               _check_nofile(cfg), _check_prompt(ws, cfg)]
     return checks
@@ -268,16 +275,17 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
     Checks git (>= 2.38 for the merge queue), worktree support in [git] repo,
     the target branch, the agent binary of the preset, nested-session
     variables, the queue filesystem, disk, memory, open file limit, the
-    config and the prompt template. Creates queue/ if absent.
+    config and the prompt template. In a directory that is not a workspace
+    yet it says so (WARN) and leaves nothing behind.
 
     \b
     Example:
       parallel-harness doctor --json
     """
-    checks = run_checks(_workspace(ctx))
+    checks = run_checks(workspace(ctx, require=False))
     counts = {s: sum(1 for c in checks if c[0] == s) for s in (PASS, WARN, FAIL)}
     if as_json:
-        _echo_json({"ok": counts[FAIL] == 0,
+        echo_json({"ok": counts[FAIL] == 0,
                     "checks": [{"status": s, "name": n, "detail": d} for s, n, d in checks],
                     "counts": {k.lower(): v for k, v in counts.items()}})
     else:
@@ -529,18 +537,17 @@ def gc(ctx: click.Context, older_than: float, dry_run: bool, as_json: bool) -> N
     """
     from harness import config as config_mod
 
-    ws = _workspace(ctx)
+    ws = workspace(ctx)
     try:
         cfg = config_mod.load(ws.config_file)
     except config_mod.ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        usage_error(str(exc))
     rows = (_gc_worktrees(ws, cfg, dry_run) + _gc_logs(ws, older_than, dry_run)
             + _gc_heartbeats(ws, dry_run))
     freed = [r for r in rows if r["action"] != "kept"]
     total = sum(r["bytes"] for r in freed)
     if as_json:
-        _echo_json({"dry_run": dry_run, "entries": rows,
+        echo_json({"dry_run": dry_run, "entries": rows,
                     "freed": {"count": len(freed), "bytes": total}})
         return
     for r in rows:
@@ -569,7 +576,7 @@ def metrics(ctx: click.Context) -> None:
     """
     from harness.metrics import METRICS_FILE
 
-    path = _workspace(ctx).state_dir / METRICS_FILE
+    path = workspace(ctx).state_dir / METRICS_FILE
     try:
         text = path.read_text()
     except FileNotFoundError:

@@ -16,8 +16,9 @@ import sys
 
 import click
 
-EXIT_TIMEOUT = 1
-EXIT_USAGE = 2
+from harness.cli_common import EXIT_FAILURES as EXIT_TIMEOUT
+from harness.cli_common import usage_error, workspace
+
 POLL_INTERVAL = 0.1  # seconds between reads when following a growing file
 LIST_LIMIT = 50
 METRIC_ROWS = ("input_tokens", "output_tokens", "cache_creation_tokens", "cache_read_tokens",
@@ -38,27 +39,15 @@ _json_option = click.option("--json", "as_json", is_flag=True, help="Machine-rea
 # ---------------------------------------------------------------------------
 
 
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    raise SystemExit(EXIT_USAGE)
-
-
-def _workspace(ctx: click.Context):  # -> Workspace
-    from harness.workspace import Workspace
-
-    obj = ctx.find_root().obj
-    return Workspace.at(obj.get("root", ".") if isinstance(obj, dict) else ".")
-
-
 def _attempts(ctx: click.Context, item_id: str, attempt: int | None, *, every: bool):
     """(workspace, [(attempt, dir)]) of item ``item_id`` (see attempts.pick); exit 2 if none."""
     from harness.attempts import NoAttempt, pick
 
-    ws = _workspace(ctx)
+    ws = workspace(ctx)
     try:
         return ws, pick(ws, item_id, attempt, every=every)
     except NoAttempt as exc:
-        _fail(str(exc))
+        usage_error(str(exc))
 
 
 def _json_bytes(data: object) -> bytes:
@@ -211,7 +200,7 @@ def list_cmd(ctx: click.Context, limit: int, as_json: bool) -> None:
     from harness import attempts
     from harness.transcript import dur, when
 
-    ws = _workspace(ctx)
+    ws = workspace(ctx)
     everything = attempts.all_attempts(ws)
     shown = everything[:limit] if limit else everything
     running = attempts.running_attempts(ws)
@@ -246,10 +235,10 @@ def latest(ctx: click.Context, as_json: bool) -> None:
     """
     from harness import attempts
 
-    ws = _workspace(ctx)
+    ws = workspace(ctx)
     everything = attempts.all_attempts(ws)
     if not everything:
-        _fail(f"no attempt logs in {ws.logs_dir}")
+        usage_error(f"no attempt logs in {ws.logs_dir}")
     item_id, n, d = everything[0]
     info = attempts.attempt_info(item_id, n, d, running=attempts.running_attempts(ws))
     if as_json:
@@ -561,7 +550,7 @@ def logs(ctx: click.Context, item_id: str, attempt: int | None, follow: bool, us
     path = pick(d)
     if path is None and not follow:
         wanted = "stderr.log" if use_stderr else " or ".join(attempts.STREAM_FILES)
-        _fail(f"{item_id} attempt {n} has no {wanted} in {d}")
+        usage_error(f"{item_id} attempt {n} has no {wanted} in {d}")
     if not follow:
         out.write(_last_lines(path.read_bytes(), tail_lines))
         out.flush()

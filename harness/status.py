@@ -122,7 +122,11 @@ def render_summary(s: dict[str, Any], look_at: bool = True) -> str:
 def list_state(ws: Workspace, state: str) -> list[dict[str, Any]]:
     """The items in one state, in claim order, from names only."""
     out = []
-    for entry in sorted(names.entries(ws.queue_dir / state)):
+    try:
+        found = names.entries(ws.queue_dir / state)
+    except FileNotFoundError:  # a workspace whose queue/ run or enqueue has not made yet
+        found = []
+    for entry in sorted(found):
         parsed = names.try_parse(entry)
         if parsed is None:
             out.append({"name": entry, "id": None, "foreign": True})

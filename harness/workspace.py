@@ -25,6 +25,11 @@ class Workspace:
     def at(cls, root: str | os.PathLike[str]) -> Workspace:
         return cls(Path(root).resolve())
 
+    def exists(self) -> bool:
+        """A workspace has a harness.toml or a queue/ (a fresh clone of a project that
+        commits harness.toml has no queue/ yet; ``run`` and ``enqueue`` make it)."""
+        return self.config_file.is_file() or self.queue_dir.is_dir()
+
     @property
     def config_file(self) -> Path:
         return self.root / "harness.toml"

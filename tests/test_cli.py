@@ -67,6 +67,25 @@ def test_init_targets_the_branch_the_repository_is_on(tmp_path, branch):
     assert f'target_branch = "{branch}"' in (repo / "harness.toml").read_text()
 
 
+@pytest.mark.parametrize("args", [["status"], ["ls"], ["show", "x"], ["enqueue", "--title", "x"],
+                                  ["pause"], ["scale", "2"], ["run"], ["fsck"], ["gc"],
+                                  ["metrics"], ["sessions", "list"], ["logs", "x"]])
+def test_commands_outside_a_workspace_are_usage_errors_that_write_nothing(tmp_path, args):
+    result = CliRunner().invoke(main, ["--root", str(tmp_path), *args])
+    assert result.exit_code == 2, result.output
+    assert f"{tmp_path} is not a parallel-harness workspace" in result.output
+    assert "parallel-harness init" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cloned_workspace_without_queue_dirs_is_still_a_workspace(tmp_path):
+    (tmp_path / "harness.toml").write_text("[run]\nagents = 1\n")
+    assert CliRunner().invoke(main, ["--root", str(tmp_path), "ls"]).exit_code == 0
+    result = CliRunner().invoke(main, ["--root", str(tmp_path), "enqueue", "--id", "first"])
+    assert result.exit_code == 0, result.output
+    assert names.entries(tmp_path / "queue" / "pending")
+
+
 def test_init_outside_a_git_repository_is_a_usage_error(tmp_path):
     result = CliRunner().invoke(main, ["init", str(tmp_path)])
     assert result.exit_code == 2 and "git init" in result.output

@@ -97,8 +97,8 @@ def test_doctor_all_pass_on_good_workspace(tmp_path, roomy):
     res = invoke(ws.root, "doctor")
     assert res.exit_code == 0, res.output
     checks = doctor_lines(res.output)
-    assert set(checks) == {"config", "git", "worktrees", "target-branch", "agent", "agent-env",
-                           "queue-fs", "disk", "memory", "open-files", "prompt"}
+    assert set(checks) == {"workspace", "config", "git", "worktrees", "target-branch", "agent",
+                           "agent-env", "queue-fs", "disk", "memory", "open-files", "prompt"}
     not_pass = {k: v for k, v in checks.items() if v[0] != "PASS"}
     if not_pass.keys() <= {"git", "open-files"}:  # depend on the host's git and ulimit
         assert all(v[0] == "WARN" for v in not_pass.values()), not_pass
@@ -142,6 +142,16 @@ def test_doctor_creates_queue_dirs_and_probes(tmp_path, roomy):
     res = invoke(ws.root, "doctor")
     assert doctor_lines(res.output)["queue-fs"][0] == "PASS"
     assert (ws.queue_dir / "pending").is_dir() and (ws.queue_dir / "ids").is_dir()
+
+
+def test_doctor_outside_a_workspace_warns_and_leaves_nothing(tmp_path, roomy):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    res = invoke(plain, "doctor")
+    lines = doctor_lines(res.output)
+    assert lines["workspace"][0] == "WARN" and "parallel-harness init" in lines["workspace"][1]
+    assert lines["queue-fs"][0] == "PASS"
+    assert list(plain.iterdir()) == []
 
 
 def test_doctor_reports_stripped_session_env(tmp_path, roomy, monkeypatch):

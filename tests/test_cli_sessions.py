@@ -52,6 +52,7 @@ def write_attempt(root: Path, item: str, attempt: int, *, started: float,
                   lines: list[str] | None = None, stdout: str | None = None,
                   reason: str | None = "succeeded", stderr: str = "", title: str = "") -> Path:
     """One attempt directory as a worker leaves it (reason None: still running)."""
+    (root / "queue").mkdir(exist_ok=True)  # what makes root a workspace
     d = root / "logs" / item / str(attempt)
     d.mkdir(parents=True)
     (d / "item.json").write_text(json.dumps({"id": item, "title": title or f"do {item}"}))
@@ -123,6 +124,7 @@ def test_ids_that_are_paths_are_refused(root, bad):
 
 
 def test_empty_workspace(tmp_path):
+    (tmp_path / "queue").mkdir()
     assert invoke(tmp_path, "sessions", "list").output.startswith("no attempts in")
     assert as_json(invoke(tmp_path, "sessions", "list", "--json")) == []
     result = invoke(tmp_path, "sessions", "latest")
@@ -130,6 +132,7 @@ def test_empty_workspace(tmp_path):
 
 
 def test_logs_dir_without_attempt_dirs_is_no_logs(tmp_path):
+    (tmp_path / "queue").mkdir()
     (tmp_path / "logs" / "empty-item").mkdir(parents=True)
     (tmp_path / "logs" / "empty-item" / "notes.txt").write_text("x")
     result = invoke(tmp_path, "sessions", "summary", "empty-item")

@@ -1,0 +1,42 @@
+"""What every command module shares: exit codes, the workspace of ``--root``, errors, JSON.
+
+Kept free of heavy imports: ``status`` must answer fast (see bench/status_100k.py).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, NoReturn
+
+import click
+
+EXIT_FAILURES = 1  # items failed, violations found, a follow timed out
+EXIT_USAGE = 2     # bad arguments, configuration, or not a workspace
+
+
+def usage_error(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def workspace(ctx: click.Context, *, require: bool = True):  # -> Workspace
+    """The workspace named by the global ``--root`` (default: the current directory).
+
+    With ``require`` (every command but init, demo and doctor), a directory that
+    is not a workspace is a usage error: an operator in the wrong directory must
+    not be shown an empty queue, nor have state/ files written there.
+    """
+    from harness.workspace import Workspace
+
+    obj = ctx.find_root().obj
+    ws = Workspace.at((obj.get("root") or ".") if isinstance(obj, dict) else ".")
+    if require and not ws.exists():
+        usage_error(f"{ws.root} is not a parallel-harness workspace (no harness.toml, no queue/);"
+                    " run `parallel-harness init` there, or pass --root DIR (or set HARNESS_ROOT)")
+    return ws
+
+
+def echo_json(data: Any) -> None:
+    import orjson
+
+    click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
