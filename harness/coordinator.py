@@ -26,6 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -74,6 +75,7 @@ class Coordinator:
     forever: bool = False
     clock: Any = time.monotonic
     slots: dict[str, Slot] = field(default_factory=dict)
+    on_event: Callable[[dict[str, Any]], None] | None = None  # every event, as read back
 
     def __post_init__(self) -> None:
         self.queue = Queue(self.ws.queue_dir, **queue_options(self.cfg))
@@ -350,6 +352,8 @@ class Coordinator:
         limit = self.cfg.run.max_consecutive_failures
         for ev in self.tail.read():
             self.stats.observe(ev)
+            if self.on_event is not None:
+                self.on_event(ev)
             if ev.get("event") != "attempt-end":
                 continue
             if ev.get("queue") == "done" and self.cfg.git.integrate == "merge":
@@ -467,7 +471,12 @@ def run_coordinator(ws: Workspace, overrides: dict[str, dict[str, Any]], *, fore
     from harness import config as config_mod
     from harness.fsops import UnsupportedFilesystem
     from harness.prompts import PromptError
-    from harness.status import collect, render_summary
+    from harness.status import collect, render_event, render_summary
+
+    def show(ev: dict[str, Any]) -> None:
+        line = render_event(ev)
+        if line is not None:
+            print(line, flush=True)
 
     try:
         cfg = config_mod.load(ws.config_file, overrides)
@@ -484,7 +493,7 @@ def run_coordinator(ws: Workspace, overrides: dict[str, dict[str, Any]], *, fore
         if cfg.agent.preset == "custom" and not cfg.agent.command:
             raise CoordinatorError(f"{ws.config_file}: agent.command: preset 'custom' needs an"
                                    " argv template")
-        coordinator = Coordinator(ws, cfg, forever=forever)
+        coordinator = Coordinator(ws, cfg, forever=forever, on_event=show)
         coordinator.start()
     except (config_mod.ConfigError, CoordinatorError, UnsupportedFilesystem,
             PromptError) as exc:

@@ -128,6 +128,24 @@ class ItemName:
         return replace(self, due=None)
 
 
+STAGED_SEP: Final = "@"  # never in an id, so the split is unambiguous
+
+
+def staged_name(name: ItemName) -> str:
+    """The tmp/ name of an item being enqueued: ``<name>@<random>``.
+
+    Unique per enqueuer: two processes whose clocks gave one id the same order
+    key would otherwise stage it under one name, and the second rename would
+    replace the first one's file between its staging and its reservation.
+    """
+    return f"{name}{STAGED_SEP}{secrets.token_hex(4)}"
+
+
+def parse_staged(entry: str) -> ItemName | None:
+    """The queue name of a tmp/ entry (``<name>@<random>``, or a bare name); None if neither."""
+    return try_parse(entry.split(STAGED_SEP, 1)[0])
+
+
 _NAME = re.compile(r"([0-9])\.([0-9a-f]{16})\.([^~]+)~([1-9][0-9]*)(?:\+([1-9][0-9]*))?"
                    r"(?:~(0|[1-9][0-9]*|dep))?", re.ASCII)
 

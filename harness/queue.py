@@ -169,11 +169,11 @@ class Queue:
                 raise InvalidItem(source, f"depends_on: unknown item {dep!r} (enqueue it first)")
         name = ItemName(item.priority, names.next_order(), item.id, 1,
                         names.DEP if item.depends_on else None)
-        staged = self.root / "tmp" / str(name)
+        staged = self.root / "tmp" / names.staged_name(name)
         # Written and locked under a dot-name, then renamed into view: recover()
         # rolls a staged file forward only once it can take the lock, i.e. once this
         # enqueuer is gone, and never sees a file that is not yet locked or complete.
-        hidden = staged.with_name(f".{name}.{os.getpid()}")
+        hidden = staged.with_name(f".{staged.name}")
         fd = fsops.write_new(hidden, item.to_json(), durable=self.durable, lock=True)
         try:
             os.rename(hidden, staged)

@@ -71,7 +71,7 @@ def _finish_staged(queue: Queue, actions: list[str]) -> None:
 
 
 def _roll_forward(queue: Queue, path: Path, entry: str) -> str:
-    name = names.try_parse(entry)
+    name = names.parse_staged(entry)
     if name is None:
         return _dead_letter_file(queue, path, entry, "not a queue name in tmp/")
     reservation = queue.dir("ids") / name.id
@@ -84,7 +84,7 @@ def _roll_forward(queue: Queue, path: Path, entry: str) -> str:
     if os.stat(path).st_nlink == 2:  # only tmp/ and ids/: no queue name yet
         state = "waiting" if name.due == names.DEP else "pending"
         try:
-            os.link(path, queue.dir(state) / entry)
+            os.link(path, queue.dir(state) / str(name))
         except FileExistsError:
             pass
     os.unlink(path)

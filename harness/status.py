@@ -107,6 +107,41 @@ def render_text(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_event(ev: dict[str, Any]) -> str | None:
+    """One line for an event an operator watching ``run`` wants to see; None for the rest
+    (claims, agent starts, spawns: status shows those)."""
+    kind, item, worker = ev.get("event"), ev.get("item"), ev.get("worker")
+    attempt = f"{item}~{ev.get('attempt')}"
+    if kind == "attempt-end":
+        text = f"{worker} {attempt} {ev.get('reason')} -> {ev.get('queue')}: {ev.get('detail')}"
+    elif kind == "revoke":
+        text = f"revoked {item} ({ev.get('why')}) -> {ev.get('outcome')}"
+    elif kind == "worker-dead":
+        text = f"{worker} dead: {ev.get('why')}"
+    elif kind == "worker-adopted":
+        text = f"{worker} adopted (pid {ev.get('pid')})"
+    elif kind == "rate-limited":
+        text = f"{worker} {item} rate limited: pool paused until {ev.get('resume_at')}"
+    elif kind in ("circuit-open", "budget-reached"):
+        text = "PAUSED " + str(ev.get("reason") or f"{kind}: {ev.get('tokens')} tokens,"
+                               f" ${ev.get('cost_usd') or 0:.2f}")
+    elif kind == "resumed":
+        text = f"resumed: {ev.get('why')}"
+    elif kind == "merged":
+        text = f"merged {item} ({ev.get('status')}, {str(ev.get('sha'))[:12]})"
+    elif kind == "merge-conflict":
+        text = f"merge conflict {item} in {', '.join(ev.get('paths') or [])}: branch kept"
+    elif kind == "merge-failed":
+        text = f"merge of {item} failed: {ev.get('error')}"
+    elif kind == "memory-floor":
+        text = f"memory floor: {ev.get('free_mb')} MB free, new workers " + (
+            "held back" if ev.get("held") else "allowed again")
+    else:
+        return None
+    stamp = time.strftime("%H:%M:%S", time.localtime(ev.get("ts") or time.time()))
+    return f"{stamp} {text[:200]}"
+
+
 def render_summary(s: dict[str, Any], look_at: bool = True) -> str:
     c = s["counts"]
     lines = [f"summary: {c['done']} done, {c['failed']} failed, {c['pending']} pending,"

@@ -324,6 +324,35 @@ def test_status_watch_without_a_terminal_prints_a_line_per_change(ws):
     assert re.fullmatch(r"\d\d:\d\d:\d\d failed broken: boom", lines[1])
 
 
+def test_render_event_shows_what_an_operator_follows_and_skips_the_rest():
+    from harness.status import render_event
+
+    ts = time.mktime((2026, 11, 22, 6, 30, 5, 0, 0, -1))
+    end = {"ts": ts, "event": "attempt-end", "worker": "w2", "item": "fix-a", "attempt": 3,
+           "reason": "stalled", "queue": "retry", "detail": "no event for 300s"}
+    assert render_event(end) == "06:30:05 w2 fix-a~3 stalled -> retry: no event for 300s"
+    shown = {"revoke": {"item": "x", "why": "orphaned", "outcome": "retry"},
+             "worker-dead": {"worker": "w1", "why": "lock free"},
+             "worker-adopted": {"worker": "w1", "pid": 7},
+             "rate-limited": {"worker": "w1", "item": "x", "resume_at": "12:00"},
+             "circuit-open": {"reason": "circuit breaker: 5 consecutive failed attempts"},
+             "budget-reached": {"tokens": 10, "cost_usd": 1.5},
+             "resumed": {"why": "rate-limit reset time reached"},
+             "merged": {"item": "x", "status": "merged", "sha": "ab" * 20},
+             "merge-conflict": {"item": "x", "paths": ["a.txt"]},
+             "merge-failed": {"item": "x", "error": "boom"},
+             "memory-floor": {"held": True, "free_mb": 100}}
+    for kind, fields in shown.items():
+        line = render_event({"ts": ts, "event": kind, **fields})
+        assert line and line.startswith("06:30:05 ") and "None" not in line, (kind, line)
+    budget = render_event({"ts": ts, "event": "budget-reached", "tokens": 10, "cost_usd": 1.5})
+    assert budget == "06:30:05 PAUSED budget-reached: 10 tokens, $1.50"
+    circuit = render_event({"ts": ts, "event": "circuit-open", "reason": "circuit breaker: 5"})
+    assert circuit == "06:30:05 PAUSED circuit breaker: 5"
+    for quiet in ("claim", "agent-start", "worker-spawn", "worker-start", "heartbeat", "new"):
+        assert render_event({"ts": ts, "event": quiet, "item": "x"}) is None
+
+
 def test_progress_line_names_each_workers_item_and_the_pause():
     from harness.live import progress_line
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -165,6 +166,12 @@ def test_exit_codes_for_failed_items_and_bad_config(ws):
     assert finish(coord) == 1
     reason = (ws.queue_dir / "failed" / (str(names_in(ws, "failed")[0]) + ".reason")).read_text()
     assert "exited with status 7" in reason
+    # run prints a line per attempt as it ends, then the summary.
+    out = (ws.root / "coordinator.out").read_text()
+    assert re.search(r"^\d\d:\d\d:\d\d w\d fine~1 succeeded -> done: ", out, re.M), out
+    assert re.search(r"^\d\d:\d\d:\d\d w\d broken~1 failed -> failed: agent exited with"
+                     r" status 7$", out, re.M), out
+    assert out.index("broken~1 failed") < out.index("summary: 1 done, 1 failed")
     (ws.root / "harness.toml").write_text("[run]\nagnets = 3\n")
     bad = subprocess.run([sys.executable, "-m", "harness.cli", "--root", str(ws.root), "run"],
                          capture_output=True, text=True, timeout=30)

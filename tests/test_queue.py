@@ -1106,6 +1106,31 @@ def _run_racers(target, args_for, n=2):
     return results
 
 
+def test_same_id_enqueues_with_equal_order_keys_do_not_replace_each_others_file(
+        tmp_path, monkeypatch):
+    """Two processes whose clocks read the same nanosecond make the same queue name
+    for one id. The second enqueuer runs while the first is between staging and
+    reserving (found by the racer below under load: the first's staged file was
+    replaced, its reservation link hit ENOENT)."""
+    from harness import queue as queue_mod
+
+    root = tmp_path / "q"
+    first, second = Queue(root), Queue(root)
+    monkeypatch.setattr(names, "next_order", lambda: "18ea4b7d2371b161")
+    results = []
+
+    def second_enqueuer_runs_now() -> None:
+        monkeypatch.setattr(queue_mod, "_fp_enqueue_staged", lambda: None)
+        results.append(second.enqueue({"id": "same", "title": "second"}))
+
+    monkeypatch.setattr(queue_mod, "_fp_enqueue_staged", second_enqueuer_runs_now)
+    with pytest.raises(DuplicateId):
+        first.enqueue({"id": "same", "title": "first"})
+    assert [str(n) for n in results] == ["5.18ea4b7d2371b161.same~1"]
+    assert ls(first, "tmp") == [] and first.read("ids", "same").title == "second"
+    clean(first, enqueued=["same"])
+
+
 def test_two_processes_enqueueing_one_id_exactly_one_wins(tmp_path):
     root = tmp_path / "q"
     Queue(root)
