@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
-from harness.cli_common import EXIT_FAILURES, EXIT_USAGE, echo_json, usage_error, workspace
+from harness.cli_common import EXIT_FAILURES, echo_json, usage_error, workspace
 
 STATE_NAMES = ("pending", "claimed", "waiting", "done", "failed")
 
@@ -199,7 +199,7 @@ def enqueue(ctx: click.Context, files: tuple[str, ...], item_id: str | None, tit
     report = submit(_queue(ctx), items, atomic=atomic, template=_template(ctx))
     if as_json:
         echo_json({"added": [{"id": n.id, "name": str(n)} for n in report.added],
-                    "refused": [{"item": w, "reason": r} for w, r in report.refused]})
+                   "refused": [{"item": w, "reason": r} for w, r in report.refused]})
     else:
         for name in report.added:
             click.echo(f"added    {name.id:<30} queue/{'waiting' if name.due else 'pending'}/{name}")
@@ -446,7 +446,7 @@ def _refuse_live_workers(ws: Any) -> None:
     live = sorted(p.stem for p in ws.locks_dir.glob("*.lock") if lock_is_held(p))
     if live:
         usage_error(f"worker(s) {', '.join(live)} still running (their coordinator is gone,"
-                     " they finish their items); wait or stop them before `fsck --repair`")
+                    " they finish their items); wait or stop them before `fsck --repair`")
 
 
 def _register_optional() -> None:

@@ -91,6 +91,8 @@ def _check_git(cfg) -> tuple[str, str, str]:
 def _check_worktrees(ws, cfg) -> list[tuple[str, str, str]]:
     import subprocess
 
+    from harness import worktrees
+
     repo = (ws.root / cfg.git.repo).resolve()
     if not (repo / ".git").exists():
         return [(FAIL, "worktrees", f"{repo} is not a git repository ([git] repo = "
@@ -104,10 +106,8 @@ def _check_worktrees(ws, cfg) -> list[tuple[str, str, str]]:
                                     f" {proc.stderr.strip()}")]
     count = sum(1 for line in proc.stdout.splitlines() if line.startswith("worktree "))
     out = [(PASS, "worktrees", f"`git worktree list` works in {repo} ({count} registered)")]
-    from harness.worktrees import branch_head
-
     target = cfg.git.target_branch
-    head = branch_head(repo, target)
+    head = worktrees.branch_head(repo, target)
     if head is None:
         out.append((FAIL, "target-branch", f"branch {target!r} ([git] target_branch) has no"
                                            f" commit in {repo}; every attempt starts from it"))
@@ -173,11 +173,11 @@ def _check_env() -> tuple[str, str, str]:
 
 
 def _check_queue_fs(ws) -> tuple[str, str, str]:
-    from harness.fsops import UnsupportedFilesystem
-    from harness.queue import Queue
-
     import shutil
     import tempfile
+
+    from harness.fsops import UnsupportedFilesystem
+    from harness.queue import Queue
 
     if not ws.root.is_dir():
         return FAIL, "queue-fs", f"workspace {ws.root} does not exist"
@@ -548,7 +548,7 @@ def gc(ctx: click.Context, older_than: float, dry_run: bool, as_json: bool) -> N
     total = sum(r["bytes"] for r in freed)
     if as_json:
         echo_json({"dry_run": dry_run, "entries": rows,
-                    "freed": {"count": len(freed), "bytes": total}})
+                   "freed": {"count": len(freed), "bytes": total}})
         return
     for r in rows:
         if r["action"] == "kept":
