@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from harness import names
 from harness.status import collect
 from harness.workspace import Workspace
 
@@ -83,8 +84,7 @@ def watch(ws: Workspace, interval: float, until: Callable[[], bool] = lambda: Fa
 def progress_line(snapshot: dict[str, Any]) -> str:
     """Counts, each worker's item and attempt (``-`` idle, ``DEAD``), and the pause reason."""
     c = snapshot["counts"]
-    parts = ["  ".join(f"{state} {c[state]}"
-                       for state in ("pending", "claimed", "waiting", "done", "failed"))]
+    parts = ["  ".join(f"{state} {c[state]}" for state in names.STATES)]
     if snapshot["workers"]:
         parts.append("  ".join(
             f"{w['worker']} " + ("DEAD" if not w["alive"] else
