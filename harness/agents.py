@@ -8,10 +8,12 @@ inject shell syntax.
 
 from __future__ import annotations
 
+import os
 import resource
+import shutil
 import sys
-from pathlib import Path
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from harness.config import AgentConfig
@@ -52,6 +54,29 @@ def build_argv(agent: AgentConfig, item: Any, ctx: Mapping[str, str]) -> list[st
     if agent.max_budget_usd:
         argv += ["--max-budget-usd", f"{agent.max_budget_usd:g}"]
     return argv
+
+
+def program(agent: AgentConfig) -> str | None:
+    """The program the preset runs, as looked up on PATH; None when there is nothing to
+    look up (sim and shell, or a custom template whose program is a placeholder)."""
+    if agent.preset in ("claude", "codex"):
+        return agent.preset
+    if agent.preset == "custom" and agent.command and "{" not in agent.command[0]:
+        return agent.command[0]
+    return None
+
+
+def find_program(agent: AgentConfig, path: str | None = None) -> str | None:
+    """Where :func:`program` resolves, searching ``path`` (default: the PATH the agent
+    gets, [agent] env included) as exec does; None if absent or not executable."""
+    from harness.runner import clean_env
+
+    name = program(agent)
+    if name is None:
+        return None
+    if "/" in name:
+        return name if os.access(name, os.X_OK) else None
+    return shutil.which(name, path=path if path is not None else clean_env(agent.env).get("PATH"))
 
 
 def resource_limiter(agent: AgentConfig) -> Callable[[], None] | None:

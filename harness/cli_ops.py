@@ -117,11 +117,10 @@ def _check_worktrees(ws, cfg) -> list[tuple[str, str, str]]:
 
 
 def _check_agent(cfg) -> tuple[str, str, str]:
-    import os
-    import shutil
     import subprocess
     import sys as _sys
 
+    from harness import agents
     from harness.runner import clean_env
 
     preset = cfg.agent.preset
@@ -129,20 +128,17 @@ def _check_agent(cfg) -> tuple[str, str, str]:
         return PASS, "agent", f"preset sim: the simulated agent runs with {_sys.executable}"
     if preset == "shell":
         return PASS, "agent", "preset shell: each item's own command runs, no agent binary"
+    if preset == "custom" and not cfg.agent.command:
+        return FAIL, "agent", "preset custom needs [agent] command (an argv template)"
+    name = agents.program(cfg.agent)
+    if name is None:
+        return PASS, "agent", (f"preset custom: program {cfg.agent.command[0]!r} is a"
+                               " placeholder, not checked")
+    path = agents.find_program(cfg.agent)
+    if path is None:  # run refuses to start (exit 2)
+        return FAIL, "agent", f"preset {preset}: `{name}` not on PATH or not executable"
     if preset == "custom":
-        if not cfg.agent.command:
-            return FAIL, "agent", "preset custom needs [agent] command (an argv template)"
-        exe = cfg.agent.command[0]
-        if "{" in exe:
-            return PASS, "agent", f"preset custom: program {exe!r} is a placeholder, not checked"
-        found = (exe if os.access(exe, os.X_OK) else None) if "/" in exe else shutil.which(exe)
-        if found is None:
-            return WARN, "agent", f"preset custom: {exe!r} not found or not executable here"
-        return PASS, "agent", f"preset custom: {found} (not run)"
-    binary = preset  # claude, codex
-    path = shutil.which(binary)
-    if path is None:
-        return WARN, "agent", f"preset {preset}: `{binary}` not on PATH (not installed here?)"
+        return PASS, "agent", f"preset custom: {path} (not run)"
     try:
         proc = subprocess.run([path, "--version"], capture_output=True, text=True,
                               errors="replace", timeout=AGENT_VERSION_TIMEOUT,

@@ -466,6 +466,19 @@ def _check_target_branch(cfg: Config, repo: Path) -> None:
                     " every attempt starts from this branch")
 
 
+def _check_agent_program(cfg: Config) -> None:
+    """Refuse to start when the agent's program is not there: otherwise every attempt
+    fails to spawn and each item burns its attempts."""
+    from harness import agents
+
+    name = agents.program(cfg.agent)
+    if name is None or agents.find_program(cfg.agent) is not None:
+        return
+    key = "agent.command" if cfg.agent.preset == "custom" else "agent.preset"
+    raise cfg.error(key, f"agent program {name!r} not found on PATH or not executable;"
+                    " install it, or try the harness with preset = \"sim\" (no agent needed)")
+
+
 def run_coordinator(ws: Workspace, overrides: dict[str, dict[str, Any]], *, forever: bool) -> int:
     """Load config, start, supervise, print the summary; return the exit code."""
     from harness import config as config_mod
@@ -485,6 +498,7 @@ def run_coordinator(ws: Workspace, overrides: dict[str, dict[str, Any]], *, fore
             raise CoordinatorError(f"{repo} is not a git repository ([git] repo in"
                                    f" {ws.config_file}); workers need one for their worktrees")
         _check_target_branch(cfg, repo)
+        _check_agent_program(cfg)
         if cfg.agent.preset != "shell":
             from harness import prompts
 

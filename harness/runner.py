@@ -106,16 +106,30 @@ class _CappedLog:
         self.file.close()
 
 
+class SpawnError(Exception):
+    """The program could not be started (not found, not executable, bad cwd)."""
+
+    def __init__(self, argv0: str, exc: OSError) -> None:
+        self.argv0 = argv0
+        super().__init__(f"cannot start {argv0!r}: {exc.strerror or exc}")
+
+
 def run(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], stdout: Path, stderr: Path,
         limits: Limits, poll: float, on_start: Callable[[psutil.Process], None],
         on_poll: Callable[[], str | None], on_line: Callable[[bytes], None] | None = None,
         result_seen: Callable[[], bool] = lambda: False,
         preexec: Callable[[], None] | None = None) -> ProcessOutcome:
-    """Run ``argv`` until it exits or is killed for a timeout, stall, abort or result grace."""
+    """Run ``argv`` until it exits or is killed for a timeout, stall, abort or result grace.
+
+    Raises SpawnError if it cannot be started at all.
+    """
     started = time.monotonic()
-    proc = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True, preexec_fn=preexec)
+    try:
+        proc = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True, preexec_fn=preexec)
+    except OSError as exc:
+        raise SpawnError(argv[0], exc) from exc
     out, err = _CappedLog(stdout, limits.log_cap_bytes), _CappedLog(stderr, limits.log_cap_bytes)
     watch = _Watch(proc, limits, started)
     try:

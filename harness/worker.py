@@ -174,7 +174,10 @@ class Worker:
             return att.end("failed", str(exc))
         except worktrees.GitError as exc:
             return att.end("failed", f"worktree: {exc}")
-        self._run_agent(claim, att, argv, wt, log_dir, session_id)
+        try:
+            self._run_agent(claim, att, argv, wt, log_dir, session_id)
+        except runner.SpawnError as exc:
+            return att.end("failed", str(exc))
         if att.reason in ("fenced", "rate_limited", "cancelled"):
             return att  # nothing of this attempt is kept
         try:
@@ -238,12 +241,16 @@ class Worker:
         verify = self.cfg.git.verify
         argv = list(verify) if isinstance(verify, list) else ["/bin/sh", "-c", verify]
         self.beat(force=True, doing="verifying")
-        outcome = runner.run(
-            argv, cwd=wt, env=runner.clean_env({"HARNESS_ITEM": claim.id}),
-            limits=runner.Limits(timeout=self.cfg.git.verify_timeout),
-            poll=min(0.2, self.cfg.run.heartbeat_interval), stdout=log_dir / "verify.log",
-            stderr=log_dir / "verify.log", on_start=lambda p: self._agent_started(claim, p),
-            on_poll=lambda: self._poll(claim, att))
+        try:
+            outcome = runner.run(
+                argv, cwd=wt, env=runner.clean_env({"HARNESS_ITEM": claim.id}),
+                limits=runner.Limits(timeout=self.cfg.git.verify_timeout),
+                poll=min(0.2, self.cfg.run.heartbeat_interval), stdout=log_dir / "verify.log",
+                stderr=log_dir / "verify.log", on_start=lambda p: self._agent_started(claim, p),
+                on_poll=lambda: self._poll(claim, att))
+        except runner.SpawnError as exc:
+            att.end("verify_failed", f"verify: {exc}")
+            return
         if outcome.aborted:
             att.end(outcome.aborted, f"{outcome.aborted} during verify")
         elif outcome.exit_code != 0:

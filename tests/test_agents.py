@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -191,6 +192,40 @@ def test_a_missing_target_branch_refuses_the_run_naming_its_source(tmp_path):
     assert "'master'" in proc.stderr and "its branches: main" in proc.stderr
     # Refused before anything ran: the item was not claimed, no attempt was spent.
     assert [n.attempt for n in map(names.parse, names.entries(ws.queue_dir / "pending"))] == [1]
+
+
+def _path_with_only_git(tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "git").symlink_to(shutil.which("git"))
+    return str(bindir)
+
+
+@pytest.mark.parametrize("agent, key", [
+    ('preset = "claude"', "agent.preset"),
+    ('preset = "custom"\ncommand = ["my-agent", "{prompt}"]', "agent.command"),
+])
+def test_a_missing_agent_program_refuses_the_run(tmp_path, agent, key):
+    ws = make_workspace(tmp_path / "ws", extra=f"\n[agent]\n{agent}\n")
+    Queue(ws.queue_dir).enqueue({"id": "never-started", "title": "t", "prompt": "p"})
+    env = {**os.environ, "PATH": _path_with_only_git(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "--root", str(ws.root), "run"],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "harness.toml" in proc.stderr and key in proc.stderr and "not found" in proc.stderr
+    assert [n.attempt for n in map(names.parse, names.entries(ws.queue_dir / "pending"))] == [1]
+
+
+def test_an_agent_that_cannot_start_fails_the_attempt_not_the_worker(tmp_path):
+    # A placeholder program is not checked at start; the spawn itself fails.
+    ws = make_workspace(tmp_path / "ws", max_attempts=1, extra=(
+        '\n[agent]\npreset = "custom"\ncommand = ["{worktree}/no-such-agent", "{prompt}"]\n'))
+    Queue(ws.queue_dir).enqueue({"id": "unstartable", "title": "t", "prompt": "p"})
+    assert run_batch(ws) == 1
+    res = result(ws, "unstartable")
+    assert res["reason"] == "failed" and res["queue"] == "failed", res
+    assert "cannot start" in res["detail"] and "no-such-agent" in res["detail"], res
+    assert not [e for e in events(ws) if e["event"] == "worker-dead"]
 
 
 def test_prompt_template_errors_exit_2(tmp_path):

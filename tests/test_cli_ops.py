@@ -172,7 +172,7 @@ def test_doctor_agent_binary(tmp_path, roomy, monkeypatch):
                                              text=True).stdout.strip())
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{git_dir}")
     missing = doctor_lines(invoke(ws.root, "doctor").output)["agent"]
-    assert missing[0] == "WARN" and "not on PATH" in missing[1]
+    assert missing[0] == "FAIL" and "not on PATH" in missing[1]  # run refuses: exit 2
     fake = bindir / "claude"
     fake.write_text("#!/bin/sh\necho '9.9.9 (Claude Code)'\n")
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)

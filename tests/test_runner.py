@@ -89,3 +89,28 @@ def test_an_agent_that_closes_its_pipes_before_exiting_is_not_killed(tmp_path):
     # it still runs. The runner used to kill it then (41 of 60 runs): 'crashed' attempts.
     outcomes = [run(tmp_path, ["sleep", "0.01"])[0] for _ in range(30)]
     assert [(o.exit_code, o.signal) for o in outcomes] == [(0, None)] * 30
+
+
+def test_a_program_that_cannot_start_raises_spawn_error(tmp_path):
+    with pytest.raises(runner.SpawnError, match=r"cannot start '.*no-such-agent': No such file"):
+        run(tmp_path, [str(tmp_path / "no-such-agent")])
+    not_executable = tmp_path / "script.sh"
+    not_executable.write_text("#!/bin/sh\necho hi\n")
+    with pytest.raises(runner.SpawnError, match="Permission denied"):
+        run(tmp_path, [str(not_executable)])
+
+
+def test_find_program_looks_where_exec_would(tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    claude = AgentConfig(preset="claude")
+    assert agents.program(claude) == "claude"
+    assert agents.find_program(claude, path=str(bindir)) is None
+    fake = bindir / "claude"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    assert agents.find_program(claude, path=str(bindir)) == str(fake)
+    assert agents.program(AgentConfig(preset="sim")) is None
+    assert agents.program(AgentConfig(preset="custom", command=["{python}", "x"])) is None
+    custom = AgentConfig(preset="custom", command=[str(fake), "{prompt}"])
+    assert agents.find_program(custom) == str(fake)
