@@ -114,8 +114,10 @@ def render_event(ev: dict[str, Any]) -> str | None:
     attempt = f"{item}~{ev.get('attempt')}"
     if kind == "attempt-end":
         text = f"{worker} {attempt} {ev.get('reason')} -> {ev.get('queue')}: {ev.get('detail')}"
-    elif kind == "revoke":
-        text = f"revoked {item} ({ev.get('why')}) -> {ev.get('outcome')}"
+    elif kind == "revoke":  # its item is the claimed/ name
+        name = names.try_parse(str(item))
+        text = (f"revoked {f'{name.id}~{name.attempt}' if name else item} ({ev.get('why')})"
+                f" -> {ev.get('outcome')}")
     elif kind == "worker-dead":
         text = f"{worker} dead: {ev.get('why')}"
     elif kind == "worker-adopted":

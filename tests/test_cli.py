@@ -331,6 +331,9 @@ def test_render_event_shows_what_an_operator_follows_and_skips_the_rest():
     end = {"ts": ts, "event": "attempt-end", "worker": "w2", "item": "fix-a", "attempt": 3,
            "reason": "stalled", "queue": "retry", "detail": "no event for 300s"}
     assert render_event(end) == "06:30:05 w2 fix-a~3 stalled -> retry: no event for 300s"
+    revoke = {"ts": ts, "event": "revoke", "item": "5.18ea4ca34480c2cd.t1~2", "why": "worker died",
+              "outcome": "retry"}
+    assert render_event(revoke) == "06:30:05 revoked t1~2 (worker died) -> retry"
     shown = {"revoke": {"item": "x", "why": "orphaned", "outcome": "retry"},
              "worker-dead": {"worker": "w1", "why": "lock free"},
              "worker-adopted": {"worker": "w1", "pid": 7},
