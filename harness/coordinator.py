@@ -516,6 +516,11 @@ def run_coordinator(ws: Workspace, overrides: dict[str, dict[str, Any]], *, fore
     print(f"parallel-harness: {coordinator.desired_workers()} worker(s) in {ws.root}"
           f" ({'forever' if forever else 'until the queue is drained'}); Ctrl-C stops",
           flush=True)
+    counts = coordinator.queue.counts()
+    if not forever and not (counts["pending"] or counts["claimed"] or counts["waiting"]):
+        print("nothing to run: no item is pending, claimed or waiting"
+              " (`parallel-harness enqueue` adds some); the summary below is of earlier runs",
+              flush=True)
     code = coordinator.run()
     print(render_summary(collect(ws)), flush=True)
     return code

@@ -179,6 +179,16 @@ def test_exit_codes_for_failed_items_and_bad_config(ws):
     assert "harness.toml" in bad.stderr and "run.agnets" in bad.stderr
 
 
+def test_a_run_with_nothing_to_do_says_so_and_exits_0(ws):
+    q = Queue(ws.queue_dir, max_attempts=1)
+    q.enqueue({"id": "earlier"})
+    q.claim().fail("from an earlier run")
+    assert finish(start_coordinator(ws, "--agents", "1")) == 0
+    out = (ws.root / "coordinator.out").read_text()
+    assert "nothing to run: no item is pending, claimed or waiting" in out
+    assert "summary: 0 done, 1 failed" in out
+
+
 def test_second_coordinator_refuses_naming_the_first(ws):
     coord = start_coordinator(ws, "--agents", "1", "--forever")
     try:
