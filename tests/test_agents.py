@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import orjson
 import pytest
@@ -226,6 +227,69 @@ def test_an_agent_that_cannot_start_fails_the_attempt_not_the_worker(tmp_path):
     assert res["reason"] == "failed" and res["queue"] == "failed", res
     assert "cannot start" in res["detail"] and "no-such-agent" in res["detail"], res
     assert not [e for e in events(ws) if e["event"] == "worker-dead"]
+
+
+FAKE_CLAUDE = """#!{python}
+# Stands in for `claude` (none is installed here): checks the argv and environment
+# the claude preset gives it, edits the worktree, then replays a recorded stream.
+import json, os, sys
+argv = sys.argv[1:]
+def opt(flag):
+    return argv[argv.index(flag) + 1]
+problems = [f for f in ("-p", "--output-format", "--verbose", "--session-id",
+                        "--append-system-prompt-file", "--max-turns") if f not in argv]
+if not problems:
+    problems += [] if opt("--output-format") == "stream-json" else ["--output-format"]
+    problems += [] if os.path.isfile(opt("--append-system-prompt-file")) else ["prompt file"]
+problems += [k for k in os.environ if k == "CLAUDECODE" or k.startswith("CLAUDE_CODE_")]
+if problems:
+    sys.exit(f"fake claude: bad invocation: {{problems}} in {{argv}}")
+with open(os.environ["FAKE_CLAUDE_LOG"], "a") as f:
+    f.write(json.dumps({{"argv": argv, "cwd": os.getcwd()}}) + "\\n")
+with open("from-claude.txt", "w") as f:
+    f.write(opt("-p") + "\\n")
+for line in open({stream!r}):
+    print(line, end="", flush=True)
+"""
+
+
+def test_the_claude_preset_end_to_end_with_a_stand_in_binary(tmp_path, monkeypatch):
+    """The real claude code path (argv, clean env, stream parsing, metrics, commit) with a
+    stand-in that replays tests/data/claude_stream_success.jsonl."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "claude"
+    stream = Path(__file__).parent / "data" / "claude_stream_success.jsonl"
+    fake.write_text(FAKE_CLAUDE.format(python=sys.executable, stream=str(stream)))
+    fake.chmod(0o755)
+    log = tmp_path / "claude-calls.jsonl"
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("CLAUDECODE", "1")  # as if started from inside a Claude Code session
+    monkeypatch.setenv("CLAUDE_CODE_ENTRYPOINT", "cli")
+    ws = make_workspace(tmp_path / "ws", extra=(
+        '\n[agent]\npreset = "claude"\nmax_turns = 7\nallowed_tools = ["Read", "Edit"]\n'
+        f'env = {{FAKE_CLAUDE_LOG = "{log}"}}\n'))
+    Queue(ws.queue_dir).enqueue({"id": "fix-parser", "title": "Fix the parser",
+                                 "prompt": "Make test_empty pass"})
+    assert run_batch(ws) == 0, (ws.root / "coordinator.out").read_text()
+    res = result(ws, "fix-parser")
+    assert (res["reason"], res["queue"], res["detail"]) == (
+        "succeeded", "done", "9 turns, 1333 tokens, $0.0873")
+    metrics = orjson.loads((ws.attempt_dir("fix-parser", 1) / "metrics.json").read_bytes())
+    assert metrics["tool_calls"] == {"Read": 1, "Bash": 2, "Edit": 1}
+    assert (metrics["cost_usd"], metrics["turns"], metrics["output_tokens"]) == (
+        0.0873421, 9, 1311)
+    (call,) = [orjson.loads(line) for line in log.read_text().splitlines()]
+    argv = call["argv"]
+    assert argv[argv.index("-p") + 1] == "Make test_empty pass"
+    assert argv[argv.index("--max-turns") + 1] == "7"
+    assert argv[argv.index("--allowedTools") + 1] == "Read,Edit"
+    assert call["cwd"] == str(ws.worktree("w1"))
+    # The rendered bootstrap prompt it was given is kept with the attempt.
+    assert argv[argv.index("--append-system-prompt-file") + 1] == str(
+        ws.attempt_dir("fix-parser", 1) / "prompt.md")
+    show = git(ws, "show", "harness/fix-parser:from-claude.txt")
+    assert show.stdout == "Make test_empty pass\n"
 
 
 def test_prompt_template_errors_exit_2(tmp_path):
