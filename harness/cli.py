@@ -36,6 +36,14 @@ def _queue(ctx: click.Context):  # -> Queue
     return Queue(workspace(ctx).queue_dir, **queue_options(_config(ctx)))
 
 
+def _operator_event(ctx: click.Context, kind: str, **fields: Any) -> None:
+    """Record an operator action in state/events.jsonl: a running `run` prints it, and the
+    log shows who paused or scaled the pool, and when."""
+    ws = workspace(ctx)
+    ws.state_dir.mkdir(parents=True, exist_ok=True)
+    ws.log_event(kind, source="operator", **fields)
+
+
 @click.group(invoke_without_command=True,
              context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--root", type=click.Path(file_okay=False), envvar="HARNESS_ROOT", default=".",
@@ -287,6 +295,7 @@ def retry(ctx: click.Context, item_id: str) -> None:
         name = _queue(ctx).requeue_failed(item_id)
     except QueueError as exc:
         usage_error(str(exc))
+    _operator_event(ctx, "retried", item=item_id)
     click.echo(f"retrying {item_id} as queue/pending/{name}")
 
 
@@ -303,12 +312,14 @@ def cancel(ctx: click.Context, item_id: str) -> None:
     queue = _queue(ctx)
     ws = workspace(ctx)
     if queue.cancel_unclaimed(item_id, "cancelled by the operator (parallel-harness cancel)"):
+        _operator_event(ctx, "cancelled", item=item_id, running=False)
         click.echo(f"cancelled {item_id} (it was not running)")
         return
     if queue.find(item_id, ("claimed",)) is None:
         usage_error(f"item {item_id!r} is not pending, waiting or claimed")
     ws.cancel_dir.mkdir(parents=True, exist_ok=True)
     (ws.cancel_dir / item_id).write_text("cancel\n")
+    _operator_event(ctx, "cancelled", item=item_id, running=True)
     click.echo(f"cancel requested for {item_id}: its worker stops the agent and dead-letters it")
 
 
@@ -327,6 +338,7 @@ def pause(ctx: click.Context, reason: tuple[str, ...]) -> None:
     """
     text = " ".join(reason) or "paused by the operator"
     workspace(ctx).pause(text)
+    _operator_event(ctx, "paused", reason=text)
     click.echo(f"paused: {text}")
 
 
@@ -339,7 +351,11 @@ def resume(ctx: click.Context) -> None:
     Example:
       parallel-harness resume
     """
-    click.echo("resumed" if workspace(ctx).resume() else "was not paused")
+    if not workspace(ctx).resume():
+        click.echo("was not paused")
+        return
+    _operator_event(ctx, "resumed", why="parallel-harness resume")
+    click.echo("resumed")
 
 
 @main.command()
@@ -355,6 +371,7 @@ def scale(ctx: click.Context, workers: int) -> None:
     ws = workspace(ctx)
     ws.state_dir.mkdir(parents=True, exist_ok=True)
     ws.desired_workers_file.write_text(f"{workers}\n")
+    _operator_event(ctx, "scaled", workers=workers)
     click.echo(f"desired workers: {workers}")
 
 

@@ -129,6 +129,12 @@ def render_event(ev: dict[str, Any]) -> str | None:
                                f" ${ev.get('cost_usd') or 0:.2f}")
     elif kind == "resumed":
         text = f"resumed: {ev.get('why')}"
+    elif kind == "paused":  # by the operator; the harness's own pauses have their own events
+        text = f"PAUSED by the operator: {ev.get('reason')}"
+    elif kind == "scaled":
+        text = f"operator: scale to {ev.get('workers')} worker(s)"
+    elif kind in ("retried", "cancelled"):
+        text = f"operator: {'retry' if kind == 'retried' else 'cancel'} {item}"
     elif kind == "merged":
         text = f"merged {item} ({ev.get('status')}, {str(ev.get('sha'))[:12]})"
     elif kind == "merge-conflict":

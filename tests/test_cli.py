@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from harness import names
 from harness.cli import main
 from harness.queue import Queue
-from tests.wsutil import kill_all, make_workspace, start_coordinator, wait_for
+from tests.wsutil import events, kill_all, make_workspace, start_coordinator, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -200,6 +200,19 @@ def test_pause_resume_scale_write_the_operator_files(ws):
     assert cli(ws, "scale", "5").exit_code == 0
     assert ws.desired_workers_file.read_text().strip() == "5"
     assert cli(ws, "scale", "-1").exit_code == 2
+    Queue(ws.queue_dir).enqueue({"id": "unwanted"})
+    assert cli(ws, "cancel", "unwanted").exit_code == 0
+    assert cli(ws, "retry", "unwanted").exit_code == 0
+    # Each action is in the event log (an audit trail that a running `run` prints);
+    # refused ones and the no-op resume are not.
+    from harness.status import render_event
+
+    logged = [e for e in events(ws) if e.get("source") == "operator"]
+    assert [e["event"] for e in logged] == ["paused", "resumed", "scaled", "cancelled", "retried"]
+    assert [render_event(e)[9:] for e in logged] == [
+        "PAUSED by the operator: database migration", "resumed: parallel-harness resume",
+        "operator: scale to 5 worker(s)", "operator: cancel unwanted",
+        "operator: retry unwanted"]
 
 
 # -- fsck ---------------------------------------------------------------------------------------
