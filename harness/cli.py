@@ -270,11 +270,16 @@ def show(ctx: click.Context, item_id: str, as_json: bool) -> None:
     if report.get("reason"):
         click.echo(f"  reason      {report['reason']}")
     click.echo(f"  branch      {report['branch']}")
+    from harness.attempts import running_attempts
+
+    running = running_attempts(ws)
     for a in report["attempts"]:
         r, m = a.get("result") or {}, a.get("metrics") or {}
         tokens = sum(m.get(k, 0) for k in ("input_tokens", "output_tokens",
                                            "cache_creation_tokens", "cache_read_tokens"))
-        click.echo(f"  attempt {a['attempt']:<3} {r.get('reason', 'unfinished'):<16}"
+        reason = r.get("reason") or ("running" if (item_id, a["attempt"]) in running
+                                     else "unfinished")
+        click.echo(f"  attempt {a['attempt']:<3} {reason:<16}"
                    f" {tokens:>8} tok  ${m.get('cost_usd', 0):.4f}  {r.get('detail', '')[:70]}")
         click.echo(f"              {a['log_dir']}")
 

@@ -172,6 +172,14 @@ def test_ls_and_show(ws):
     unknown = cli(ws, "show", "nope")
     assert unknown.exit_code == 2 and "'nope'" in unknown.output
     assert cli(ws, "ls", "sideways").exit_code == 2
+    # Attempts without result.json: the one a heartbeat names is running, the other unfinished.
+    for n in (1, 2):
+        ws.attempt_dir("a", n).mkdir(parents=True)
+    ws.heartbeats_dir.mkdir(parents=True, exist_ok=True)
+    ws.heartbeat_file("w1").write_bytes(orjson.dumps({"item_id": "a", "attempt": 2}))
+    lines = cli(ws, "show", "a").output.splitlines()
+    assert [line.split()[:3] for line in lines if line.startswith("  attempt")] == [
+        ["attempt", "1", "unfinished"], ["attempt", "2", "running"]]
 
 
 def test_retry_and_cancel_of_items_not_running(ws):
