@@ -34,6 +34,7 @@ import psutil  # noqa: E402
 
 from harness.demo import make_repo  # noqa: E402
 from harness.workspace import Workspace  # noqa: E402
+from tests.procs import wait_for  # noqa: E402,F401  (one poller for tests and benchmarks)
 
 RUN_DEFAULTS: dict[str, Any] = {
     "tick": 0.05,
@@ -284,14 +285,3 @@ def _killpg(pgid: int) -> None:
             os.killpg(pgid, sig)
         except (ProcessLookupError, PermissionError):
             pass
-
-
-def wait_for(cond, timeout: float, what: str, step: float = 0.002):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(step)
