@@ -38,10 +38,11 @@ from harness.config import Config, queue_options
 from harness.integration import MergeQueue, reconcile_branches
 from harness.liveness import ProcessIdentity, lock_is_held
 from harness.queue import Queue
-from harness.recovery import recover
+from harness.recovery import adopt_dropped, recover
 from harness.runstats import RunStats
 from harness.workspace import EventTail, Workspace
 
+DROP_SCAN_INTERVAL = 2.0  # seconds between looks for hand-dropped files
 QUICK_DEATH = 10.0  # a worker that dies sooner than this after start counts as crash-looping
 OK_REASONS = frozenset({"succeeded", "fenced", "rate_limited", "cancelled"})
 
@@ -91,6 +92,8 @@ class Coordinator:
         self.stats = RunStats()
         self.lock = FileLock(str(self.ws.coordinator_lock))
         self.doomed: list[tuple[ProcessIdentity, float]] = []
+        self.next_drop_scan = 0.0
+        self.known_names: set[str] = set()  # see recovery.adopt_dropped
 
     # -- start ---------------------------------------------------------------
 
@@ -113,7 +116,8 @@ class Coordinator:
         self.ws.desired_workers_file.unlink(missing_ok=True)
         for action in recover(self.queue):
             self.event("recovered", action=action)
-        self.failed_at_start = self._ids_in("failed")
+        # Names, not ids: an item retried and failed again has a new name.
+        self.failed_at_start = set(names.entries(self.queue.dir("failed")))
         self.tail = EventTail(self.ws.events_file)
         self._adopt()
         reconcile_branches(self.repo, self.queue, self.event)
@@ -148,7 +152,7 @@ class Coordinator:
                 signal.signal(s, handler)
             self.ws.coordinator_file.unlink(missing_ok=True)
             self.lock.release()
-        failed = self._ids_in("failed") - self.failed_at_start
+        failed = set(names.entries(self.queue.dir("failed"))) - self.failed_at_start
         self.event("coordinator-exit", reason=self.stop_requested or "batch finished",
                    failed=len(failed))
         if self.stop_requested:
@@ -169,6 +173,7 @@ class Coordinator:
             self.check_slot(slot, hbs.get(slot.id))
         self.reap_doomed()
         self.revoke_orphans(hbs)
+        self.take_in_dropped_files()
         self.queue.promote()
         self.scale()
         self.watch_events()
@@ -289,6 +294,15 @@ class Coordinator:
                 self.orphans.pop(entry)
 
     # -- pool size -------------------------------------------------------------
+
+    def take_in_dropped_files(self) -> None:
+        """Enqueue or dead-letter files an operator dropped into the queue by hand."""
+        now = self.clock()
+        if now < self.next_drop_scan:
+            return
+        self.next_drop_scan = now + DROP_SCAN_INTERVAL
+        for action in adopt_dropped(self.queue, self.known_names):
+            self.event("dropped-file", action=action)
 
     def desired_workers(self) -> int:
         try:
@@ -443,9 +457,6 @@ class Coordinator:
         return lock_is_held(self.ws.worker_lock(slot.id))
 
     # -- helpers ---------------------------------------------------------------
-
-    def _ids_in(self, state: str) -> set[str]:
-        return {n.id for n in map(names.try_parse, names.entries(self.queue.dir(state))) if n}
 
     def event(self, kind: str, **fields: Any) -> None:
         self.ws.log_event(kind, source="coordinator", **fields)

@@ -141,6 +141,8 @@ def render_event(ev: dict[str, Any]) -> str | None:
         text = f"merge conflict {item} in {', '.join(ev.get('paths') or [])}: branch kept"
     elif kind == "merge-failed":
         text = f"merge of {item} failed: {ev.get('error')}"
+    elif kind == "dropped-file":
+        text = f"hand-dropped file: {ev.get('action')}"
     elif kind == "memory-floor":
         text = f"memory floor: {ev.get('free_mb')} MB free, new workers " + (
             "held back" if ev.get("held") else "allowed again")

@@ -179,6 +179,33 @@ def test_exit_codes_for_failed_items_and_bad_config(ws):
     assert "harness.toml" in bad.stderr and "run.agnets" in bad.stderr
 
 
+def test_files_dropped_by_hand_during_a_run_are_taken_in_and_the_batch_ends(ws, tmp_path):
+    release = tmp_path / "release"
+    Queue(ws.queue_dir).enqueue({"id": "holds-the-run",
+                                 "command": f"while [ ! -e {release} ]; do sleep 0.05; done"})
+    coord = start_coordinator(ws, "--agents", "2")
+    try:
+        wait_for(lambda: names_in(ws, "claimed"), 30, "the first item to be claimed")
+        settled = time.time() - 10  # as if written a while ago: taken in at the next scan
+        for name, text in (("dropped.json", '{"id": "dropped", "command": "true"}'),
+                           ("broken.json", "{broken")):
+            path = ws.queue_dir / "pending" / name
+            path.write_text(text)
+            os.utime(path, (settled, settled))
+        wait_for(lambda: "dropped" in {n.id for n in names_in(ws, "done")}, 30,
+                 "the dropped item to be done")
+        assert (ws.queue_dir / "failed" / "broken.json.reason").is_file()
+        release.touch()
+        # A dead-lettered file of this run makes the run's exit code 1.
+        assert finish(coord) == 1
+    finally:
+        release.touch()
+    assert names.entries(ws.queue_dir / "pending") == []
+    out = (ws.root / "coordinator.out").read_text()
+    assert "hand-dropped file: enqueued hand-dropped pending/dropped.json" in out
+    assert "hand-dropped file: moved pending/broken.json to failed/broken.json" in out
+
+
 def test_a_run_with_nothing_to_do_says_so_and_exits_0(ws):
     q = Queue(ws.queue_dir, max_attempts=1)
     q.enqueue({"id": "earlier"})
