@@ -232,6 +232,27 @@ def test_second_coordinator_refuses_naming_the_first(ws):
     assert live_recorded(ws) == []
 
 
+def _process_of(hb: dict | None) -> psutil.Process | None:
+    """The worker a heartbeat names, if that very process (pid and start time) still runs:
+    it may have exited, and its pid been reused, since the heartbeat was written."""
+    if not hb:
+        return None
+    try:
+        proc = psutil.Process(hb["pid"])
+    except psutil.NoSuchProcess:
+        return None
+    return proc if abs(proc.create_time() - hb["start_time"]) < 0.01 else None
+
+
+def _send(proc: psutil.Process, sig: int) -> bool:
+    """Signal ``proc`` unless it is gone (psutil refuses a reused pid)."""
+    try:
+        proc.send_signal(sig)
+    except psutil.NoSuchProcess:
+        return False
+    return True
+
+
 def test_chaos_kills_and_stops_lose_nothing(tmp_path):
     ws = make_workspace(tmp_path / "ws", stale_after=1.0, stale_kill_grace=1.0)
     q = Queue(ws.queue_dir)
@@ -240,30 +261,26 @@ def test_chaos_kills_and_stops_lose_nothing(tmp_path):
         q.enqueue({"id": item_id, "command": f"echo {item_id} > out.txt"})
     rng = random.Random(7)
     coord = start_coordinator(ws, "--agents", "8")
-    stopped: list[int] = []
+    stopped: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and len(names_in(ws, "done")) < len(ids):
             time.sleep(rng.uniform(0.1, 0.4))
-            victim = heartbeat_of(ws, f"w{rng.randint(1, 8)}")
+            victim = _process_of(heartbeat_of(ws, f"w{rng.randint(1, 8)}"))
             action = rng.random()
             if action < 0.1 and coord.poll() is None:
                 os.killpg(coord.pid, signal.SIGKILL)
                 coord.wait()
             elif action < 0.5 and victim:
-                os.kill(victim["pid"], signal.SIGKILL)
-            elif action < 0.7 and victim:
-                os.kill(victim["pid"], signal.SIGSTOP)
-                stopped.append(victim["pid"])
+                _send(victim, signal.SIGKILL)
+            elif action < 0.7 and victim and _send(victim, signal.SIGSTOP):
+                stopped.append(victim)
             elif stopped:
-                pid = stopped.pop(0)
-                if psutil.pid_exists(pid):
-                    os.kill(pid, signal.SIGCONT)
+                _send(stopped.pop(0), signal.SIGCONT)
             if coord.poll() is not None:
                 coord = start_coordinator(ws, "--agents", "8")
-        for pid in stopped:
-            if psutil.pid_exists(pid):
-                os.kill(pid, signal.SIGCONT)
+        for proc in stopped:
+            _send(proc, signal.SIGCONT)
         if coord.poll() is not None:
             coord = start_coordinator(ws, "--agents", "8")
         assert finish(coord, 90) in (0, 1)
