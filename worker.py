@@ -2,7 +2,7 @@
 
 import sys
 
-from harness.worker import main
+from harness.pool.worker import main
 
 if __name__ == "__main__":
     sys.exit(main())

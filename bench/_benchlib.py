@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import orjson  # noqa: E402
 import psutil  # noqa: E402
 
-from harness.demo import make_repo  # noqa: E402
+from harness.cli.demo import make_repo  # noqa: E402
 from harness.workspace import Workspace  # noqa: E402
 from tests.procs import wait_for  # noqa: E402,F401  (one poller for tests and benchmarks)
 

@@ -57,8 +57,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import filelock  # noqa: E402
 import orjson  # noqa: E402
 
-from harness import names  # noqa: E402
-from harness.queue import Queue  # noqa: E402
+from harness.queue import names  # noqa: E402
+from harness.queue.core import Queue  # noqa: E402
 
 PEERS = ("harness", "harness-durable", "raw-link", "raw-rename", "filelock-json",
          "sqlite-wal", "sqlite-wal-durable")

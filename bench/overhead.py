@@ -58,9 +58,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _benchlib import Bench, events, load_avg, machine_line, med  # noqa: E402
 
 from harness import config as config_mod  # noqa: E402
-from harness import gitenv, heartbeat, runner, worktrees  # noqa: E402
-from harness.queue import Queue  # noqa: E402
-from harness.worker import Worker  # noqa: E402
+from harness.agents import runner  # noqa: E402
+from harness.liveness import heartbeat  # noqa: E402
+from harness.repo import gitenv, worktrees  # noqa: E402
+from harness.queue.core import Queue  # noqa: E402
+from harness.pool.worker import Worker  # noqa: E402
 
 TARGET_MS = 30.0
 
@@ -115,7 +117,7 @@ def worker_alone(bench: Bench, n: int) -> dict:
 
     ws = bench.workspace("alone", {"coordinator_gone_after": 3600})
     enqueue_true(ws, n, "a")
-    proc = subprocess.Popen([sys.executable, "-m", "harness.worker", "--root", str(ws.root),
+    proc = subprocess.Popen([sys.executable, "-m", "harness.pool.worker", "--root", str(ws.root),
                              "--id", "w1", "--generation", "alone"], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

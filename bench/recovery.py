@@ -50,9 +50,10 @@ from _benchlib import Bench, events, load_avg, machine_line, med, wait_for  # no
 
 import psutil  # noqa: E402
 
-from harness import heartbeat, names  # noqa: E402
-from harness.coordinator import QUICK_DEATH  # noqa: E402
-from harness.queue import Queue  # noqa: E402
+from harness.liveness import heartbeat  # noqa: E402
+from harness.queue import names  # noqa: E402
+from harness.pool.coordinator import QUICK_DEATH  # noqa: E402
+from harness.queue.core import Queue  # noqa: E402
 
 TICK = 0.05
 ITEM = "long"

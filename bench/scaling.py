@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _benchlib import Bench, events, load_avg, machine_line, med  # noqa: E402
 
-from harness.queue import Queue  # noqa: E402
+from harness.queue.core import Queue  # noqa: E402
 
 TARGET_N = 8
 TARGET_EFF = 0.95

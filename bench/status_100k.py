@@ -13,13 +13,13 @@ process holds, and a run.json, so status takes every path it has.
 Timed with time.perf_counter around subprocess.run, --runs times each (min and median):
 
   python -c pass                               the interpreter floor (site, .pth files)
-  python -c "import harness.cli"               the CLI's imports, no command run
+  python -c "import harness.cli.main"               the CLI's imports, no command run
   python -m harness.cli --root R status        what the target is about
   python -m harness.cli --root R status --json
   <venv bin>/parallel-harness --root R status  the console script (not the pyenv shim)
 
 plus status.collect() in this process (the directory listings alone) and
-`python -X importtime -c "import harness.cli; import harness.status"` summarised (the
+`python -X importtime -c "import harness.cli.main; import harness.views.status"` summarised (the
 imports `status` pays for, costliest first).
 Target: status (text and --json) at most 0.3 s, median.
 
@@ -42,10 +42,10 @@ from _benchlib import REPO_ROOT, Bench, load_avg, machine_line, med  # noqa: E40
 
 import orjson  # noqa: E402
 
-from harness import heartbeat  # noqa: E402
-from harness.liveness import ProcessIdentity, hold_lock  # noqa: E402
-from harness.names import DEP, ItemName  # noqa: E402
-from harness.queue import Queue  # noqa: E402
+from harness.liveness import heartbeat  # noqa: E402
+from harness.liveness.process import ProcessIdentity, hold_lock  # noqa: E402
+from harness.queue.names import DEP, ItemName  # noqa: E402
+from harness.queue.core import Queue  # noqa: E402
 from harness.workspace import Workspace  # noqa: E402
 
 TARGET_S = 0.3
@@ -124,7 +124,7 @@ def timed_runs(argv: list[str], runs: int, expect: bytes | None, env: dict[str, 
 def importtime(env: dict[str, str]) -> tuple[list[tuple[int, int, int, str]], int]:
     """Rows (depth, self us, cumulative us, module) of depth <= 1, in order; total self us."""
     p = subprocess.run([sys.executable, "-X", "importtime", "-c",
-                        "import harness.cli; import harness.status"],
+                        "import harness.cli.main; import harness.views.status"],
                        capture_output=True, text=True, cwd=str(REPO_ROOT), env=env)
     rows, total = [], 0
     for line in p.stderr.splitlines():
@@ -178,7 +178,7 @@ def main() -> int:
               f" {', '.join(f'{k} {v:,}' for k, v in counts.items())}; {CLAIMED} heartbeats;"
               f" {runs} runs per command\n", flush=True)
 
-        from harness.status import collect, render_text
+        from harness.views.status import collect, render_text
 
         coll = []
         for _ in range(runs):
@@ -199,7 +199,7 @@ def main() -> int:
         expect = f"pending {counts['pending']}".encode()
         cases = [
             ("python -c pass (interpreter floor)", [py, "-c", "pass"], None),
-            ("python -c 'import harness.cli'", [py, "-c", "import harness.cli"], None),
+            ("python -c 'import harness.cli.main'", [py, "-c", "import harness.cli.main"], None),
             ("python -m harness.cli status", [py, "-m", "harness.cli", "--root", str(root),
                                               "status"], expect),
             ("python -m harness.cli status --json", [py, "-m", "harness.cli", "--root",
@@ -248,7 +248,7 @@ def main() -> int:
     print(f"  os.listdir of the 5 state dirs    min {min(listing) * 1000:6.1f} ms  median"
           f" {med(listing) * 1000:6.1f} ms")
     for mode, rows, total_us in imports:
-        print(f"\npython -X importtime -c 'import harness.cli; import harness.status' (what"
+        print(f"\npython -X importtime -c 'import harness.cli.main; import harness.views.status' (what"
               f" `status` imports), {mode.split(':')[0].split(' (')[0]}:"
               f" {total_us / 1000:.1f} ms of imports in all (self times summed; importtime"
               " inflates them); depth 0 and 1, cumulative ms >= 0.5:")

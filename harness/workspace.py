@@ -127,7 +127,7 @@ class Workspace:
         if resume_at is not None:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(resume_at))
             text += f"\nresume-at: {resume_at:.0f} ({stamp})"
-        from harness.fsops import write_atomic
+        from harness.queue.fsops import write_atomic
 
         self.state_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self.interrupt_file, text.encode() + b"\n", tmp_dir=self.state_dir,

@@ -34,7 +34,7 @@ def clock() -> FakeClock:
 @pytest.fixture
 def queue(tmp_path, clock):
     """A fresh queue in ``tmp_path/queue`` driven by the fake ``clock`` fixture."""
-    from harness.queue import Queue
+    from harness.queue.core import Queue
 
     return Queue(tmp_path / "queue", clock=clock)
 

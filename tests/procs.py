@@ -196,7 +196,7 @@ def cmd_hammer(a: dict[str, Any]) -> int:
     dead-lettered, ``F`` fenced, ``A`` anomaly.
     ``strict`` (nobody revokes): any Fenced or vanished claim is an anomaly.
     """
-    from harness.queue import Fenced, Queue
+    from harness.queue.core import Fenced, Queue
 
     check = _deadline(a.get("deadline", 60))
     q = Queue(Path(a["root"]), backoff_base=a.get("backoff", 0.001), backoff_max=0.01)
@@ -258,7 +258,7 @@ def cmd_hammer(a: dict[str, Any]) -> int:
 
 def cmd_op(a: dict[str, Any]) -> int:
     """One queue operation for a failpoint scenario; exit 5 on OSError (failpoint raise)."""
-    from harness.queue import Queue
+    from harness.queue.core import Queue
 
     q = Queue(Path(a["root"]), backoff_base=0.0)
     op = a["op"]
@@ -295,7 +295,7 @@ def cmd_claim_then(a: dict[str, Any]) -> int:
     ``then``: "complete" or "fail". Exit 3 if Fenced, 0 if the outcome was recorded.
     Reports ``live=<bool>`` (is_live() just before finishing) to ``out``.
     """
-    from harness.queue import Fenced, Queue
+    from harness.queue.core import Fenced, Queue
 
     q = Queue(Path(a["root"]))
     claim = q.claim()
@@ -327,7 +327,7 @@ def cmd_race(a: dict[str, Any]) -> int:
     ``go-r`` (the parent creates it when both are armed), then the claimer
     completes and the revoker revokes. Each writes ``<role>-r`` with its result.
     """
-    from harness.queue import Fenced, Queue
+    from harness.queue.core import Fenced, Queue
 
     check = _deadline(a.get("deadline", 60))
     q = Queue(Path(a["root"]))

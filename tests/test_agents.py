@@ -11,9 +11,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from harness import names
-from harness.invariants import check
-from harness.queue import Queue
+from harness.queue import names
+from harness.queue.invariants import check
+from harness.queue.core import Queue
 from tests.wsutil import events, kill_all, live_recorded, make_workspace, start_coordinator
 
 pytestmark = pytest.mark.timeout(120)

@@ -15,9 +15,9 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from harness import names
-from harness.cli import main
-from harness.queue import Queue
+from harness.queue import names
+from harness.cli.main import main
+from harness.queue.core import Queue
 from tests.wsutil import events, kill_all, make_workspace, start_coordinator, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -213,7 +213,7 @@ def test_pause_resume_scale_write_the_operator_files(ws):
     assert cli(ws, "retry", "unwanted").exit_code == 0
     # Each action is in the event log (an audit trail that a running `run` prints);
     # refused ones and the no-op resume are not.
-    from harness.status import render_event
+    from harness.views.status import render_event
 
     logged = [e for e in events(ws) if e.get("source") == "operator"]
     assert [e["event"] for e in logged] == ["paused", "resumed", "scaled", "cancelled", "retried"]
@@ -346,7 +346,7 @@ def test_status_watch_without_a_terminal_prints_a_line_per_change(ws):
 
 
 def test_render_event_shows_what_an_operator_follows_and_skips_the_rest():
-    from harness.status import render_event
+    from harness.views.status import render_event
 
     ts = time.mktime((2026, 11, 22, 6, 30, 5, 0, 0, -1))
     end = {"ts": ts, "event": "attempt-end", "worker": "w2", "item": "fix-a", "attempt": 3,
@@ -378,7 +378,7 @@ def test_render_event_shows_what_an_operator_follows_and_skips_the_rest():
 
 
 def test_progress_line_names_each_workers_item_and_the_pause():
-    from harness.live import progress_line
+    from harness.cli.live import progress_line
 
     snapshot = {"counts": dict(pending=3, claimed=1, waiting=0, done=2, failed=0),
                 "workers": [{"worker": "w1", "alive": True, "item": "fix-a", "attempt": 2},

@@ -13,12 +13,13 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from harness.cli import main
-from harness import cli_ops, worktrees
-from harness.liveness import hold_lock
-from harness.metrics import METRICS_FILE, render_prometheus, write_prometheus
-from harness.prompts import DEFAULT_BOOTSTRAP
-from harness.queue import Queue
+from harness.cli.main import main
+from harness.cli import ops as cli_ops
+from harness.repo import worktrees
+from harness.liveness.process import hold_lock
+from harness.pool.metrics import METRICS_FILE, render_prometheus, write_prometheus
+from harness.agents.prompts import DEFAULT_BOOTSTRAP
+from harness.queue.core import Queue
 from harness.workspace import Workspace
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",

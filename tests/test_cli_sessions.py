@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from harness.cli import main
-from harness.session import Metrics, StreamState
+from harness.cli.main import main
+from harness.agents.session import Metrics, StreamState
 
 REPO = Path(__file__).resolve().parent.parent
 STREAM = (Path(__file__).parent / "data" / "claude_stream_success.jsonl").read_text().splitlines()
@@ -405,7 +405,7 @@ def test_logs_follow_with_a_writer_thread(root):
 
 RUNNER = """
 import sys, click
-from harness.cli_sessions import sessions, logs
+from harness.cli.sessions import sessions, logs
 
 @click.group()
 @click.option("--root")

@@ -13,9 +13,9 @@ import time
 import psutil
 import pytest
 
-from harness import names
-from harness.invariants import check
-from harness.queue import Queue
+from harness.queue import names
+from harness.queue.invariants import check
+from harness.queue.core import Queue
 from tests.wsutil import (events, gone, heartbeat_of, kill_all, live_recorded, make_workspace,
                           start_coordinator, wait_for)
 

@@ -24,12 +24,12 @@ from typing import Any
 
 import pytest
 
-import harness.queue  # noqa: F401  (defines the failpoints)
-from harness import names
-from harness.failpoints import REGISTRY
-from harness.invariants import check
-from harness.queue import Queue
-from harness.recovery import recover
+import harness.queue.core  # noqa: F401  (defines the failpoints)
+from harness.queue import names
+from harness.queue.failpoints import REGISTRY
+from harness.queue.invariants import check
+from harness.queue.core import Queue
+from harness.queue.recovery import recover
 from tests.procs import EXIT_OK, EXIT_OSERROR, Procs, wait_stopped
 
 pytestmark = pytest.mark.timeout(60)

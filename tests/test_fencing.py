@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import names
-from harness.invariants import check
-from harness.queue import Queue
-from harness.recovery import recover
+from harness.queue import names
+from harness.queue.invariants import check
+from harness.queue.core import Queue
+from harness.queue.recovery import recover
 from tests.procs import EXIT_FENCED, EXIT_OK, Procs, touch, wait_for, wait_stopped
 
 pytestmark = pytest.mark.timeout(60)

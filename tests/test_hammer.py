@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import names
-from harness.invariants import check
-from harness.queue import Queue
-from harness.recovery import recover
+from harness.queue import names
+from harness.queue.invariants import check
+from harness.queue.core import Queue
+from harness.queue.recovery import recover
 from tests.procs import Procs, read_report, touch, wait_for
 
 pytestmark = pytest.mark.timeout(120)

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness import names
-from harness.item import InvalidItem, Item, load, validate
+from harness.queue import names
+from harness.queue.item import InvalidItem, Item, load, validate
 
 SOURCE = "tasks.jsonl:7"
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import merge
-from harness.merge import MergeError, MergeRaceError, MergeResult, integrate, is_merged
+from harness.repo import merge
+from harness.repo.merge import MergeError, MergeRaceError, MergeResult, integrate, is_merged
 
 ENV_ID = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.invalid"}

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness import names
-from harness.names import DEP, BadName, ItemName
+from harness.queue import names
+from harness.queue.names import DEP, BadName, ItemName
 
 ORDER_MAX = 16**16 - 1
 

@@ -16,14 +16,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from harness import fsops, names
-from harness.fsops import UnsupportedFilesystem
-from harness.invariants import check
-from harness.item import InvalidItem
-from harness.names import DEP, ItemName
-from harness.intake import submit
-from harness.queue import Claim, DuplicateId, Fenced, Queue, QueueError
-from harness.recovery import recover
+from harness.queue import fsops, names
+from harness.queue.fsops import UnsupportedFilesystem
+from harness.queue.invariants import check
+from harness.queue.item import InvalidItem
+from harness.queue.names import DEP, ItemName
+from harness.cli.intake import submit
+from harness.queue.core import Claim, DuplicateId, Fenced, Queue, QueueError
+from harness.queue.recovery import recover
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -281,7 +281,7 @@ def test_claim_that_cannot_read_its_item_gives_it_back_counted(queue, monkeypatc
             raise OSError(errno.EIO, "Input/output error")    # EIO/ESTALE on a flaky mount
         return open(path, *args, **kwargs)
 
-    monkeypatch.setattr("harness.queue.open", flaky_open, raising=False)
+    monkeypatch.setattr("harness.queue.core.open", flaky_open, raising=False)
     assert queue.claim() is None
     monkeypatch.undo()
     assert failed_reads == [queue.dir("claimed") / str(name)]
@@ -1112,7 +1112,7 @@ def test_same_id_enqueues_with_equal_order_keys_do_not_replace_each_others_file(
     for one id. The second enqueuer runs while the first is between staging and
     reserving (found by the racer below under load: the first's staged file was
     replaced, its reservation link hit ENOENT)."""
-    from harness import queue as queue_mod
+    from harness.queue import core as queue_mod
 
     root = tmp_path / "q"
     first, second = Queue(root), Queue(root)
@@ -1163,7 +1163,7 @@ def test_two_processes_claiming_share_nothing(tmp_path):
 
 
 def test_adopt_dropped_waits_for_a_settled_file_and_remembers_valid_names(tmp_path):
-    from harness.recovery import adopt_dropped
+    from harness.queue.recovery import adopt_dropped
 
     q = Queue(tmp_path / "q")
     name = q.enqueue({"id": "regular"})

@@ -24,12 +24,12 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
                                  rule)
 
-from harness import names
-from harness.invariants import check
-from harness.item import InvalidItem
-from harness.names import DEP, ItemName
-from harness.queue import Claim, DuplicateId, Fenced, Queue, QueueError
-from harness.recovery import recover
+from harness.queue import names
+from harness.queue.invariants import check
+from harness.queue.item import InvalidItem
+from harness.queue.names import DEP, ItemName
+from harness.queue.core import Claim, DuplicateId, Fenced, Queue, QueueError
+from harness.queue.recovery import recover
 
 pytestmark = pytest.mark.timeout(120)
 

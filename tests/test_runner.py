@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from harness import agents, runner
+from harness.agents import presets as agents, runner
 from harness.config import AgentConfig
 from tests.wsutil import gone, wait_for
 

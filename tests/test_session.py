@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.session import ERRORS_CAP, REASONS, Metrics, StreamState, classify, parse_reset
+from harness.agents.session import ERRORS_CAP, REASONS, Metrics, StreamState, classify, parse_reset
 
 DATA = Path(__file__).parent / "data"
 NOW = 1_763_790_000.0  # 2025-11-22 05:40 UTC, a fixed clock for reset-time parsing

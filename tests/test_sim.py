@@ -83,7 +83,7 @@ def write_item(tmp_path: Path, item_id: str, sim: Any = None, prompt: str = "Do 
 
 
 def argv(item: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "harness.sim", "--item", str(item), "--session-id", SESSION,
+    return [sys.executable, "-m", "harness.agents.sim", "--item", str(item), "--session-id", SESSION,
             *extra]
 
 
@@ -488,8 +488,8 @@ def test_two_conflict_items_conflict_at_merge(repo: Path, env: dict[str, str],
 
 
 def test_imports_stay_light(env: dict[str, str]) -> None:
-    code = ("import sys, harness.sim; heavy = {'pydantic', 'psutil', 'click', 'rich', 'git',"
-            " 'filelock', 'harness.item', 'harness.config'} & set(sys.modules);"
+    code = ("import sys, harness.agents.sim; heavy = {'pydantic', 'psutil', 'click', 'rich', 'git',"
+            " 'filelock', 'harness.queue.item', 'harness.config'} & set(sys.modules);"
             " print(sorted(heavy))")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=RUN_TIMEOUT)

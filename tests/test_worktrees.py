@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import worktrees
-from harness.worktrees import GitError, UnsavedWork
+from harness.repo import worktrees
+from harness.repo.worktrees import GitError, UnsavedWork
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import psutil
 
-from harness.demo import make_repo
+from harness.cli.demo import make_repo
 from tests.procs import wait_for  # noqa: F401  (re-exported for the tests)
 from harness.workspace import Workspace
 
@@ -41,7 +41,7 @@ memory_floor_mb = 0
 
 def make_workspace(root: Path, extra: str = "", **overrides: Any) -> Workspace:
     """A git repo with a fast harness.toml; ``extra`` is appended TOML ([agent], [git] ...)."""
-    from harness.prompts import DEFAULT_BOOTSTRAP
+    from harness.agents.prompts import DEFAULT_BOOTSTRAP
 
     settings = {"stale_after": 2.0, "stale_kill_grace": 30.0, "shutdown_grace": 2.0,
                 "coordinator_gone_after": 30.0, "max_attempts": 3, **overrides}
@@ -119,6 +119,6 @@ def kill_all(ws: Workspace, coordinator: subprocess.Popen[bytes] | None = None) 
 
 
 def heartbeat_of(ws: Workspace, worker: str) -> dict[str, Any] | None:
-    from harness import heartbeat
+    from harness.liveness import heartbeat
 
     return heartbeat.read(ws.heartbeat_file(worker))

@@ -14,10 +14,10 @@ from typing import Any
 
 import orjson
 
-from harness import prompts
-from harness.item import InvalidItem, Item, validate
-from harness.names import ItemName
-from harness.queue import DuplicateId, Queue
+from harness.agents import prompts
+from harness.queue.item import InvalidItem, Item, validate
+from harness.queue.names import ItemName
+from harness.queue.core import DuplicateId, Queue
 
 
 class InputError(ValueError):

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import filelock
 
-from harness.gitenv import git_env
+from harness.repo.gitenv import git_env
 
 LOCK_NAME = "harness-worktrees.lock"
 LOCK_TIMEOUT = 600.0  # seconds; a worktree add of a large repo can take a while

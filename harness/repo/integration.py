@@ -18,9 +18,9 @@ from typing import Any
 
 import orjson
 
-from harness import fsops, names
-from harness.gitenv import git_env
-from harness.queue import Queue
+from harness.queue import fsops, names
+from harness.repo.gitenv import git_env
+from harness.queue.core import Queue
 
 
 def attempt_branch(item_id: str, attempt: int) -> str:
@@ -51,7 +51,7 @@ class MergeQueue:
 
         A rename into done/ sets the file's ctime, so ctime order is completion order.
         """
-        from harness import merge
+        from harness.repo import merge
 
         done = []
         for entry in names.entries(self.queue.dir("done")):
@@ -67,7 +67,7 @@ class MergeQueue:
 
     def step(self) -> None:
         """Merge every pending item, in order; stop early if the target keeps moving."""
-        from harness import merge
+        from harness.repo import merge
 
         while self.pending:
             item_id = self.pending.pop(0)

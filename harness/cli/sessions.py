@@ -16,8 +16,8 @@ import sys
 
 import click
 
-from harness.cli_common import EXIT_FAILURES as EXIT_TIMEOUT
-from harness.cli_common import usage_error, workspace
+from harness.cli.common import EXIT_FAILURES as EXIT_TIMEOUT
+from harness.cli.common import usage_error, workspace
 
 POLL_INTERVAL = 0.1  # seconds between reads when following a growing file
 LIST_LIMIT = 50
@@ -41,7 +41,7 @@ _json_option = click.option("--json", "as_json", is_flag=True, help="Machine-rea
 
 def _attempts(ctx: click.Context, item_id: str, attempt: int | None, *, every: bool):
     """(workspace, [(attempt, dir)]) of item ``item_id`` (see attempts.pick); exit 2 if none."""
-    from harness.attempts import NoAttempt, pick
+    from harness.views.attempts import NoAttempt, pick
 
     ws = workspace(ctx)
     try:
@@ -98,7 +98,7 @@ def _ended_line(result: dict) -> str:
 
 
 def _render_summary(info: dict, title: str = "") -> None:
-    from harness.transcript import dur, preview, when
+    from harness.agents.transcript import dur, preview, when
 
     m = info["metrics"]
     head = f"{info['item']} attempt {info['attempt']}: {info['reason']}"
@@ -197,8 +197,8 @@ def list_cmd(ctx: click.Context, limit: int, as_json: bool) -> None:
     Example:
       parallel-harness sessions list --limit 20 --json
     """
-    from harness import attempts
-    from harness.transcript import dur, when
+    from harness.views import attempts
+    from harness.agents.transcript import dur, when
 
     ws = workspace(ctx)
     everything = attempts.all_attempts(ws)
@@ -233,7 +233,7 @@ def latest(ctx: click.Context, as_json: bool) -> None:
     Example:
       parallel-harness sessions latest
     """
-    from harness import attempts
+    from harness.views import attempts
 
     ws = workspace(ctx)
     everything = attempts.all_attempts(ws)
@@ -261,7 +261,7 @@ def summary(ctx: click.Context, item_id: str, attempt: int | None, as_json: bool
     Example:
       parallel-harness sessions summary fix-parser --attempt 2
     """
-    from harness import attempts
+    from harness.views import attempts
 
     ws, picked = _attempts(ctx, item_id, attempt, every=True)
     running = attempts.running_attempts(ws)
@@ -294,8 +294,8 @@ def tools(ctx: click.Context, item_id: str, attempt: int | None, full: bool,
 
     import orjson
 
-    from harness import attempts
-    from harness.transcript import Transcript
+    from harness.views import attempts
+    from harness.agents.transcript import Transcript
 
     _, ((n, d),) = _attempts(ctx, item_id, attempt, every=False)
     transcript = attempts.load(d) or Transcript()
@@ -335,8 +335,8 @@ def errors(ctx: click.Context, item_id: str, attempt: int | None, tail_lines: in
     Example:
       parallel-harness sessions errors fix-parser --tail 50
     """
-    from harness import attempts
-    from harness.transcript import Transcript
+    from harness.views import attempts
+    from harness.agents.transcript import Transcript
 
     _, ((n, d),) = _attempts(ctx, item_id, attempt, every=False)
     problems = (attempts.load(d) or Transcript()).errors
@@ -376,7 +376,7 @@ def timeline(ctx: click.Context, item_id: str, attempt: int | None, as_json: boo
     Example:
       parallel-harness sessions timeline fix-parser --attempt 1
     """
-    from harness import attempts
+    from harness.views import attempts
 
     _, ((n, d),) = _attempts(ctx, item_id, attempt, every=False)
     transcript = attempts.load(d)
@@ -407,7 +407,7 @@ def metrics(ctx: click.Context, item_id: str, attempt: int | None, as_json: bool
     Example:
       parallel-harness sessions metrics fix-parser --json
     """
-    from harness.attempts import item_metrics
+    from harness.views.attempts import item_metrics
 
     _, picked = _attempts(ctx, item_id, attempt, every=True)
     per, total = item_metrics(picked)
@@ -443,7 +443,7 @@ def export(ctx: click.Context, item_id: str, attempt: int | None, output: str | 
     Example:
       parallel-harness sessions export fix-parser -o fix-parser.json
     """
-    from harness import attempts
+    from harness.views import attempts
 
     ws, picked = _attempts(ctx, item_id, attempt, every=True)
     doc = attempts.export(ws, item_id, picked)
@@ -480,7 +480,7 @@ def watch(ctx: click.Context, item_id: str, attempt: int | None, timeout: float 
     """
     import orjson
 
-    from harness import attempts
+    from harness.views import attempts
 
     _, ((n, d),) = _attempts(ctx, item_id, attempt, every=False)
     transcript = None  # made at the first line, when the stream file exists
@@ -537,7 +537,7 @@ def logs(ctx: click.Context, item_id: str, attempt: int | None, follow: bool, us
       parallel-harness logs fix-parser --follow
       parallel-harness logs fix-parser --attempt 1 --stderr -n 50
     """
-    from harness import attempts
+    from harness.views import attempts
 
     _, ((n, d),) = _attempts(ctx, item_id, attempt, every=False)
 

@@ -102,7 +102,7 @@ def write_prometheus(path: Path, m: Mapping[str, Any]) -> None:
     The temp name starts with a dot and does not end in ``.prom``, so the
     textfile collector never reads a half-written file.
     """
-    from harness.fsops import write_atomic
+    from harness.queue.fsops import write_atomic
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

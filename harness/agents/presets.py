@@ -69,7 +69,7 @@ def program(agent: AgentConfig) -> str | None:
 def find_program(agent: AgentConfig, path: str | None = None) -> str | None:
     """Where :func:`program` resolves, searching ``path`` (default: the PATH the agent
     gets, [agent] env included) as exec does; None if absent or not executable."""
-    from harness.runner import clean_env
+    from harness.agents.runner import clean_env
 
     name = program(agent)
     if name is None:

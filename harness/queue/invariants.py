@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import fsops, names
-from harness.names import ItemName
+from harness.queue import fsops, names
+from harness.queue.names import ItemName
 
 LIVE = ("pending", "claimed", "waiting")
 TERMINAL = ("done", "failed")

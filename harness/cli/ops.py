@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from harness.cli_common import echo_json, usage_error, workspace
+from harness.cli.common import echo_json, usage_error, workspace
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 
@@ -72,7 +72,7 @@ def _check_config(ws) -> tuple[tuple[str, str, str], Any]:
 def _check_git(cfg) -> tuple[str, str, str]:
     import shutil
 
-    from harness import merge
+    from harness.repo import merge
 
     path = shutil.which("git")
     version = merge.git_version()
@@ -91,7 +91,7 @@ def _check_git(cfg) -> tuple[str, str, str]:
 def _check_worktrees(ws, cfg) -> list[tuple[str, str, str]]:
     import subprocess
 
-    from harness import worktrees
+    from harness.repo import worktrees
 
     repo = (ws.root / cfg.git.repo).resolve()
     if not (repo / ".git").exists():
@@ -120,8 +120,8 @@ def _check_agent(cfg) -> tuple[str, str, str]:
     import subprocess
     import sys as _sys
 
-    from harness import agents
-    from harness.runner import clean_env
+    from harness.agents import presets as agents
+    from harness.agents.runner import clean_env
 
     preset = cfg.agent.preset
     if preset == "sim":
@@ -157,7 +157,7 @@ def _check_agent(cfg) -> tuple[str, str, str]:
 def _check_env() -> tuple[str, str, str]:
     import os
 
-    from harness.runner import clean_env
+    from harness.agents.runner import clean_env
 
     present = sorted(k for k in os.environ if k == "CLAUDECODE" or k.startswith("CLAUDE_CODE_"))
     if not present:
@@ -172,8 +172,8 @@ def _check_queue_fs(ws) -> tuple[str, str, str]:
     import shutil
     import tempfile
 
-    from harness.fsops import UnsupportedFilesystem
-    from harness.queue import Queue
+    from harness.queue.fsops import UnsupportedFilesystem
+    from harness.queue.core import Queue
 
     if not ws.root.is_dir():
         return FAIL, "queue-fs", f"workspace {ws.root} does not exist"
@@ -234,7 +234,7 @@ def _check_nofile(cfg) -> tuple[str, str, str]:
 
 
 def _check_prompt(ws, cfg) -> tuple[str, str, str]:
-    from harness import prompts
+    from harness.agents import prompts
 
     if cfg.agent.preset == "shell":
         return PASS, "prompt", "preset shell uses no prompt template"
@@ -326,7 +326,7 @@ class _Fence:
         self.path, self.dry_run, self.fd = path, dry_run, None
 
     def __enter__(self) -> bool:
-        from harness.liveness import hold_lock, lock_is_held
+        from harness.liveness.process import hold_lock, lock_is_held
 
         if self.dry_run:
             return not lock_is_held(self.path)
@@ -343,7 +343,7 @@ class _Fence:
 def _gc_worktrees(ws, cfg, dry_run: bool) -> list[dict[str, Any]]:
     import re
 
-    from harness import worktrees
+    from harness.repo import worktrees
 
     out: list[dict[str, Any]] = []
     if not ws.worktrees_dir.is_dir():
@@ -383,7 +383,7 @@ def _gc_worktrees(ws, cfg, dry_run: bool) -> list[dict[str, Any]]:
 
 
 def _ids_in(ws, states: tuple[str, ...]) -> set[str]:
-    from harness import names
+    from harness.queue import names
 
     ids = set()
     for state in states:
@@ -463,7 +463,8 @@ def _agent_running(hb: dict[str, Any]) -> bool:
 def _gc_heartbeats(ws, dry_run: bool) -> list[dict[str, Any]]:
     import os
 
-    from harness import fsops, heartbeat
+    from harness.liveness import heartbeat
+    from harness.queue import fsops
 
     out: list[dict[str, Any]] = []
     try:
@@ -570,7 +571,7 @@ def metrics(ctx: click.Context) -> None:
     Example:
       parallel-harness metrics | grep harness_items
     """
-    from harness.metrics import METRICS_FILE
+    from harness.pool.metrics import METRICS_FILE
 
     path = workspace(ctx).state_dir / METRICS_FILE
     try:

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from harness import fsops
+from harness.queue import fsops
 
 
 class HeartbeatWriter:

@@ -33,13 +33,15 @@ import orjson
 import psutil
 from filelock import FileLock, Timeout
 
-from harness import fsops, heartbeat, names, runner
+from harness.agents import runner
+from harness.liveness import heartbeat
+from harness.queue import fsops, names
 from harness.config import Config, queue_options
-from harness.integration import MergeQueue, reconcile_branches
-from harness.liveness import ProcessIdentity, lock_is_held
-from harness.queue import Queue
-from harness.recovery import adopt_dropped, recover
-from harness.runstats import RunStats
+from harness.repo.integration import MergeQueue, reconcile_branches
+from harness.liveness.process import ProcessIdentity, lock_is_held
+from harness.queue.core import Queue
+from harness.queue.recovery import adopt_dropped, recover
+from harness.pool.runstats import RunStats
 from harness.workspace import EventTail, Workspace
 
 DROP_SCAN_INTERVAL = 2.0  # seconds between looks for hand-dropped files
@@ -341,7 +343,7 @@ class Coordinator:
         log = open(self.ws.locks_dir / f"{slot.id}.log", "ab")
         with log:
             slot.proc = subprocess.Popen(
-                [sys.executable, "-m", "harness.worker", "--root", str(self.ws.root),
+                [sys.executable, "-m", "harness.pool.worker", "--root", str(self.ws.root),
                  "--id", slot.id, "--generation", slot.generation],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         slot.started = self.clock()
@@ -399,7 +401,7 @@ class Coordinator:
 
     def publish_stats(self) -> None:
         """Write state/run.json (for status) and state/metrics.prom (for Prometheus)."""
-        from harness.metrics import write_prometheus
+        from harness.pool.metrics import write_prometheus
 
         alive = sum(1 for slot in self.slots.values() if slot.running)
         self.counts = self.queue.counts()
@@ -465,7 +467,7 @@ class Coordinator:
 def _check_target_branch(cfg: Config, repo: Path) -> None:
     """Refuse to start when attempts could not start from the target branch: otherwise
     every attempt fails in `git worktree add` until the circuit breaker trips."""
-    from harness import worktrees
+    from harness.repo import worktrees
 
     target = cfg.git.target_branch
     if worktrees.branch_head(repo, target) is not None:
@@ -480,7 +482,7 @@ def _check_target_branch(cfg: Config, repo: Path) -> None:
 def _check_agent_program(cfg: Config) -> None:
     """Refuse to start when the agent's program is not there: otherwise every attempt
     fails to spawn and each item burns its attempts."""
-    from harness import agents
+    from harness.agents import presets as agents
 
     name = agents.program(cfg.agent)
     if name is None or agents.find_program(cfg.agent) is not None:
@@ -493,9 +495,9 @@ def _check_agent_program(cfg: Config) -> None:
 def run_coordinator(ws: Workspace, overrides: dict[str, dict[str, Any]], *, forever: bool) -> int:
     """Load config, start, supervise, print the summary; return the exit code."""
     from harness import config as config_mod
-    from harness.fsops import UnsupportedFilesystem
-    from harness.prompts import PromptError
-    from harness.status import collect, render_event, render_summary
+    from harness.queue.fsops import UnsupportedFilesystem
+    from harness.agents.prompts import PromptError
+    from harness.views.status import collect, render_event, render_summary
 
     def show(ev: dict[str, Any]) -> None:
         line = render_event(ev)
@@ -511,7 +513,7 @@ def run_coordinator(ws: Workspace, overrides: dict[str, dict[str, Any]], *, fore
         _check_target_branch(cfg, repo)
         _check_agent_program(cfg)
         if cfg.agent.preset != "shell":
-            from harness import prompts
+            from harness.agents import prompts
 
             path = ws.root / cfg.paths.bootstrap
             prompts.check_static(prompts.load_template(path), str(path))

@@ -16,9 +16,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness import names
-from harness.prompts import DEFAULT_BOOTSTRAP
-from harness.queue import Queue
+from harness.queue import names
+from harness.agents.prompts import DEFAULT_BOOTSTRAP
+from harness.queue.core import Queue
 from harness.workspace import Workspace
 
 DEMO_CONFIG = """\
@@ -106,8 +106,8 @@ LOOK_AT = """\
 
 def run_demo(agents: int, keep: bool, fast: bool) -> int:
     """Run the demo; 0 if it ended as designed (everything done but one of the conflicting pair)."""
-    from harness.live import watch
-    from harness.status import collect, render_summary
+    from harness.cli.live import watch
+    from harness.views.status import collect, render_summary
 
     root = Path(tempfile.mkdtemp(prefix="harness-demo-"))
     ws = Workspace.at(root)

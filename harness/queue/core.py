@@ -20,9 +20,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from harness import failpoints, fsops, names
-from harness.item import InvalidItem, Item, load, validate
-from harness.names import ItemName
+from harness.queue import failpoints, fsops, names
+from harness.queue.item import InvalidItem, Item, load, validate
+from harness.queue.names import ItemName
 
 STATES: Final = names.STATES
 DIRS: Final = ("tmp", "ids", *STATES)

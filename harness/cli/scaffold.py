@@ -10,7 +10,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from harness import config, prompts
+from harness import config
+from harness.agents import prompts
 from harness.workspace import Workspace
 
 RUNTIME = ("/queue/", "/state/", "/worktrees/", "/logs/")
@@ -41,7 +42,7 @@ def init(root: Path, preset: str) -> list[str]:
     if existing:
         raise ScaffoldError(f"refusing to overwrite {', '.join(existing)}; move it away first")
     created = []
-    from harness.worktrees import current_branch
+    from harness.repo.worktrees import current_branch
 
     # Attempts start from the branch the operator is on, not an assumed "main"
     # (git init still makes "master" on many hosts).
@@ -51,7 +52,7 @@ def init(root: Path, preset: str) -> list[str]:
     template.write_text(prompts.DEFAULT_BOOTSTRAP)
     created.append(str(template))
     ws.make_dirs()
-    from harness.queue import Queue
+    from harness.queue.core import Queue
 
     Queue(ws.queue_dir)
     created += [str(ws.queue_dir) + "/", str(ws.state_dir) + "/", str(ws.worktrees_dir) + "/"]

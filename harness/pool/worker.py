@@ -29,13 +29,15 @@ from typing import Any
 import orjson
 import psutil
 
-from harness import agents, heartbeat, prompts, runner, session, worktrees
+from harness.agents import presets as agents, prompts, runner, session
+from harness.liveness import heartbeat
+from harness.repo import worktrees
 from harness import config as config_mod
 from harness.config import Config
-from harness.integration import attempt_branch, item_branch
-from harness.liveness import ProcessIdentity, hold_lock
-from harness.names import ItemName
-from harness.queue import Claim, Fenced, Queue
+from harness.repo.integration import attempt_branch, item_branch
+from harness.liveness.process import ProcessIdentity, hold_lock
+from harness.queue.names import ItemName
+from harness.queue.core import Claim, Fenced, Queue
 from harness.workspace import Workspace
 
 EXIT_SLOT_TAKEN = 3

@@ -51,7 +51,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.gitenv import git_env
+from harness.repo.gitenv import git_env
 from typing import Literal
 
 MergeStatus = Literal["merged", "already_merged", "conflict"]

@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import heartbeat
-from harness.names import ID_PATTERN
-from harness.session import Metrics
-from harness.transcript import Transcript
+from harness.liveness import heartbeat
+from harness.queue.names import ID_PATTERN
+from harness.agents.session import Metrics
+from harness.agents.transcript import Transcript
 from harness.workspace import Workspace
 
 STREAM_FILES = ("events.jsonl", "stdout.log")  # stream agents, shell agents

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from harness.cli_common import EXIT_FAILURES, echo_json, usage_error, workspace
+from harness.cli.common import EXIT_FAILURES, echo_json, usage_error, workspace
 
 STATE_NAMES = ("pending", "claimed", "waiting", "done", "failed")
 
@@ -31,7 +31,7 @@ def _config(ctx: click.Context):  # -> Config
 def _queue(ctx: click.Context):  # -> Queue
     """The workspace's queue with harness.toml's settings (durable, max_attempts, backoff)."""
     from harness.config import queue_options
-    from harness.queue import Queue
+    from harness.queue.core import Queue
 
     return Queue(workspace(ctx).queue_dir, **queue_options(_config(ctx)))
 
@@ -93,7 +93,7 @@ def run(ctx: click.Context, agents: int | None, forever: bool, stale_after: floa
     Example:
       parallel-harness run --agents 4
     """
-    from harness.coordinator import run_coordinator
+    from harness.pool.coordinator import run_coordinator
 
     overrides = {"run": {"agents": agents, "stale_after": stale_after, "tick": tick}}
     sys.exit(run_coordinator(workspace(ctx), overrides, forever=forever))
@@ -110,7 +110,7 @@ def init(directory: str, preset: str) -> None:
     Example:
       cd my-repo && parallel-harness init --agent claude
     """
-    from harness.scaffold import ScaffoldError, init as scaffold
+    from harness.cli.scaffold import ScaffoldError, init as scaffold
 
     try:
         created = scaffold(Path(directory), preset)
@@ -133,7 +133,7 @@ def demo(agents: int, keep: bool, fast: bool) -> None:
     Example:
       parallel-harness demo --agents 3 --keep
     """
-    from harness.demo import run_demo
+    from harness.cli.demo import run_demo
 
     sys.exit(run_demo(agents=agents, keep=keep, fast=fast))
 
@@ -142,7 +142,7 @@ def demo(agents: int, keep: bool, fast: bool) -> None:
 
 
 def _read_inputs(files: tuple[str, ...]) -> list[Any]:
-    from harness.intake import InputError, parse
+    from harness.cli.intake import InputError, parse
 
     items: list[Any] = []
     for f in files:
@@ -156,7 +156,7 @@ def _read_inputs(files: tuple[str, ...]) -> list[Any]:
 
 def _template(ctx: click.Context) -> tuple[str, str] | None:
     """The prompt template to check items against, if the workspace uses one."""
-    from harness import prompts
+    from harness.agents import prompts
 
     ws = workspace(ctx)
     cfg = _config(ctx)
@@ -195,7 +195,7 @@ def enqueue(ctx: click.Context, files: tuple[str, ...], item_id: str | None, tit
       parallel-harness enqueue tasks.jsonl
       parallel-harness enqueue --atomic state/queue.json
     """
-    from harness.intake import submit
+    from harness.cli.intake import submit
 
     items = _read_inputs(files)
     fields = {"id": item_id, "title": title, "prompt": prompt, "command": command,
@@ -229,7 +229,7 @@ def ls_cmd(ctx: click.Context, state: str, as_json: bool) -> None:
     Example:
       parallel-harness ls failed
     """
-    from harness.status import list_state
+    from harness.views.status import list_state
 
     rows = list_state(workspace(ctx), state)
     if as_json:
@@ -255,7 +255,7 @@ def show(ctx: click.Context, item_id: str, as_json: bool) -> None:
     Example:
       parallel-harness show fix-flaky-test
     """
-    from harness.status import item_report
+    from harness.views.status import item_report
 
     ws = workspace(ctx)
     report = item_report(ws, item_id)
@@ -270,7 +270,7 @@ def show(ctx: click.Context, item_id: str, as_json: bool) -> None:
     if report.get("reason"):
         click.echo(f"  reason      {report['reason']}")
     click.echo(f"  branch      {report['branch']}")
-    from harness.attempts import running_attempts
+    from harness.views.attempts import running_attempts
 
     running = running_attempts(ws)
     for a in report["attempts"]:
@@ -294,7 +294,7 @@ def retry(ctx: click.Context, item_id: str) -> None:
     Example:
       parallel-harness retry fix-flaky-test
     """
-    from harness.queue import QueueError
+    from harness.queue.core import QueueError
 
     try:
         name = _queue(ctx).requeue_failed(item_id)
@@ -403,11 +403,11 @@ def status(ctx: click.Context, as_json: bool, watch: bool, interval: float,
       parallel-harness status
       parallel-harness status --watch
     """
-    from harness.status import collect, render_text
+    from harness.views.status import collect, render_text
 
     ws = workspace(ctx)
     if watch:
-        from harness.live import watch as live
+        from harness.cli.live import watch as live
 
         live(ws, interval, timeout=timeout)
     elif as_json:
@@ -432,8 +432,8 @@ def fsck(ctx: click.Context, repair: bool, as_json: bool) -> None:
     """
     from filelock import FileLock, Timeout
 
-    from harness.invariants import check
-    from harness.recovery import recover
+    from harness.queue.invariants import check
+    from harness.queue.recovery import recover
 
     ws = workspace(ctx)
     queue = _queue(ctx)
@@ -463,7 +463,7 @@ def fsck(ctx: click.Context, repair: bool, as_json: bool) -> None:
 
 
 def _refuse_live_workers(ws: Any) -> None:
-    from harness.liveness import lock_is_held
+    from harness.liveness.process import lock_is_held
 
     live = sorted(p.stem for p in ws.locks_dir.glob("*.lock") if lock_is_held(p))
     if live:
@@ -473,7 +473,7 @@ def _refuse_live_workers(ws: Any) -> None:
 
 def _register_optional() -> None:
     """Commands that live in their own modules (each imports only click at load)."""
-    from harness import cli_ops, cli_sessions
+    from harness.cli import ops as cli_ops, sessions as cli_sessions
 
     cli_ops.register(main)
     main.add_command(cli_sessions.sessions)

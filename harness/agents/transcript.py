@@ -14,7 +14,7 @@ from datetime import datetime
 
 import orjson
 
-from harness.session import StreamState, _short, _text
+from harness.agents.session import StreamState, _short, _text
 
 PREVIEW_CHARS = 100
 ARG_KEYS = ("command", "file_path", "path", "pattern", "description", "url", "query", "prompt")

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from harness import names
+from harness.queue import names
 
 
 class InvalidItem(ValueError):

@@ -10,8 +10,9 @@ import os
 import time
 from typing import Any
 
-from harness import heartbeat, names
-from harness.liveness import lock_is_held
+from harness.liveness import heartbeat
+from harness.queue import names
+from harness.liveness.process import lock_is_held
 from harness.workspace import Workspace
 
 RECENT_FAILURES = 5

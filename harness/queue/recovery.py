@@ -18,10 +18,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Final
 
-from harness import fsops, names
-from harness.item import InvalidItem, load
-from harness.names import ItemName
-from harness.queue import DuplicateId, Queue
+from harness.queue import fsops, names
+from harness.queue.item import InvalidItem, load
+from harness.queue.names import ItemName
+from harness.queue.core import DuplicateId, Queue
 
 STAGING_DEBRIS_AGE: Final = 60.0  # seconds; a sidecar being written is done in microseconds
 DROP_SETTLE_AGE: Final = 2.0  # seconds unchanged before a hand-dropped file is taken in

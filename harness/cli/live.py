@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from harness import names
-from harness.status import collect
+from harness.queue import names
+from harness.views.status import collect
 from harness.workspace import Workspace
 
 

@@ -1,0 +1,1 @@
+"""The ``parallel-harness`` command line: commands, rendering, operator input."""

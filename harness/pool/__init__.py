@@ -1,0 +1,1 @@
+"""The processes: the coordinator that supervises, the workers that claim and run."""

@@ -1,0 +1,1 @@
+"""Everything that runs git: worktrees, attempt branches, the merge queue."""

@@ -1,0 +1,1 @@
+"""Read models computed from the disk (status, attempts); they never write."""
