@@ -178,7 +178,8 @@ def main() -> int:
               f" {', '.join(f'{k} {v:,}' for k, v in counts.items())}; {CLAIMED} heartbeats;"
               f" {runs} runs per command\n", flush=True)
 
-        from harness.views.status import collect, render_text
+        from harness.cli.render import render_text
+        from harness.views.status import collect
 
         coll = []
         for _ in range(runs):

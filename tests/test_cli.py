@@ -213,7 +213,7 @@ def test_pause_resume_scale_write_the_operator_files(ws):
     assert cli(ws, "retry", "unwanted").exit_code == 0
     # Each action is in the event log (an audit trail that a running `run` prints);
     # refused ones and the no-op resume are not.
-    from harness.views.status import render_event
+    from harness.cli.render import render_event
 
     logged = [e for e in events(ws) if e.get("source") == "operator"]
     assert [e["event"] for e in logged] == ["paused", "resumed", "scaled", "cancelled", "retried"]
@@ -346,7 +346,7 @@ def test_status_watch_without_a_terminal_prints_a_line_per_change(ws):
 
 
 def test_render_event_shows_what_an_operator_follows_and_skips_the_rest():
-    from harness.views.status import render_event
+    from harness.cli.render import render_event
 
     ts = time.mktime((2026, 11, 22, 6, 30, 5, 0, 0, -1))
     end = {"ts": ts, "event": "attempt-end", "worker": "w2", "item": "fix-a", "attempt": 3,

@@ -1,4 +1,5 @@
-"""doctor, gc and metrics (harness/cli_ops.py) and the Prometheus rendering (harness/metrics.py)."""
+"""doctor, gc and metrics (harness/cli/doctor.py, gc.py, status.py) and the Prometheus rendering
+(harness/pool/metrics.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from harness.cli.main import main
-from harness.cli import ops as cli_ops
+from harness.cli import doctor as cli_doctor
 from harness.repo import worktrees
 from harness.liveness.process import hold_lock
 from harness.pool.metrics import METRICS_FILE, render_prometheus, write_prometheus
@@ -77,8 +78,8 @@ def _quiet_env(monkeypatch):
 @pytest.fixture
 def roomy(monkeypatch):
     """Make the disk thresholds independent of the test machine."""
-    monkeypatch.setattr(cli_ops, "DISK_WARN_BYTES", 0)
-    monkeypatch.setattr(cli_ops, "DISK_FAIL_BYTES", 0)
+    monkeypatch.setattr(cli_doctor, "DISK_WARN_BYTES", 0)
+    monkeypatch.setattr(cli_doctor, "DISK_FAIL_BYTES", 0)
 
 
 def doctor_lines(out: str) -> dict[str, tuple[str, str]]:
@@ -192,10 +193,10 @@ def test_doctor_bad_prompt_variable_fails(tmp_path, roomy):
 
 def test_doctor_disk_thresholds(tmp_path, monkeypatch):
     ws = make_ws(tmp_path / "ws")
-    monkeypatch.setattr(cli_ops, "DISK_WARN_BYTES", 2**62)
-    monkeypatch.setattr(cli_ops, "DISK_FAIL_BYTES", 0)
+    monkeypatch.setattr(cli_doctor, "DISK_WARN_BYTES", 2**62)
+    monkeypatch.setattr(cli_doctor, "DISK_FAIL_BYTES", 0)
     assert doctor_lines(invoke(ws.root, "doctor").output)["disk"][0] == "WARN"
-    monkeypatch.setattr(cli_ops, "DISK_FAIL_BYTES", 2**62)
+    monkeypatch.setattr(cli_doctor, "DISK_FAIL_BYTES", 2**62)
     res = invoke(ws.root, "doctor")
     assert doctor_lines(res.output)["disk"][0] == "FAIL" and res.exit_code == 1
 

@@ -1,4 +1,5 @@
-"""harness.cli_sessions: `sessions ...` and `logs` over a fake workspace's logs/ directory.
+"""harness.cli.sessions and harness.cli.logs: `sessions ...` and `logs` over a fake
+workspace's logs/ directory.
 
 The commands are registered on a tiny test group that sets ``ctx.obj["root"]``,
 as harness.cli's main group does. The following commands (`watch`,
@@ -405,7 +406,8 @@ def test_logs_follow_with_a_writer_thread(root):
 
 RUNNER = """
 import sys, click
-from harness.cli.sessions import sessions, logs
+from harness.cli.logs import logs
+from harness.cli.sessions import sessions
 
 @click.group()
 @click.option("--root")

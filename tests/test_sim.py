@@ -83,8 +83,8 @@ def write_item(tmp_path: Path, item_id: str, sim: Any = None, prompt: str = "Do 
 
 
 def argv(item: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "harness.agents.sim", "--item", str(item), "--session-id", SESSION,
-            *extra]
+    return [sys.executable, "-m", "harness.agents.sim", "--item", str(item), "--session-id",
+            SESSION, *extra]
 
 
 def run_sim(cwd: Path, env: dict[str, str], item: Path, *extra: str,

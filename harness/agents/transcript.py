@@ -43,6 +43,7 @@ def dur(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+
 def tool_arg(tool_input: object, limit: int | None = PREVIEW_CHARS) -> str:
     """The telling argument of a tool call (command, path, ...), else its input as JSON."""
     if not isinstance(tool_input, dict):

@@ -40,3 +40,29 @@ def echo_json(data: Any) -> None:
     import orjson
 
     click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+
+
+def load_config(ctx: click.Context):  # -> Config
+    """harness.toml of the workspace; a ConfigError is a usage error (exit 2)."""
+    from harness import config
+
+    try:
+        return config.load(workspace(ctx).config_file)
+    except config.ConfigError as exc:
+        usage_error(str(exc))
+
+
+def open_queue(ctx: click.Context):  # -> Queue
+    """The workspace's queue with harness.toml's settings (durable, max_attempts, backoff)."""
+    from harness.config import queue_options
+    from harness.queue.core import Queue
+
+    return Queue(workspace(ctx).queue_dir, **queue_options(load_config(ctx)))
+
+
+def operator_event(ctx: click.Context, kind: str, **fields: Any) -> None:
+    """Record an operator action in state/events.jsonl: a running `run` prints it, and the
+    log shows who paused or scaled the pool, and when."""
+    ws = workspace(ctx)
+    ws.state_dir.mkdir(parents=True, exist_ok=True)
+    ws.log_event(kind, source="operator", **fields)

@@ -107,7 +107,8 @@ LOOK_AT = """\
 def run_demo(agents: int, keep: bool, fast: bool) -> int:
     """Run the demo; 0 if it ended as designed (everything done but one of the conflicting pair)."""
     from harness.cli.live import watch
-    from harness.views.status import collect, render_summary
+    from harness.cli.render import render_summary
+    from harness.views.status import collect
 
     root = Path(tempfile.mkdtemp(prefix="harness-demo-"))
     ws = Workspace.at(root)

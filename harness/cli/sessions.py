@@ -1,8 +1,9 @@
-"""``parallel-harness sessions ...`` and ``parallel-harness logs``: read what attempts left behind.
+"""``parallel-harness sessions ...``: read what attempts left behind.
 
 The commands and their text / JSON rendering; reading and analysing the
-attempt directories (``logs/<item-id>/<attempt>/``) is harness.attempts and
-harness.transcript.
+attempt directories (``logs/<item-id>/<attempt>/``) is harness.views.attempts
+and harness.agents.transcript. ``logs`` (harness.cli.logs) shares the
+attempt-picking and following helpers below.
 
 Only click is imported at module level (the rest inside the commands), so
 registering these commands costs ``parallel-harness status`` nothing. Exit
@@ -12,7 +13,6 @@ attempt ended, 2 usage errors (unknown item or attempt, no logs).
 
 from __future__ import annotations
 
-import sys
 
 import click
 
@@ -25,7 +25,7 @@ METRIC_ROWS = ("input_tokens", "output_tokens", "cache_creation_tokens", "cache_
                "cost_usd", "turns", "tool_errors", "duration_s", "events", "unknown_events",
                "non_json_lines", "model")
 
-_attempt_option = click.option(
+attempt_option = click.option(
     "--attempt", "attempt", type=click.IntRange(min=0), default=None, metavar="N",
     help="Attempt number (default: the latest).")
 _all_attempts_option = click.option(
@@ -39,7 +39,7 @@ _json_option = click.option("--json", "as_json", is_flag=True, help="Machine-rea
 # ---------------------------------------------------------------------------
 
 
-def _attempts(ctx: click.Context, item_id: str, attempt: int | None, *, every: bool):
+def pick_attempts(ctx: click.Context, item_id: str, attempt: int | None, *, every: bool):
     """(workspace, [(attempt, dir)]) of item ``item_id`` (see attempts.pick); exit 2 if none."""
     from harness.views.attempts import NoAttempt, pick
 
@@ -145,7 +145,7 @@ def _metrics_cell(key: str, value: object) -> str:
     return "-" if value is None else str(value)
 
 
-def _last_lines(data: bytes, n: int | None) -> bytes:
+def last_lines(data: bytes, n: int | None) -> bytes:
     """The last ``n`` lines of ``data`` (all if None), keeping a final newline if it had one."""
     if n is None:
         return data
@@ -154,7 +154,7 @@ def _last_lines(data: bytes, n: int | None) -> bytes:
     lines = lines[:-1] if trailing else lines
     return b"\n".join(lines[-n:]) + (b"\n" if trailing else b"")
 
-def _follow_end(how: str, item_id: str, n: int, timeout: float | None) -> None:
+def follow_end(how: str, item_id: str, n: int, timeout: float | None) -> None:
     if how == "timeout":
         click.echo(f"stopped: --timeout {timeout:g}s passed before {item_id} attempt {n} ended",
                    err=True)
@@ -263,7 +263,7 @@ def summary(ctx: click.Context, item_id: str, attempt: int | None, as_json: bool
     """
     from harness.views import attempts
 
-    ws, picked = _attempts(ctx, item_id, attempt, every=True)
+    ws, picked = pick_attempts(ctx, item_id, attempt, every=True)
     running = attempts.running_attempts(ws)
     infos = [attempts.attempt_info(item_id, n, d, running=running) for n, d in picked]
     title = attempts.item_title(picked[-1][1])
@@ -278,7 +278,7 @@ def summary(ctx: click.Context, item_id: str, attempt: int | None, as_json: bool
 
 @sessions.command(short_help="Tool calls by name, and in order with args.")
 @click.argument("item_id", metavar="ID")
-@_attempt_option
+@attempt_option
 @click.option("--full", is_flag=True, help="Show each call's whole input, untruncated.")
 @_json_option
 @click.pass_context
@@ -297,7 +297,7 @@ def tools(ctx: click.Context, item_id: str, attempt: int | None, full: bool,
     from harness.views import attempts
     from harness.agents.transcript import Transcript
 
-    _, ((n, d),) = _attempts(ctx, item_id, attempt, every=False)
+    _, ((n, d),) = pick_attempts(ctx, item_id, attempt, every=False)
     transcript = attempts.load(d) or Transcript()
     calls = transcript.calls
     counts = _most_first(Counter(c["name"] for c in calls))
@@ -321,7 +321,7 @@ def tools(ctx: click.Context, item_id: str, attempt: int | None, full: bool,
 
 @sessions.command(short_help="Failed tools, error results, bad lines, stderr.")
 @click.argument("item_id", metavar="ID")
-@_attempt_option
+@attempt_option
 @click.option("--tail", "tail_lines", type=click.IntRange(min=0), default=20, show_default=True,
               metavar="N",
               help="Lines of stderr.log to show.")
@@ -338,7 +338,7 @@ def errors(ctx: click.Context, item_id: str, attempt: int | None, tail_lines: in
     from harness.views import attempts
     from harness.agents.transcript import Transcript
 
-    _, ((n, d),) = _attempts(ctx, item_id, attempt, every=False)
+    _, ((n, d),) = pick_attempts(ctx, item_id, attempt, every=False)
     problems = (attempts.load(d) or Transcript()).errors
     result = attempts.read_json(d / "result.json")
     stderr = attempts.stderr_lines(d)
@@ -363,7 +363,7 @@ def errors(ctx: click.Context, item_id: str, attempt: int | None, tail_lines: in
 
 @sessions.command(short_help="One line per event of an attempt.")
 @click.argument("item_id", metavar="ID")
-@_attempt_option
+@attempt_option
 @_json_option
 @click.pass_context
 def timeline(ctx: click.Context, item_id: str, attempt: int | None, as_json: bool) -> None:
@@ -378,7 +378,7 @@ def timeline(ctx: click.Context, item_id: str, attempt: int | None, as_json: boo
     """
     from harness.views import attempts
 
-    _, ((n, d),) = _attempts(ctx, item_id, attempt, every=False)
+    _, ((n, d),) = pick_attempts(ctx, item_id, attempt, every=False)
     transcript = attempts.load(d)
     records = transcript.records if transcript else []
     if as_json:
@@ -409,7 +409,7 @@ def metrics(ctx: click.Context, item_id: str, attempt: int | None, as_json: bool
     """
     from harness.views.attempts import item_metrics
 
-    _, picked = _attempts(ctx, item_id, attempt, every=True)
+    _, picked = pick_attempts(ctx, item_id, attempt, every=True)
     per, total = item_metrics(picked)
     total_dict = total.as_dict()
     if as_json:
@@ -445,7 +445,7 @@ def export(ctx: click.Context, item_id: str, attempt: int | None, output: str | 
     """
     from harness.views import attempts
 
-    ws, picked = _attempts(ctx, item_id, attempt, every=True)
+    ws, picked = pick_attempts(ctx, item_id, attempt, every=True)
     doc = attempts.export(ws, item_id, picked)
     if output is None:
         _emit_json(doc)
@@ -458,7 +458,7 @@ def export(ctx: click.Context, item_id: str, attempt: int | None, output: str | 
 
 @sessions.command(short_help="Follow a running attempt's events live.")
 @click.argument("item_id", metavar="ID")
-@_attempt_option
+@attempt_option
 @click.option("--timeout", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
               help="Stop after this many seconds (exit 1 if the attempt has not ended).")
 @click.option("--interval", type=click.FloatRange(min=0.01), default=POLL_INTERVAL,
@@ -482,7 +482,7 @@ def watch(ctx: click.Context, item_id: str, attempt: int | None, timeout: float 
 
     from harness.views import attempts
 
-    _, ((n, d),) = _attempts(ctx, item_id, attempt, every=False)
+    _, ((n, d),) = pick_attempts(ctx, item_id, attempt, every=False)
     transcript = None  # made at the first line, when the stream file exists
 
     def emit(raw: bytes) -> None:
@@ -511,61 +511,4 @@ def watch(ctx: click.Context, item_id: str, attempt: int | None, timeout: float 
             click.echo(orjson.dumps({"type": "end", "result": result}, default=str).decode())
         else:
             click.echo(_ended_line(result))
-    _follow_end(how, item_id, n, timeout)
-
-
-@click.command(short_help="Print (or follow) an attempt's raw agent output.")
-@click.argument("item_id", metavar="ID")
-@_attempt_option
-@click.option("-f", "--follow", is_flag=True,
-              help="Keep printing as the log grows, until the attempt's result.json appears.")
-@click.option("--stderr", "use_stderr", is_flag=True, help="Show stderr.log instead.")
-@click.option("-n", "--tail", "tail_lines", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Start with only the last N lines.")
-@click.option("--timeout", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
-              help="With --follow: stop after this many seconds (exit 1 if not ended).")
-@click.option("--interval", type=click.FloatRange(min=0.01), default=POLL_INTERVAL,
-              metavar="SECONDS",
-              show_default=True, help="With --follow: seconds between reads.")
-@click.pass_context
-def logs(ctx: click.Context, item_id: str, attempt: int | None, follow: bool, use_stderr: bool,
-         tail_lines: int | None, timeout: float | None, interval: float) -> None:
-    """Print an attempt's raw agent output: events.jsonl, or stdout.log for shell agents.
-
-    \b
-    Examples:
-      parallel-harness logs fix-parser --follow
-      parallel-harness logs fix-parser --attempt 1 --stderr -n 50
-    """
-    from harness.views import attempts
-
-    _, ((n, d),) = _attempts(ctx, item_id, attempt, every=False)
-
-    def pick(directory):
-        if use_stderr:
-            return directory / "stderr.log" if (directory / "stderr.log").is_file() else None
-        return attempts.stream_file(directory)
-
-    out = sys.stdout.buffer
-    path = pick(d)
-    if path is None and not follow:
-        wanted = "stderr.log" if use_stderr else " or ".join(attempts.STREAM_FILES)
-        usage_error(f"{item_id} attempt {n} has no {wanted} in {d}")
-    if not follow:
-        out.write(_last_lines(path.read_bytes(), tail_lines))
-        out.flush()
-        return
-
-    def emit(line: bytes) -> None:
-        out.write(line + b"\n")
-        out.flush()
-
-    tail = None
-    if tail_lines is not None and path is not None:  # start with the last N complete lines
-        tail = attempts.Tail(path)
-        for line in tail.read()[-tail_lines:]:
-            out.write(line + b"\n")
-        out.flush()
-    how = attempts.follow(d, pick, emit, timeout=timeout, interval=interval, tail=tail)
-    _follow_end(how, item_id, n, timeout)
-
+    follow_end(how, item_id, n, timeout)

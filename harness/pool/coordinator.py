@@ -26,7 +26,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -162,7 +161,6 @@ class Coordinator:
         if self.budget_hit:
             if (self.ws.interrupt_reason() or "") == self.budget_hit:
                 self.ws.resume()
-            print(f"parallel-harness: stopped: {self.budget_hit}", file=sys.stderr)
             return 1
         return 1 if failed else 0
 
@@ -462,78 +460,3 @@ class Coordinator:
 
     def event(self, kind: str, **fields: Any) -> None:
         self.ws.log_event(kind, source="coordinator", **fields)
-
-
-def _check_target_branch(cfg: Config, repo: Path) -> None:
-    """Refuse to start when attempts could not start from the target branch: otherwise
-    every attempt fails in `git worktree add` until the circuit breaker trips."""
-    from harness.repo import worktrees
-
-    target = cfg.git.target_branch
-    if worktrees.branch_head(repo, target) is not None:
-        return
-    have = worktrees.branches(repo)
-    hint = (f"its branches: {', '.join(have)}" if have else
-            "it has no commit yet: make one first")
-    raise cfg.error("git.target_branch", f"no branch {target!r} with a commit in {repo} ({hint});"
-                    " every attempt starts from this branch")
-
-
-def _check_agent_program(cfg: Config) -> None:
-    """Refuse to start when the agent's program is not there: otherwise every attempt
-    fails to spawn and each item burns its attempts."""
-    from harness.agents import presets as agents
-
-    name = agents.program(cfg.agent)
-    if name is None or agents.find_program(cfg.agent) is not None:
-        return
-    key = "agent.command" if cfg.agent.preset == "custom" else "agent.preset"
-    raise cfg.error(key, f"agent program {name!r} not found on PATH or not executable;"
-                    " install it, or try the harness with preset = \"sim\" (no agent needed)")
-
-
-def run_coordinator(ws: Workspace, overrides: dict[str, dict[str, Any]], *, forever: bool) -> int:
-    """Load config, start, supervise, print the summary; return the exit code."""
-    from harness import config as config_mod
-    from harness.queue.fsops import UnsupportedFilesystem
-    from harness.agents.prompts import PromptError
-    from harness.views.status import collect, render_event, render_summary
-
-    def show(ev: dict[str, Any]) -> None:
-        line = render_event(ev)
-        if line is not None:
-            print(line, flush=True)
-
-    try:
-        cfg = config_mod.load(ws.config_file, overrides)
-        repo = (ws.root / cfg.git.repo).resolve()
-        if not (repo / ".git").exists():
-            raise CoordinatorError(f"{repo} is not a git repository ([git] repo in"
-                                   f" {ws.config_file}); workers need one for their worktrees")
-        _check_target_branch(cfg, repo)
-        _check_agent_program(cfg)
-        if cfg.agent.preset != "shell":
-            from harness.agents import prompts
-
-            path = ws.root / cfg.paths.bootstrap
-            prompts.check_static(prompts.load_template(path), str(path))
-        if cfg.agent.preset == "custom" and not cfg.agent.command:
-            raise CoordinatorError(f"{ws.config_file}: agent.command: preset 'custom' needs an"
-                                   " argv template")
-        coordinator = Coordinator(ws, cfg, forever=forever, on_event=show)
-        coordinator.start()
-    except (config_mod.ConfigError, CoordinatorError, UnsupportedFilesystem,
-            PromptError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"parallel-harness: {coordinator.desired_workers()} worker(s) in {ws.root}"
-          f" ({'forever' if forever else 'until the queue is drained'}); Ctrl-C stops",
-          flush=True)
-    counts = coordinator.queue.counts()
-    if not forever and not (counts["pending"] or counts["claimed"] or counts["waiting"]):
-        print("nothing to run: no item is pending, claimed or waiting"
-              " (`parallel-harness enqueue` adds some); the summary below is of earlier runs",
-              flush=True)
-    code = coordinator.run()
-    print(render_summary(collect(ws)), flush=True)
-    return code

@@ -1,0 +1,111 @@
+"""The one place that renders status, events and summaries for the terminal.
+
+Pure functions from the read models (harness.views) and event records to
+text; no I/O. ``run``, ``status``, ``sessions`` and the demo print what these
+return.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from harness.queue import names
+
+
+def size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def render_text(s: dict[str, Any]) -> str:
+    c = s["counts"]
+    lines = [f"queue    pending {c['pending']}  claimed {c['claimed']}  waiting {c['waiting']}"
+             f"  done {c['done']}  failed {c['failed']}"]
+    coord = s["coordinator"]
+    if coord and coord["alive"]:
+        lines.append(f"coordinator  pid {coord['pid']} on {coord['host']} since {coord['started_at']}")
+    else:
+        lines.append("coordinator  not running")
+    run = s.get("run")
+    if run:
+        tokens = sum((run.get("tokens_total") or {}).values())
+        eta = f"{run['eta_s'] // 60}m{run['eta_s'] % 60:02d}s" if run.get("eta_s") else "-"
+        lines.append(f"run      {run.get('throughput_per_min') or 0}/min  eta {eta}"
+                     f"  tokens {tokens}  cost ${run.get('cost_usd_total') or 0:.2f}"
+                     f"  reclaims {run.get('reclaims_total') or 0}"
+                     f"  restarts {run.get('restarts_total') or 0}")
+    if s["paused"]:
+        lines.append("PAUSED   " + s["paused"].replace("\n", " | "))
+    if s["workers"]:
+        lines.append(f"{'worker':<8}{'alive':<7}{'state':<9}{'item':<28}{'try':>4}"
+                     f"  {'hb age':>7}  {'tokens':>8}  {'cost':>7}  doing")
+        for w in s["workers"]:
+            cost = f"${w['cost_usd']:.2f}" if w.get("cost_usd") else "-"
+            lines.append(f"{w['worker']:<8}{'yes' if w['alive'] else 'NO':<7}{w['state'] or '-':<9}"
+                         f"{(w['item'] or '-')[:27]:<28}{w['attempt'] or '-':>4}"
+                         f"  {w['heartbeat_age']:>6}s  {w.get('tokens') or '-':>8}  {cost:>7}"
+                         f"  {(w['doing'] or '')[:60]}")
+    for f in s["recent_failures"]:
+        lines.append(f"failed   {f['item']}: {f['reason'][:100]}")
+    return "\n".join(lines)
+
+
+def render_event(ev: dict[str, Any]) -> str | None:
+    """One line for an event an operator watching ``run`` wants to see; None for the rest
+    (claims, agent starts, spawns: status shows those)."""
+    kind, item, worker = ev.get("event"), ev.get("item"), ev.get("worker")
+    attempt = f"{item}~{ev.get('attempt')}"
+    if kind == "attempt-end":
+        text = f"{worker} {attempt} {ev.get('reason')} -> {ev.get('queue')}: {ev.get('detail')}"
+    elif kind == "revoke":  # its item is the claimed/ name
+        name = names.try_parse(str(item))
+        text = (f"revoked {f'{name.id}~{name.attempt}' if name else item} ({ev.get('why')})"
+                f" -> {ev.get('outcome')}")
+    elif kind == "worker-dead":
+        text = f"{worker} dead: {ev.get('why')}"
+    elif kind == "worker-adopted":
+        text = f"{worker} adopted (pid {ev.get('pid')})"
+    elif kind == "rate-limited":
+        text = f"{worker} {item} rate limited: pool paused until {ev.get('resume_at')}"
+    elif kind in ("circuit-open", "budget-reached"):
+        text = "PAUSED " + str(ev.get("reason") or f"{kind}: {ev.get('tokens')} tokens,"
+                               f" ${ev.get('cost_usd') or 0:.2f}")
+    elif kind == "resumed":
+        text = f"resumed: {ev.get('why')}"
+    elif kind == "paused":  # by the operator; the harness's own pauses have their own events
+        text = f"PAUSED by the operator: {ev.get('reason')}"
+    elif kind == "scaled":
+        text = f"operator: scale to {ev.get('workers')} worker(s)"
+    elif kind in ("retried", "cancelled"):
+        text = f"operator: {'retry' if kind == 'retried' else 'cancel'} {item}"
+    elif kind == "merged":
+        text = f"merged {item} ({ev.get('status')}, {str(ev.get('sha'))[:12]})"
+    elif kind == "merge-conflict":
+        text = f"merge conflict {item} in {', '.join(ev.get('paths') or [])}: branch kept"
+    elif kind == "merge-failed":
+        text = f"merge of {item} failed: {ev.get('error')}"
+    elif kind == "dropped-file":
+        text = f"hand-dropped file: {ev.get('action')}"
+    elif kind == "memory-floor":
+        text = f"memory floor: {ev.get('free_mb')} MB free, new workers " + (
+            "held back" if ev.get("held") else "allowed again")
+    else:
+        return None
+    stamp = time.strftime("%H:%M:%S", time.localtime(ev.get("ts") or time.time()))
+    return f"{stamp} {text[:200]}"
+
+
+def render_summary(s: dict[str, Any], look_at: bool = True) -> str:
+    c = s["counts"]
+    lines = [f"summary: {c['done']} done, {c['failed']} failed, {c['pending']} pending,"
+             f" {c['claimed']} claimed, {c['waiting']} waiting"]
+    for f in s["recent_failures"]:
+        lines.append(f"  failed {f['item']}: {f['reason'][:120]}")
+    if look_at:
+        lines.append(f"look at: {s['root']}/queue/{{done,failed}}  {s['root']}/state/events.jsonl"
+                     f"  {s['root']}/logs/")
+    return "\n".join(lines)

@@ -1,0 +1,58 @@
+"""Checks made before a coordinator starts, so a run that cannot work is refused (exit 2)
+instead of burning every item's attempts on the same error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.config import Config
+from harness.workspace import Workspace
+
+
+class PreflightError(Exception):
+    """The workspace cannot run as configured; the message names the file and the key."""
+
+
+def check(ws: Workspace, cfg: Config) -> None:
+    """Raise ConfigError, PreflightError or PromptError if attempts could not start."""
+    repo = (ws.root / cfg.git.repo).resolve()
+    if not (repo / ".git").exists():
+        raise PreflightError(f"{repo} is not a git repository ([git] repo in"
+                             f" {ws.config_file}); workers need one for their worktrees")
+    _check_target_branch(cfg, repo)
+    _check_agent_program(cfg)
+    if cfg.agent.preset != "shell":
+        from harness.agents import prompts
+
+        path = ws.root / cfg.paths.bootstrap
+        prompts.check_static(prompts.load_template(path), str(path))
+    if cfg.agent.preset == "custom" and not cfg.agent.command:
+        raise PreflightError(f"{ws.config_file}: agent.command: preset 'custom' needs an"
+                             " argv template")
+
+
+def _check_target_branch(cfg: Config, repo: Path) -> None:
+    """Without a commit on the target branch every attempt fails in `git worktree add`
+    until the circuit breaker trips."""
+    from harness.repo import worktrees
+
+    target = cfg.git.target_branch
+    if worktrees.branch_head(repo, target) is not None:
+        return
+    have = worktrees.branches(repo)
+    hint = (f"its branches: {', '.join(have)}" if have else
+            "it has no commit yet: make one first")
+    raise cfg.error("git.target_branch", f"no branch {target!r} with a commit in {repo} ({hint});"
+                    " every attempt starts from this branch")
+
+
+def _check_agent_program(cfg: Config) -> None:
+    """Without the agent's program every attempt fails to spawn."""
+    from harness.agents import presets
+
+    name = presets.program(cfg.agent)
+    if name is None or presets.find_program(cfg.agent) is not None:
+        return
+    key = "agent.command" if cfg.agent.preset == "custom" else "agent.preset"
+    raise cfg.error(key, f"agent program {name!r} not found on PATH or not executable;"
+                    " install it, or try the harness with preset = \"sim\" (no agent needed)")
