@@ -8,7 +8,7 @@
   every worker and agent pid (with the agent's start time), and at ``close()`` kills
   them by pid / process group after an identity check, never by name. ``close()``
   also removes the temp dirs. SIGINT/SIGTERM during a run unwind through it.
-- ``make_workspace``: a git repo (harness.demo.make_repo) with a fast harness.toml.
+- ``make_workspace``: a git repo (harness.cli.demo.make_repo) with a fast harness.toml.
 """
 
 from __future__ import annotations

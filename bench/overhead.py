@@ -5,7 +5,7 @@ Peers, all measured in this run:
 
   bare spawn        a Python loop of subprocess.run(["true"]), --items times: the floor
                     any harness that starts one process per item pays
-  pipeline          a real workspace (harness.demo.make_repo, [run] tick 0.05,
+  pipeline          a real workspace (harness.cli.demo.make_repo, [run] tick 0.05,
                     heartbeat_interval 0.2, memory_floor_mb 0, max_consecutive_failures 0,
                     [agent] preset "shell"), --items items with command ["true"], run by
                     `python -m harness.cli --root R run --agents 1`: claim, worktree reset
@@ -13,10 +13,10 @@ Peers, all measured in this run:
                     log files and events. ms/item = steady state, (last attempt-end - first
                     attempt-end) / (items - 1), which leaves out start-up and the first
                     item's `git worktree add`; the wall time is printed too
-  worker alone      the same items run by one `python -m harness.worker` process with no
+  worker alone      the same items run by one `python -m harness.pool.worker` process with no
                     coordinator (SIGTERM once done/ holds them all): tells the worker
                     process's own cost from the coordinator's effect on it
-  in-process        harness.worker.Worker's claim/process loop run in this process (no
+  in-process        harness.pool.worker.Worker's claim/process loop run in this process (no
                     coordinator, no separate interpreter); its git processes and agent
                     run are timed one by one (see the breakdown below)
   worktree cycle    one `git worktree add --detach` + `git worktree remove --force` (raw
@@ -31,7 +31,7 @@ ms/item. Target: <= 30 ms.
 Breakdown: the pipeline's event log splits each item into claim -> agent-start (argv,
 ensure_worktree, start_attempt), agent-start -> attempt-end (the agent, commit_attempt,
 complete, accept) and attempt-end -> next claim (heartbeat, claim, log dir). Then the
-same work is run in this process (harness.worker.Worker.process over a prepared
+same work is run in this process (harness.pool.worker.Worker.process over a prepared
 workspace, no coordinator) with every git process and runner.run timed, then under
 cProfile; and each step is timed alone (start_attempt, commit_attempt, accept,
 runner.run(["true"]), queue claim+complete, heartbeat, event append, one git process).
@@ -112,7 +112,7 @@ def pipeline(bench: Bench, n: int) -> dict:
 
 
 def worker_alone(bench: Bench, n: int) -> dict:
-    """`python -m harness.worker` on the workspace with no coordinator; SIGTERM when done."""
+    """`python -m harness.pool.worker` on the workspace with no coordinator; SIGTERM when done."""
     import psutil
 
     ws = bench.workspace("alone", {"coordinator_gone_after": 3600})
@@ -292,7 +292,7 @@ def main() -> int:
     with Bench("bench-overhead-", keep=args.keep) as bench:
         print(machine_line(bench.tempdir("probe")))
         print(f"items {n}; agent command ['true'] (shell preset, no /bin/sh); repo ="
-              " harness.demo.make_repo (2 tracked files); "
+              " harness.cli.demo.make_repo (2 tracked files); "
               f"{rounds} round(s) of the four peers, order rotated\n", flush=True)
         gt = GitTimer()
         res = []

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Recovery latency: a worker dies (SIGKILL) or freezes (SIGSTOP) while it holds an item.
 
-SIGKILL case. A workspace (harness.demo.make_repo; [run] tick 0.05, heartbeat_interval
+SIGKILL case. A workspace (harness.cli.demo.make_repo; [run] tick 0.05, heartbeat_interval
 0.2, stale_after --stale-after-kill (default 30: death must not wait for it),
 max_attempts 100, memory_floor_mb 0, max_consecutive_failures 0; shell preset) with one
 item whose command is "sleep 600", and `python -m harness.cli --root R run --agents 2`.
 Each repetition waits until the item is claimed and its agent runs, and until the
-holder has lived longer than harness.coordinator.QUICK_DEATH (a worker that dies
+holder has lived longer than harness.pool.coordinator.QUICK_DEATH (a worker that dies
 younger counts as crash-looping and is restarted after a back-off: that is policy,
 not detection latency), then SIGKILLs the holder (pid from state/heartbeats/<w>.json)
 and polls the disk every ~1 ms for

@@ -2,7 +2,7 @@
 """Throughput against the number of workers, for an agent that sleeps a fixed time.
 
 For each N in --agents (default 1, 2, 4, 8, 16) and each repeat: a fresh workspace
-(git repo via harness.demo.make_repo; harness.toml [run] tick = 0.05,
+(git repo via harness.cli.demo.make_repo; harness.toml [run] tick = 0.05,
 heartbeat_interval = 0.2, memory_floor_mb = 0, max_consecutive_failures = 0;
 [agent] preset = "shell"), --waves x N items enqueued with harness.queue.Queue, each
 with the command string "sleep <--sleep>" (the shell preset runs it as

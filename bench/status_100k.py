@@ -3,7 +3,7 @@
 
 Builds a workspace whose queue holds --items items (default 100,000) in the exact on-disk
 layout harness.queue.Queue.enqueue leaves: the item document in ids/<id>, hard-linked as
-<state>/<name> with names from harness.names.ItemName (written directly with
+<state>/<name> with names from harness.queue.names.ItemName (written directly with
 os.open/os.link instead of Queue.enqueue, which validates every item with pydantic).
 The mix: 70% pending, 25% done, 3% waiting (a retry due in an hour), ~2% failed (with a
 .reason sidecar), 8 claimed; 8 heartbeats naming the claimed items (their slot locks

@@ -1,4 +1,4 @@
-"""harness.item: the item document, its validation and its error messages."""
+"""harness.queue.item: the item document, its validation and its error messages."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""harness.merge: integrating finished branches into the target, on real repos.
+"""harness.repo.merge: integrating finished branches into the target, on real repos.
 
 The repositories are built with plumbing and a temporary index, so building
 branches never touches a worktree; the main worktree has ``main`` checked out

@@ -1,4 +1,4 @@
-"""harness.names: the queue-name grammar, ids, priorities, ordering."""
+"""harness.queue.names: the queue-name grammar, ids, priorities, ordering."""
 
 from __future__ import annotations
 

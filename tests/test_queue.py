@@ -776,7 +776,7 @@ def test_adopting_a_hand_dropped_file_is_idempotent_across_a_crash(queue, tmp_pa
     clean(queue, enqueued=[name.id])
 
 
-# Regression test for a fixed bug (harness/recovery.py _adopt_foreign / _id_from_file / _already_adopted, lines
+# Regression test for a fixed bug (harness/queue/recovery.py _adopt_foreign / _id_from_file / _already_adopted, lines
 # ~93-135): an item dropped without an id gets its id from the FILE NAME, so dropping
 # a file of the same name again later -- e.g. a recurring "nightly.json" -- is not
 # enqueued: with the same content it is taken for "adopted before a crash" and
@@ -940,7 +940,7 @@ def test_recover_during_enqueue_does_not_break_it(queue, monkeypatch):
     clean(queue, enqueued=["a"])
 
 
-# Regression test for a fixed bug (harness/fsops.py write_new lines ~36-55, used by Queue.enqueue; harness/recovery.py
+# Regression test for a fixed bug (harness/queue/fsops.py write_new lines ~36-55, used by Queue.enqueue; harness/queue/recovery.py
 # _finish_staged): the staging file appears under its final tmp/<name> at os.open()
 # (O_CREAT|O_EXCL) and is flocked only by the next call. A recover() scheduled in that
 # window (the coordinator recovers at start; the CLI may be enqueueing) takes the

@@ -6,7 +6,7 @@ Workers claim, complete, fail, release (rate limit: not counted), crash (forget
 their claim, leave the files) and become zombies (keep a claim the coordinator
 revoked). The coordinator revokes, promotes on an injected clock and recovers;
 an operator requeues, cancels, rejects and looks items up. After every step the
-directory must satisfy ``harness.invariants.check`` with the model's history,
+directory must satisfy ``harness.queue.invariants.check`` with the model's history,
 and every id must be in exactly the state, attempt, free count and due time the
 model says.
 """

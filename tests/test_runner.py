@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from harness.agents import presets as agents, runner
+from harness.agents import presets, runner
 from harness.config import AgentConfig
 from tests.wsutil import gone, wait_for
 
@@ -25,12 +25,12 @@ def run(tmp_path, argv, **kw):
 
 
 def test_resource_limits_apply_to_the_agent(tmp_path):
-    limiter = agents.resource_limiter(AgentConfig(memory_mb=256, cpu_seconds=7, open_files=99))
+    limiter = presets.resource_limiter(AgentConfig(memory_mb=256, cpu_seconds=7, open_files=99))
     outcome, lines, _ = run(tmp_path, ["/bin/sh", "-c", "ulimit -v; ulimit -t; ulimit -n"],
                             preexec=limiter)
     assert outcome.exit_code == 0
     assert [line.decode() for line in lines] == [str(256 * 1024), "7", "99"]
-    assert agents.resource_limiter(AgentConfig()) is None
+    assert presets.resource_limiter(AgentConfig()) is None
 
 
 def test_nested_session_variables_are_removed(tmp_path, monkeypatch):
@@ -104,13 +104,13 @@ def test_find_program_looks_where_exec_would(tmp_path):
     bindir = tmp_path / "bin"
     bindir.mkdir()
     claude = AgentConfig(preset="claude")
-    assert agents.program(claude) == "claude"
-    assert agents.find_program(claude, path=str(bindir)) is None
+    assert presets.program(claude) == "claude"
+    assert presets.find_program(claude, path=str(bindir)) is None
     fake = bindir / "claude"
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
-    assert agents.find_program(claude, path=str(bindir)) == str(fake)
-    assert agents.program(AgentConfig(preset="sim")) is None
-    assert agents.program(AgentConfig(preset="custom", command=["{python}", "x"])) is None
+    assert presets.find_program(claude, path=str(bindir)) == str(fake)
+    assert presets.program(AgentConfig(preset="sim")) is None
+    assert presets.program(AgentConfig(preset="custom", command=["{python}", "x"])) is None
     custom = AgentConfig(preset="custom", command=[str(fake), "{prompt}"])
-    assert agents.find_program(custom) == str(fake)
+    assert presets.find_program(custom) == str(fake)

@@ -1,4 +1,4 @@
-"""harness.session: stream-json parsing, metrics, rate-limit detection and classify()."""
+"""harness.agents.session: stream-json parsing, metrics, rate-limit detection and classify()."""
 
 from __future__ import annotations
 

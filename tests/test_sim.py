@@ -1,6 +1,6 @@
 """The simulated agent: stream-json shapes, worktree edits and commits, and every behaviour.
 
-Each test runs ``python -m harness.sim`` as a real subprocess in a temporary git
+Each test runs ``python -m harness.agents.sim`` as a real subprocess in a temporary git
 repository with no git identity configured. Processes that do not exit by
 themselves (hang behaviours) are started in their own process group, recorded,
 and killed by that pid at the end of the test.

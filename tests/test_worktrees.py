@@ -1,4 +1,4 @@
-"""harness.worktrees against real git repositories: creation, reuse, attempts, no lost work.
+"""harness.repo.worktrees against real git repositories: creation, reuse, attempts, no lost work.
 
 Concurrency note (measured with git 2.39.5 on the 2-core dev machine): eight
 *unlocked* ``git worktree add`` processes released by a barrier, adding paths

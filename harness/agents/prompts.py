@@ -69,7 +69,7 @@ def check(template: str, source: str, meta_keys: Iterable[str] = ()) -> None:
 
 
 def item_values(item: Any, *, session_id: str, attempt: int, worker: str) -> dict[str, str]:
-    """The variables for one attempt of ``item`` (an harness.item.Item)."""
+    """The variables for one attempt of ``item`` (a harness.queue.item.Item)."""
     values = {f"meta.{k}": str(v) for k, v in item.meta.items()}
     values.update({
         "SESSION_ID": session_id, "ITERATION": str(attempt), "WORK_ITEM": item.id or "",

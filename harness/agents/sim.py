@@ -2,7 +2,7 @@
 
 Run in the agent's working directory (a git worktree)::
 
-    python -m harness.sim --item ITEM.json [--session-id UUID] [--prompt-file PATH]
+    python -m harness.agents.sim --item ITEM.json [--session-id UUID] [--prompt-file PATH]
 
 It prints one JSON event per line, flushed as it goes, in the shapes Claude Code
 uses: a ``system``/``init`` event, ``assistant`` messages holding ``text`` and
@@ -415,7 +415,7 @@ def run(item: dict[str, Any], prompt: str, session_id: str, max_budget: float | 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.sim",
+    parser = argparse.ArgumentParser(prog="python -m harness.agents.sim",
                                      description="Simulated Claude Code agent (stream-json).")
     parser.add_argument("--item", required=True, help="path to the item JSON")
     parser.add_argument("--session-id", default=None)
@@ -429,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         prompt = (Path(args.prompt_file).read_text() if args.prompt_file
                   else str(item.get("prompt") or item.get("title") or ""))
     except (OSError, ValueError) as exc:
-        print(f"harness.sim: cannot read input: {exc}", file=sys.stderr)
+        print(f"harness.agents.sim: cannot read input: {exc}", file=sys.stderr)
         return 2
     try:
         return run(item, prompt, args.session_id or new_uuid(), args.max_budget_usd)

@@ -1,7 +1,7 @@
 """Replay an attempt's agent output into timeline records, tool calls and errors.
 
 :class:`Transcript` feeds each line of events.jsonl to
-:class:`harness.session.StreamState` (the parser the worker uses, so derived
+:class:`harness.agents.session.StreamState` (the parser the worker uses, so derived
 metrics agree with metrics.json), describes each event in one line, and on the
 way collects the tool calls and everything that went wrong. A shell agent's
 stdout.log is replayed as text. Pure: no I/O, no click.

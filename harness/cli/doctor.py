@@ -98,7 +98,7 @@ def _check_agent(cfg) -> tuple[str, str, str]:
     import subprocess
     import sys as _sys
 
-    from harness.agents import presets as agents
+    from harness.agents import presets
     from harness.agents.runner import clean_env
 
     preset = cfg.agent.preset
@@ -108,11 +108,11 @@ def _check_agent(cfg) -> tuple[str, str, str]:
         return PASS, "agent", "preset shell: each item's own command runs, no agent binary"
     if preset == "custom" and not cfg.agent.command:
         return FAIL, "agent", "preset custom needs [agent] command (an argv template)"
-    name = agents.program(cfg.agent)
+    name = presets.program(cfg.agent)
     if name is None:
         return PASS, "agent", (f"preset custom: program {cfg.agent.command[0]!r} is a"
                                " placeholder, not checked")
-    path = agents.find_program(cfg.agent)
+    path = presets.find_program(cfg.agent)
     if path is None:  # run refuses to start (exit 2)
         return FAIL, "agent", f"preset {preset}: `{name}` not on PATH or not executable"
     if preset == "custom":

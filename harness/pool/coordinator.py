@@ -40,12 +40,12 @@ from harness.repo.integration import MergeQueue, reconcile_branches
 from harness.liveness.process import ProcessIdentity, lock_is_held
 from harness.queue.core import Queue
 from harness.queue.recovery import adopt_dropped, recover
+from harness.pool.guards import Guards
 from harness.pool.runstats import RunStats
 from harness.workspace import EventTail, Workspace
 
 DROP_SCAN_INTERVAL = 2.0  # seconds between looks for hand-dropped files
 QUICK_DEATH = 10.0  # a worker that dies sooner than this after start counts as crash-looping
-OK_REASONS = frozenset({"succeeded", "fenced", "rate_limited", "cancelled"})
 
 
 class CoordinatorError(Exception):
@@ -84,9 +84,8 @@ class Coordinator:
         self.staleness = heartbeat.Staleness(self.clock)
         self.orphans: dict[str, float] = {}
         self.stop_requested: str | None = None
-        self.consecutive_failures = 0
         self.memory_held = False
-        self.budget_hit: str | None = None
+        self.guards = Guards(self.ws, self.cfg.run, self.event)
         self.repo = (self.ws.root / self.cfg.git.repo).resolve()
         self.merges = MergeQueue(self.repo, self.cfg.git.target_branch, self.queue,
                                  self.ws.logs_dir, self.event)
@@ -95,6 +94,10 @@ class Coordinator:
         self.doomed: list[tuple[ProcessIdentity, float]] = []
         self.next_drop_scan = 0.0
         self.known_names: set[str] = set()  # see recovery.adopt_dropped
+
+    @property
+    def budget_hit(self) -> str | None:
+        return self.guards.budget_hit
 
     # -- start ---------------------------------------------------------------
 
@@ -159,8 +162,7 @@ class Coordinator:
         if self.stop_requested:
             return 128 + signal.Signals[self.stop_requested].value
         if self.budget_hit:
-            if (self.ws.interrupt_reason() or "") == self.budget_hit:
-                self.ws.resume()
+            self.guards.lift_budget_pause()
             return 1
         return 1 if failed else 0
 
@@ -177,7 +179,7 @@ class Coordinator:
         self.queue.promote()
         self.scale()
         self.watch_events()
-        self.check_budget()
+        self.guards.check_budget(self.stats)
         self.merges.step()
         self.auto_resume()
         self.publish_stats()
@@ -363,7 +365,6 @@ class Coordinator:
     # -- failures and pause ---------------------------------------------------
 
     def watch_events(self) -> None:
-        limit = self.cfg.run.max_consecutive_failures
         for ev in self.tail.read():
             self.stats.observe(ev)
             if self.on_event is not None:
@@ -372,30 +373,7 @@ class Coordinator:
                 continue
             if ev.get("queue") == "done" and self.cfg.git.integrate == "merge":
                 self.merges.add(ev["item"])
-            if ev.get("reason") in OK_REASONS:
-                self.consecutive_failures = 0
-                continue
-            self.consecutive_failures += 1
-            if limit and self.consecutive_failures >= limit and not self.ws.interrupt_file.exists():
-                reason = (f"circuit breaker: {self.consecutive_failures} consecutive failed"
-                          f" attempts (last: {ev.get('item')}: {ev.get('detail')});"
-                          " fix the cause, then `parallel-harness resume`")
-                self.ws.pause(reason)
-                self.event("circuit-open", reason=reason)
-                self.consecutive_failures = 0  # after `resume`, count afresh
-
-    def check_budget(self) -> None:
-        """At the run budget, pause new attempts; running ones finish, then the run ends."""
-        run = self.cfg.run
-        tokens, cost = sum(self.stats.tokens.values()), self.stats.cost_usd
-        over = ((run.budget_tokens and tokens >= run.budget_tokens)
-                or (run.budget_usd and cost >= run.budget_usd))
-        if over and not self.budget_hit:
-            self.budget_hit = (f"run budget reached: {tokens} tokens, ${cost:.2f}"
-                               f" (budget_tokens {run.budget_tokens}, budget_usd"
-                               f" {run.budget_usd}); running attempts finish, no new ones start")
-            self.ws.pause(self.budget_hit)
-            self.event("budget-reached", tokens=tokens, cost_usd=cost)
+            self.guards.attempt_ended(ev)
 
     def publish_stats(self) -> None:
         """Write state/run.json (for status) and state/metrics.prom (for Prometheus)."""

@@ -1,6 +1,6 @@
 """One worker process: claim, run the attempt in its own worktree, record, repeat.
 
-Started by the coordinator as ``python -m harness.worker --root R --id w1
+Started by the coordinator as ``python -m harness.pool.worker --root R --id w1
 --generation G``. The worker
 
 - holds ``state/workers/<id>.lock`` for its whole life (proof of life);
@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 import psutil
 
-from harness.agents import presets as agents, prompts, runner, session
+from harness.agents import presets, prompts, runner, session
 from harness.liveness import heartbeat
 from harness.repo import worktrees
 from harness import config as config_mod
@@ -172,7 +172,7 @@ class Worker:
             clean, self._committed_clean = self._committed_clean, False
             worktrees.start_attempt(wt, target, attempt_branch(claim.id, claim.attempt),
                                     assume_clean=clean)
-        except (agents.AgentError, prompts.PromptError) as exc:
+        except (presets.AgentError, prompts.PromptError) as exc:
             return att.end("failed", str(exc))
         except worktrees.GitError as exc:
             return att.end("failed", f"worktree: {exc}")
@@ -205,7 +205,7 @@ class Worker:
             template = prompts.load_template(self.template_path)
             rendered = prompts.render(template, str(self.template_path), values)
             (log_dir / "prompt.md").write_text(rendered)
-        return agents.build_argv(self.cfg.agent, item, ctx)
+        return presets.build_argv(self.cfg.agent, item, ctx)
 
     def _run_agent(self, claim: Claim, att: Attempt, argv: list[str], wt: Path, log_dir: Path,
                    session_id: str) -> None:
@@ -220,7 +220,7 @@ class Worker:
         outcome = runner.run(
             argv, cwd=wt, env=env, limits=limits, poll=min(0.2, run.heartbeat_interval),
             stdout=log_dir / ("events.jsonl" if streams else "stdout.log"),
-            stderr=log_dir / "stderr.log", preexec=agents.resource_limiter(agent),
+            stderr=log_dir / "stderr.log", preexec=presets.resource_limiter(agent),
             on_start=lambda p: self._agent_started(claim, p),
             on_poll=lambda: self._poll(claim, att),
             on_line=att.stream.feed if streams else None,
@@ -320,7 +320,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="harness.worker", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="harness.pool.worker", description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=os.environ.get("HARNESS_ROOT", "."))
     parser.add_argument("--id", required=True, help="worker slot, e.g. w1")
     parser.add_argument("--generation", default=os.urandom(4).hex())

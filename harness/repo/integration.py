@@ -4,7 +4,7 @@ Each attempt works on its own branch ``harness-attempts/<id>/<n>``; the
 accepted attempt (the one in done/) also ends on ``harness/<id>``. With
 ``integrate = "merge"`` the coordinator alone merges those branches into the
 target branch, one at a time in completion order; the ref moves only by
-compare-and-swap (harness.merge). A conflict sends the item from done/ to
+compare-and-swap (harness.repo.merge). A conflict sends the item from done/ to
 failed/ with the paths and keeps its branch.
 """
 

@@ -7,9 +7,9 @@ Every attempt of an item writes::
 
 ``metrics.json`` and ``result.json`` appear when the attempt ends (result.json
 last); until then the metrics are derived by replaying the stream through a
-:class:`harness.transcript.Transcript`. A last line without its newline is
+:class:`harness.agents.transcript.Transcript`. A last line without its newline is
 only read once the attempt has ended (it may still be being written). No click:
-the commands that render all this live in harness.cli_sessions.
+the commands that render all this live in harness.cli.sessions.
 """
 
 from __future__ import annotations
