@@ -152,15 +152,15 @@ class Workspace:
                     return None
         return None
 
-    def log_event(self, event: str, **fields: Any) -> None:
+    def log_event(self, event: str, /, **fields: Any) -> None:
         append_event(self.events_file, event, **fields)
 
 
-def append_event(path: Path, event: str, **fields: Any) -> None:
+def append_event(log: Path, event: str, /, **fields: Any) -> None:
     """Append one JSON line with a single O_APPEND write (lines from many processes never mix)."""
     line = orjson.dumps({"ts": round(time.time(), 3), "event": event, "pid": os.getpid(),
                          **fields}) + b"\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         os.write(fd, line)
     finally:

@@ -20,13 +20,15 @@ PACKAGE = Path(__file__).resolve().parent.parent / "harness"
 LAYERS: dict[str, set[str]] = {
     "queue": set(),
     "config": set(),
-    "workspace": {"queue"},
-    "liveness": {"queue", "workspace"},
-    "agents": {"queue", "config", "workspace"},
-    "repo": {"queue", "config", "workspace"},
-    "views": {"queue", "config", "workspace", "liveness", "agents"},
-    "pool": {"queue", "config", "workspace", "liveness", "agents", "repo", "views"},
-    "cli": {"queue", "config", "workspace", "liveness", "agents", "repo", "views", "pool"},
+    "paths": set(),
+    "workspace": {"queue", "paths"},
+    "liveness": {"queue", "paths", "workspace"},
+    "agents": {"queue", "config", "paths", "workspace"},
+    "repo": {"queue", "config", "paths", "workspace"},
+    "views": {"queue", "config", "paths", "workspace", "liveness", "agents"},
+    "pool": {"queue", "config", "paths", "workspace", "liveness", "agents", "repo", "views"},
+    "cli": {"queue", "config", "paths", "workspace", "liveness", "agents", "repo", "views",
+            "pool"},
 }
 TERMINAL_LIBRARIES = {"click", "rich"}
 # Programs of their own whose stderr is a log file, not an operator's terminal.

@@ -57,6 +57,7 @@ class _Fence:
 def _gc_worktrees(ws, cfg, dry_run: bool) -> list[dict[str, Any]]:
     import re
 
+    from harness.paths import UnsafePath, is_unsafe
     from harness.repo import worktrees
 
     out: list[dict[str, Any]] = []
@@ -69,6 +70,10 @@ def _gc_worktrees(ws, cfg, dry_run: bool) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"kind": "worktree", "path": rel, "bytes": 0}
         out.append(row)
         m = re.fullmatch(r"w(\d+)", entry.name)
+        unsafe = is_unsafe(ws.root, entry)
+        if unsafe is not None:
+            row.update(action="kept", reason=f"{unsafe}: not followed, not removed")
+            continue
         if not entry.is_dir() or m is None:
             row.update(action="kept", reason="not a worker slot (w<N>)")
             continue
@@ -85,7 +90,10 @@ def _gc_worktrees(ws, cfg, dry_run: bool) -> list[dict[str, Any]]:
                     continue
                 size = _tree_bytes(entry)
                 if not dry_run:
-                    worktrees.remove_worktree(repo, entry)
+                    worktrees.remove_worktree(repo, entry, within=ws.root)
+            except UnsafePath as exc:
+                row.update(action="kept", reason=f"{exc.reason}: not followed, not removed")
+                continue
             except worktrees.UnsavedWork:
                 row.update(action="kept", reason="unsaved work")
                 continue
@@ -117,6 +125,8 @@ def _gc_logs(ws, older_than_days: float, dry_run: bool) -> list[dict[str, Any]]:
     import shutil
     import time
 
+    from harness.paths import is_unsafe
+
     out: list[dict[str, Any]] = []
     if not ws.logs_dir.is_dir():
         return out
@@ -141,6 +151,11 @@ def _gc_logs(ws, older_than_days: float, dry_run: bool) -> list[dict[str, Any]]:
                 except OSError:
                     continue
             if stamp >= cutoff:
+                continue
+            unsafe = is_unsafe(ws.root, attempt_dir)
+            if unsafe is not None:
+                out.append({"kind": "logs", "path": str(attempt_dir.relative_to(ws.root)),
+                            "action": "kept", "reason": unsafe, "bytes": 0})
                 continue
             size = _tree_bytes(attempt_dir)
             if not dry_run:

@@ -38,9 +38,11 @@ from harness.queue import fsops, names
 from harness.config import Config, queue_options
 from harness.repo.integration import MergeQueue, reconcile_branches
 from harness.liveness.process import ProcessIdentity, lock_is_held
+from harness.paths import is_unsafe
 from harness.queue.core import Queue
 from harness.queue.recovery import adopt_dropped, recover
 from harness.pool.guards import Guards
+from harness.pool.worker import EXIT_SLOT_UNSAFE
 from harness.pool.runstats import RunStats
 from harness.workspace import EventTail, Workspace
 
@@ -64,6 +66,7 @@ class Slot:
     quick_deaths: int = 0
     restart_at: float = 0.0
     retiring: bool = False
+    refused: str | None = None  # why its worktree path may not be used (harness.paths)
 
     @property
     def running(self) -> bool:
@@ -205,7 +208,11 @@ class Coordinator:
         now = self.clock()
         mine = hb is not None and str(hb.get("generation")) == slot.generation
         if self._is_dead(slot, mine):
-            self._bury(slot.id, hb, "worker died")
+            if slot.proc is not None and slot.proc.returncode == EXIT_SLOT_UNSAFE:
+                self._bury(slot.id, hb, "worker refused its slot", count=False)
+                slot.started = now - QUICK_DEATH  # a refusal is not a crash loop
+            else:
+                self._bury(slot.id, hb, "worker died")
             self._reset(slot, now)
         elif not mine:
             if now - slot.started > self.cfg.run.start_timeout:
@@ -324,10 +331,24 @@ class Coordinator:
             slot = self.slots.setdefault(worker, Slot(worker))
             slot.retiring = False
             if (not slot.running and self.clock() >= slot.restart_at
-                    and not lock_is_held(self.ws.worker_lock(worker)) and self._memory_ok()):
+                    and not lock_is_held(self.ws.worker_lock(worker)) and self._slot_usable(slot)
+                    and self._memory_ok()):
                 self.spawn(slot)
         for worker in [w for w, s in self.slots.items() if s.retiring and not s.running]:
             del self.slots[worker]
+
+    def _slot_usable(self, slot: Slot) -> bool:
+        """No worker starts in a slot whose worktree path is a symlink or outside the
+        workspace; the refusal is logged once per reason, and lifted when the path is fixed."""
+        why = is_unsafe(self.ws.root, self.ws.worktree(slot.id))
+        if why != slot.refused:
+            if why is not None:
+                self.event("slot-refused", worker=slot.id, path=str(self.ws.worktree(slot.id)),
+                           why=why)
+            else:
+                self.event("slot-usable", worker=slot.id)
+            slot.refused = why
+        return why is None
 
     def _memory_ok(self) -> bool:
         free_mb = psutil.virtual_memory().available // 2**20
@@ -436,5 +457,5 @@ class Coordinator:
 
     # -- helpers ---------------------------------------------------------------
 
-    def event(self, kind: str, **fields: Any) -> None:
+    def event(self, kind: str, /, **fields: Any) -> None:
         self.ws.log_event(kind, source="coordinator", **fields)

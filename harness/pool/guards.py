@@ -13,7 +13,8 @@ from harness.config import RunConfig
 from harness.pool.runstats import RunStats
 from harness.workspace import Workspace
 
-OK_REASONS: Final = frozenset({"succeeded", "fenced", "rate_limited", "cancelled"})
+# Attempts that say nothing about the item or the agent being broken.
+OK_REASONS: Final = frozenset({"succeeded", "fenced", "rate_limited", "cancelled", "released"})
 
 
 class Guards:

@@ -36,11 +36,13 @@ from harness import config as config_mod
 from harness.config import Config
 from harness.repo.integration import attempt_branch, item_branch
 from harness.liveness.process import ProcessIdentity, hold_lock
+from harness.paths import UnsafePath, check_inside, is_unsafe
 from harness.queue.names import ItemName
 from harness.queue.core import Claim, Fenced, Queue
 from harness.workspace import Workspace
 
 EXIT_SLOT_TAKEN = 3
+EXIT_SLOT_UNSAFE = 4  # the slot's worktree path is a symlink or outside the workspace
 IDLE_POLL = 0.1
 RATE_LIMIT_DEFAULT_PAUSE = 900.0  # seconds, when the agent does not say when its quota resets
 
@@ -73,6 +75,7 @@ class Worker:
         self._last_beat = 0.0
         self._coordinator_gone_since: float | None = None
         self._coordinator_checked = -1e9
+        self.refused: str | None = None  # why this slot may not be used, once found
 
     # -- loop ----------------------------------------------------------------
 
@@ -81,6 +84,8 @@ class Worker:
         signal.signal(signal.SIGINT, self._stop)
         self.beat(force=True, state="idle")
         self.ws.log_event("worker-start", worker=self.id, generation=self.generation)
+        if not self._slot_is_safe():
+            return self._refuse()
         # Holding the slot lock proves the previous holder of this worktree is dead.
         worktrees.remove_stale_index_lock(self.ws.worktree(self.id), owner_dead=True)
         reason = "stopped"
@@ -88,6 +93,8 @@ class Worker:
             if self.coordinator_gone():
                 reason = "coordinator gone"
                 break
+            if not self._slot_is_safe():
+                return self._refuse()
             paused = self.ws.interrupt_reason()
             claim = None if paused else self.queue.claim(on_claim=self._record_claim)
             if claim is None:
@@ -96,9 +103,26 @@ class Worker:
                 time.sleep(IDLE_POLL)
                 continue
             self.process(claim)
+        if self.refused:
+            return self._refuse()
         self.ws.log_event("worker-exit", worker=self.id, generation=self.generation, reason=reason)
         self.hb.remove()
         return 0
+
+    def _slot_is_safe(self) -> bool:
+        """The worktree path is inside the workspace through no symlink (checked with lstat
+        on every loop: a link may appear at any time)."""
+        self.refused = self.refused or is_unsafe(self.ws.root, self.ws.worktree(self.id))
+        return self.refused is None
+
+    def _refuse(self) -> int:
+        """Stop without claiming: the coordinator starts no worker in this slot until the
+        operator fixes the path, so no item is burned on it."""
+        self.ws.log_event("slot-refused", worker=self.id, generation=self.generation,
+                          path=str(self.ws.worktree(self.id)), why=self.refused)
+        self.beat(force=True, state="refused", doing=self.refused, item=None, item_id=None,
+                  attempt=None)
+        return EXIT_SLOT_UNSAFE
 
     def _stop(self, signum: int, frame: Any) -> None:
         self.stopping = True
@@ -142,7 +166,10 @@ class Worker:
         log_dir.mkdir(parents=True, exist_ok=True)
         (log_dir / "item.json").write_bytes(claim.item.to_json())
         self.ws.log_event("claim", worker=self.id, item=claim.id, attempt=claim.attempt)
-        att = self.attempt(claim, log_dir)
+        try:
+            att = self.attempt(claim, log_dir)
+        except UnsafePath as exc:
+            att = self._give_back(claim, exc)
         queue_state = self.record(claim, att)
         metrics = att.stream.metrics.as_dict()
         metrics["duration_s"] = round(time.time() - started, 3)
@@ -168,7 +195,8 @@ class Worker:
         try:
             argv = self._argv(claim, log_dir, session_id)
             self.beat(force=True, doing="preparing worktree")
-            wt = worktrees.ensure_worktree(self.repo, self.ws.worktree(self.id), target)
+            wt = worktrees.ensure_worktree(self.repo, self.ws.worktree(self.id), target,
+                                           within=self.ws.root)
             clean, self._committed_clean = self._committed_clean, False
             worktrees.start_attempt(wt, target, attempt_branch(claim.id, claim.attempt),
                                     assume_clean=clean)
@@ -177,11 +205,13 @@ class Worker:
         except worktrees.GitError as exc:
             return att.end("failed", f"worktree: {exc}")
         try:
+            check_inside(self.ws.root, wt)  # at the moment of use: the agent runs there
             self._run_agent(claim, att, argv, wt, log_dir, session_id)
         except runner.SpawnError as exc:
             return att.end("failed", str(exc))
         if att.reason in ("fenced", "rate_limited", "cancelled"):
             return att  # nothing of this attempt is kept
+        check_inside(self.ws.root, wt)  # git add -A runs there
         try:
             att.sha = worktrees.commit_attempt(wt, f"harness: {claim.id} attempt {claim.attempt}"
                                                    f"\n\n{claim.item.title}".strip())
@@ -189,8 +219,16 @@ class Worker:
             return att.end("failed", f"commit: {exc}")
         self._committed_clean = not self.cfg.git.verify  # verify may leave files behind
         if att.reason == "succeeded" and self.cfg.git.verify:
+            check_inside(self.ws.root, wt)
             self._verify(claim, att, wt, log_dir)
         return att
+
+    def _give_back(self, claim: Claim, exc: UnsafePath) -> Attempt:
+        """The worktree turned into a symlink after the claim: return the item uncounted,
+        refuse the slot."""
+        self.refused = exc.reason
+        self.stopping = True
+        return Attempt().end("released", f"slot refused: {exc}")
 
     def _argv(self, claim: Claim, log_dir: Path, session_id: str) -> list[str]:
         item = claim.item
@@ -287,6 +325,9 @@ class Worker:
                 return "done"
             if att.reason == "rate_limited":
                 return self._pause_for_quota(claim, att)
+            if att.reason == "released":
+                claim.release(0.0)
+                return "waiting"  # due at once, this attempt not counted
             if att.reason == "cancelled":
                 (self.ws.cancel_dir / claim.id).unlink(missing_ok=True)
                 return claim.fail(f"cancelled: {att.detail}", retry=False)

@@ -50,6 +50,7 @@ from pathlib import Path
 
 import filelock
 
+from harness.paths import UnsafePath, check_inside
 from harness.repo.gitenv import git_env
 
 LOCK_NAME = "harness-worktrees.lock"
@@ -177,13 +178,15 @@ def _initializing(admin: Path) -> bool:
 
 @dataclass(frozen=True)
 class _Slot:
-    state: str  # absent | ok | initializing | unregistered | foreign
+    state: str  # absent | ok | initializing | unregistered | foreign | symlink
     admin: Path | None = None
 
 
 def _classify(path: Path, common: Path) -> _Slot:
     if not os.path.lexists(path):
         return _Slot("absent")
+    if os.path.islink(path):
+        return _Slot("symlink")  # never followed: it may lead to any checkout
     if not path.is_dir() or (path / ".git").is_dir():
         return _Slot("foreign")  # a file, or a repository of its own
     gitdir = _gitdir_of(path)
@@ -345,7 +348,7 @@ def _discard_crashed_add(path: Path, common: Path) -> None:
             continue
         if os.path.realpath(_path_in(admin, back)) != os.path.realpath(path / ".git"):
             continue
-        gitdir = _gitdir_of(path) if path.is_dir() else None
+        gitdir = _gitdir_of(path) if path.is_dir() and not path.is_symlink() else None
         if gitdir is not None and _same(gitdir, admin):
             shutil.rmtree(path)
         shutil.rmtree(admin, ignore_errors=True)
@@ -385,14 +388,27 @@ def branches(repo: Path) -> list[str]:
     return [b for b in proc.stdout.split() if not _is_harness_branch(b)]
 
 
-def ensure_worktree(repo: Path, path: Path, target: str) -> Path:
+def _checked(path: Path, within: Path | None) -> Path:
+    """``path`` made absolute; with ``within``, refused (UnsafePath) unless it lies inside
+    it through no symlink (harness.paths.check_inside)."""
+    path = Path(os.path.abspath(path))
+    if within is not None:
+        check_inside(within, path)
+    elif os.path.islink(path):
+        raise UnsafePath(path, f"a symbolic link (to {os.readlink(path)!r})")
+    return path
+
+
+def ensure_worktree(repo: Path, path: Path, target: str, *, within: Path | None = None) -> Path:
     """Return ``path`` as a registered worktree of ``repo``, creating it (detached at target).
 
     Reuse costs no git process. A directory left by a crash is replaced when it
     holds no work (empty, or only a ``.git`` file, or an add killed mid-way);
-    otherwise :class:`UnsavedWork` is raised.
+    otherwise :class:`UnsavedWork` is raised. A symlink at ``path`` (or, with
+    ``within``, anywhere from ``within`` down) raises :class:`UnsafePath` and is
+    left alone.
     """
-    repo, path = Path(repo), Path(os.path.abspath(path))
+    repo, path = Path(repo), _checked(path, within)
     common = _common_dir(repo)
     if _classify(path, common).state == "ok":
         return path
@@ -401,6 +417,8 @@ def ensure_worktree(repo: Path, path: Path, target: str) -> Path:
         slot = _classify(path, common)
         if slot.state == "ok":
             return path
+        if slot.state == "symlink":
+            raise UnsafePath(path, "became a symbolic link")
         if slot.state == "foreign":
             raise GitError("path exists and is not a worktree of this repository", path=path)
         if slot.state == "unregistered":
@@ -414,12 +432,17 @@ def ensure_worktree(repo: Path, path: Path, target: str) -> Path:
     return path
 
 
-def remove_worktree(repo: Path, path: Path) -> None:
-    """Remove a worktree (``--force``) and prune; refuse with UnsavedWork if it holds work."""
-    repo, path = Path(repo), Path(os.path.abspath(path))
+def remove_worktree(repo: Path, path: Path, *, within: Path | None = None) -> None:
+    """Remove a worktree (``--force``) and prune; refuse with UnsavedWork if it holds work.
+
+    A symlink is never removed nor followed (UnsafePath), checked again under the
+    worktree lock right before git runs.
+    """
+    repo, path = Path(repo), _checked(path, within)
     common = _common_dir(repo)
     with _Locked(repo):
         _discard_crashed_add(path, common)
+        _checked(path, within)
         slot = _classify(path, common)
         if slot.state == "foreign":
             raise GitError("path is not a worktree of this repository", path=path)
@@ -546,9 +569,10 @@ def remove_stale_index_lock(wt: Path, owner_dead: bool) -> bool:
 
     git never breaks these itself. Only a caller that has proved the owner dead
     (e.g. by holding the dead worker's slot lock) may pass ``owner_dead=True``;
-    otherwise nothing is touched. Returns whether a lock file was removed.
+    otherwise nothing is touched, nor through a symlinked worktree (it may be another
+    checkout, whose git may be running). Returns whether a lock file was removed.
     """
-    if not owner_dead:
+    if not owner_dead or os.path.islink(wt):
         return False
     gitdir = _gitdir_of(Path(wt))
     if gitdir is None:
