@@ -274,14 +274,15 @@ def test_claim_that_cannot_read_its_item_gives_it_back_counted(queue, monkeypatc
                                                                max_attempts, state):
     name = queue.enqueue({"id": "a", "max_attempts": max_attempts})
     failed_reads: list[Path] = []
+    read_regular = fsops.read_regular
 
-    def flaky_open(path, *args, **kwargs):
+    def flaky_read(path):
         if Path(path).parent.name == "claimed" and not failed_reads:
             failed_reads.append(Path(path))
             raise OSError(errno.EIO, "Input/output error")    # EIO/ESTALE on a flaky mount
-        return open(path, *args, **kwargs)
+        return read_regular(path)
 
-    monkeypatch.setattr("harness.queue.core.open", flaky_open, raising=False)
+    monkeypatch.setattr(fsops, "read_regular", flaky_read)
     assert queue.claim() is None
     monkeypatch.undo()
     assert failed_reads == [queue.dir("claimed") / str(name)]

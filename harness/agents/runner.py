@@ -107,11 +107,13 @@ class _CappedLog:
 
 
 class SpawnError(Exception):
-    """The program could not be started (not found, not executable, bad cwd)."""
+    """The program could not be started (not found, not executable, bad cwd, an argument
+    or variable with a NUL byte)."""
 
-    def __init__(self, argv0: str, exc: OSError) -> None:
+    def __init__(self, argv0: str, exc: OSError | ValueError) -> None:
         self.argv0 = argv0
-        super().__init__(f"cannot start {argv0!r}: {exc.strerror or exc}")
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        super().__init__(f"cannot start {argv0!r}: {why}")
 
 
 def run(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], stdout: Path, stderr: Path,
@@ -128,7 +130,7 @@ def run(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], stdout: Path,
         proc = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True, preexec_fn=preexec)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: "embedded null byte"
         raise SpawnError(argv[0], exc) from exc
     out, err = _CappedLog(stdout, limits.log_cap_bytes), _CappedLog(stderr, limits.log_cap_bytes)
     watch = _Watch(proc, limits, started)

@@ -26,12 +26,13 @@ def fsck(ctx: click.Context, repair: bool, as_json: bool) -> None:
     """
     from filelock import FileLock, Timeout
 
-    from harness.queue.invariants import check
+    from harness.queue.invariants import check, junk_count
     from harness.queue.recovery import recover
 
     ws = workspace(ctx)
     queue = open_queue(ctx)
     repaired: list[str] = []
+    queue.on_junk = repaired.append
     if repair:
         ws.state_dir.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(ws.coordinator_lock))
@@ -41,18 +42,21 @@ def fsck(ctx: click.Context, repair: bool, as_json: bool) -> None:
             usage_error("a coordinator is running; stop it before `fsck --repair`")
         try:
             _refuse_live_workers(ws)
-            repaired = recover(queue, revoke_claims=True)
+            repaired += recover(queue, revoke_claims=True)
         finally:
             lock.release()
     violations = check(ws.queue_dir)
+    junk = junk_count(ws.queue_dir)
     if as_json:
-        echo_json({"repaired": repaired, "violations": [vars(v) for v in violations]})
+        echo_json({"repaired": repaired, "violations": [vars(v) for v in violations],
+                   "junk": junk})
     else:
         for line in repaired:
             click.echo(f"repaired   {line}")
         for v in violations:
             click.echo(f"VIOLATION  {v}")
-        click.echo(f"{len(violations)} violation(s)")
+        click.echo(f"{len(violations)} violation(s), {junk} junk in {ws.queue_dir / 'junk'}"
+                   " (moved aside; each has a .reason file)")
     sys.exit(EXIT_FAILURES if violations else 0)
 
 

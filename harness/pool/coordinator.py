@@ -83,7 +83,8 @@ class Coordinator:
     on_event: Callable[[dict[str, Any]], None] | None = None  # every event, as read back
 
     def __post_init__(self) -> None:
-        self.queue = Queue(self.ws.queue_dir, **queue_options(self.cfg))
+        self.queue = Queue(self.ws.queue_dir, **queue_options(self.cfg),
+                           on_junk=lambda text: self.event("junk", action=text))
         self.staleness = heartbeat.Staleness(self.clock)
         self.orphans: dict[str, float] = {}
         self.stop_requested: str | None = None
@@ -194,7 +195,7 @@ class Coordinator:
         done/ before it logs the attempt's end, so an empty queue alone could end
         the run before the last merge is queued: a "working" heartbeat holds it.
         """
-        counts = self.counts
+        counts = {state: n - self.queue.stuck_in(state) for state, n in self.counts.items()}
         if counts["claimed"] or (not self.budget_hit and counts["pending"] + counts["waiting"]):
             return False
         working = any(hb.get("state") == "working" for hb in self.hbs.values())

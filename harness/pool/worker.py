@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 import uuid
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,9 @@ class Attempt:
 class Worker:
     def __init__(self, ws: Workspace, cfg: Config, worker_id: str, generation: str) -> None:
         self.ws, self.cfg, self.id, self.generation = ws, cfg, worker_id, generation
-        self.queue = Queue(ws.queue_dir, **config_mod.queue_options(cfg))
+        self.queue = Queue(ws.queue_dir, **config_mod.queue_options(cfg),
+                           on_junk=lambda text: ws.log_event("junk", worker=worker_id,
+                                                             action=text))
         self.hb = heartbeat.HeartbeatWriter(
             ws.heartbeat_file(worker_id), ws.tmp_dir, worker=worker_id, generation=generation,
             **ProcessIdentity.of().as_record(), state="starting", item=None)
@@ -170,6 +173,8 @@ class Worker:
             att = self.attempt(claim, log_dir)
         except UnsafePath as exc:
             att = self._give_back(claim, exc)
+        except Exception as exc:  # noqa: BLE001 -- an item must never kill its worker
+            att = Attempt().end("failed", _harness_error(exc, log_dir))
         queue_state = self.record(claim, att)
         metrics = att.stream.metrics.as_dict()
         metrics["duration_s"] = round(time.time() - started, 3)
@@ -354,6 +359,13 @@ def _classify_exit(outcome: runner.ProcessOutcome) -> tuple[str, str]:
     if outcome.exit_code == 0:
         return "succeeded", "exit 0"
     return "failed", f"agent exited with status {outcome.exit_code}"
+
+
+def _harness_error(exc: Exception, log_dir: Path) -> str:
+    """Keep the traceback beside the attempt's logs; the reason names it."""
+    path = log_dir / "harness-error.log"
+    path.write_text("".join(traceback.format_exception(exc)))
+    return f"harness error: {exc!r}; traceback in {path}"
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

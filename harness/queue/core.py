@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from harness.queue import failpoints, fsops, names
-from harness.queue.item import InvalidItem, Item, load, validate
+from harness.queue.item import InvalidItem, Item, load, refuse_nul, validate
 from harness.queue.names import ItemName
 
 STATES: Final = names.STATES
-DIRS: Final = ("tmp", "ids", *STATES)
+JUNK: Final = "junk"  # entries that are not item files, moved aside with a reason
+DIRS: Final = ("tmp", "ids", *STATES, JUNK)
 
 _fp_enqueue_staged = failpoints.define(
     "enqueue.after-stage", "item written and locked in tmp/; id not reserved")
@@ -68,7 +69,7 @@ class Fenced(QueueError):
 
 
 Outcome = Literal["retry", "failed"]
-RevokeResult = Literal["retry", "failed", "lost"]
+RevokeResult = Literal["retry", "failed", "lost", "junk"]
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,8 @@ class Queue:
     ``clock`` gives wall time in seconds (due times are persisted, so they are
     wall-clock); tests inject one. ``relist_interval`` bounds how long a
     cached pending/ listing is trusted before a fresh one is taken, so a new
-    high-priority item is seen within that time.
+    high-priority item is seen within that time. ``on_junk`` hears, once per
+    entry, of every entry moved to junk/ (or that could not be moved).
     """
 
     root: Path
@@ -135,6 +137,8 @@ class Queue:
     backoff_max: float = 300.0
     clock: Callable[[], float] = time.time
     relist_interval: float = 0.25
+    on_junk: Callable[[str], None] | None = field(default=None, repr=False)
+    stuck: set[str] = field(default_factory=set, repr=False)  # "state/entry" junk left in place
     _cache: list[str] = field(default_factory=list, repr=False)
     _cache_at: float = field(default=-1e9, repr=False)
 
@@ -162,7 +166,7 @@ class Queue:
         one id at once get exactly one success, and an id stays taken after
         the item is done or failed.
         """
-        item = validate(data, source).stamped()
+        item = refuse_nul(validate(data, source), source).stamped()
         assert item.id is not None
         for dep in item.depends_on:
             if dep == item.id or not (self.root / "ids" / dep).exists():
@@ -260,8 +264,10 @@ class Queue:
             on_claim(name)
         _fp_claim_recorded()
         try:
-            with open(dst, "rb") as f:
-                item = load(f.read(), dst)
+            item = load(fsops.read_regular(dst), dst)
+        except fsops.NotAFile as exc:
+            self.junk(Path(dst), exc.kind)
+            return None
         except InvalidItem as exc:
             self._dead_letter(Path(dst), name, f"malformed item: {exc}")
             return None
@@ -320,9 +326,11 @@ class Queue:
         src = self.dir("claimed") / entry
         parsed = names.parse(entry)
         try:
-            limit = load(src.read_bytes(), str(src)).max_attempts or self.max_attempts
+            limit = load(fsops.read_regular(src), str(src)).max_attempts or self.max_attempts
         except FileNotFoundError:
             return "lost"
+        except fsops.NotAFile as exc:
+            return "junk" if self.junk(src, exc.kind) else "lost"
         except InvalidItem:
             limit = 0
         except OSError:  # EIO, ESTALE: the rename below may still work; count by default
@@ -452,8 +460,11 @@ class Queue:
                              ) -> tuple[str, str] | None:
         """None if every dependency is done; else (dep, reason-to-fail or '')."""
         try:
-            item = load((self.dir("waiting") / str(name)).read_bytes(), str(name))
+            item = load(fsops.read_regular(self.dir("waiting") / str(name)), str(name))
         except FileNotFoundError:
+            return ("", "")
+        except fsops.NotAFile as exc:
+            self.junk(self.dir("waiting") / str(name), exc.kind)
             return ("", "")
         except InvalidItem as exc:
             return ("", f"unreadable item: {exc}")
@@ -523,7 +534,44 @@ class Queue:
 
     def read(self, state: str, name: ItemName | str) -> Item:
         path = self.dir(state) / str(name)
-        return load(path.read_bytes(), str(path))
+        return load(fsops.read_regular(path), str(path))
+
+    def junk(self, path: Path, why: str) -> bool:
+        """Move an entry that is not an item file to junk/ with a reason file; True if moved.
+
+        One rename (it moves FIFOs, symlinks and directories alike, and needs no right
+        to link the file), to a free name. An entry that cannot be moved (EPERM: an
+        immutable file) is left where it is, reported once and listed in ``stuck``.
+        """
+        where = f"{path.parent.name}/{path.name}"
+        for n in range(1000):
+            dst = self.dir(JUNK) / (path.name if n == 0 else f"{path.name}.{n}")
+            if not os.path.lexists(dst):
+                break
+        try:
+            os.rename(path, dst)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            if where not in self.stuck:
+                self.stuck.add(where)
+                self._report_junk(f"cannot move {where} ({why}) to {JUNK}/: {exc.strerror};"
+                                  " left in place, ignored")
+            return False
+        self._sync(path.parent.name, JUNK)
+        fsops.write_atomic(dst.with_name(dst.name + names.REASON_SUFFIX),
+                           f"{where}: {why}\n".encode(), tmp_dir=self.root / "tmp",
+                           durable=self.durable)
+        self._report_junk(f"moved {where} to {JUNK}/{dst.name}: {why}")
+        return True
+
+    def _report_junk(self, text: str) -> None:
+        if self.on_junk is not None:
+            self.on_junk(text)
+
+    def stuck_in(self, state: str) -> int:
+        """How many of ``state``'s entries are junk that could not be moved aside."""
+        return sum(1 for s in self.stuck if s.startswith(state + "/"))
 
     def _sync(self, *dirs: str) -> None:
         if self.durable:

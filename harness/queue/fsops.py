@@ -9,9 +9,15 @@ does not persist its directory entry).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 from pathlib import Path
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISLNK,
+          "a symbolic link"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"))
 
 class UnsupportedFilesystem(RuntimeError):
     """The queue directory cannot give the atomic operations the protocol needs."""
@@ -23,6 +29,58 @@ class UnsupportedFilesystem(RuntimeError):
             " O_EXCL and directory fsync on one filesystem; put the whole queue/ directory on"
             " one local or NFSv3+ mount (not split across bind mounts or volumes)."
         )
+
+
+class NotAFile(Exception):
+    """A queue entry that is not a regular file (FIFO, symlink, directory, device, socket).
+
+    Such an entry is junk: it is never opened in a way that could block or follow a
+    link, and is moved aside (Queue.junk).
+    """
+
+    def __init__(self, path: Path | str, kind: str) -> None:
+        self.path, self.kind = Path(path), kind
+        super().__init__(f"{path}: not a regular file ({kind})")
+
+
+def kind_of(mode: int) -> str:
+    return next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
+
+
+def read_regular(path: Path | str) -> bytes:
+    """The bytes of a regular file, opened so that nothing can block or redirect the read.
+
+    ``O_NOFOLLOW`` refuses a symlink, ``O_NONBLOCK`` keeps a FIFO from blocking the
+    open, and fstat refuses everything but a regular file before a byte is read.
+    Raises NotAFile for those, FileNotFoundError and other OSErrors as usual.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotAFile(path, "a symbolic link") from None
+        if exc.errno in (errno.ENXIO, errno.EISDIR):  # a socket; a directory (O_WRONLY only)
+            raise NotAFile(path, kind_of(os.lstat(path).st_mode)) from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotAFile(path, kind_of(mode))
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def is_regular(path: Path | str) -> bool | None:
+    """True for a regular file, False for anything else, None if absent (lstat: no link
+    is followed)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return None
 
 
 def fsync_dir(path: Path | str) -> None:

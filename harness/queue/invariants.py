@@ -63,9 +63,12 @@ def check(root: Path, *, enqueued: Iterable[str] | None = None,
 def _collect(root: Path, out: list[Violation]) -> dict[str, list[tuple[str, ItemName]]]:
     held: dict[str, list[tuple[str, ItemName]]] = defaultdict(list)
     for state in (*LIVE, *TERMINAL):
-        present = set(os.listdir(root / state))
-        for entry in present:
+        present = {e.name: e for e in os.scandir(root / state)}  # d_type: no stat per entry
+        for entry, dirent in present.items():
             if not names.is_entry(entry):
+                continue
+            if not dirent.is_file(follow_symlinks=False):
+                out.append(_junk(root / state / entry))
                 continue
             parsed = names.try_parse(entry)
             if parsed is not None:
@@ -74,7 +77,28 @@ def _collect(root: Path, out: list[Violation]) -> dict[str, list[tuple[str, Item
                 out.append(Violation("foreign", f"{state}/{entry}", "not a queue name"))
             if state == "failed" and entry + names.REASON_SUFFIX not in present:
                 out.append(Violation("no-reason", f"failed/{entry}", "dead letter without reason"))
+    for d in ("ids", "tmp"):
+        out.extend(_junk(root / d / e.name) for e in os.scandir(root / d)
+                   if not e.name.startswith(".") and not e.is_file(follow_symlinks=False))
     return held
+
+
+def _junk(path: Path) -> Violation:
+    try:
+        kind = fsops.kind_of(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        kind = "gone"
+    return Violation("junk", f"{path.parent.name}/{path.name}",
+                     f"not a regular file ({kind}); `parallel-harness fsck --repair` moves it"
+                     " to queue/junk/")
+
+
+def junk_count(root: Path) -> int:
+    """Entries moved aside into ``root/junk/`` (their .reason files not counted)."""
+    try:
+        return sum(1 for e in os.listdir(Path(root) / "junk") if names.is_entry(e))
+    except FileNotFoundError:
+        return 0
 
 
 def _check_item(root: Path, item_id: str, places: list[tuple[str, ItemName]]

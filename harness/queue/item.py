@@ -79,6 +79,30 @@ def validate(data: Item | dict[str, Any], source: str = "item") -> Item:
         raise InvalidItem(source, _describe(exc)) from None
 
 
+def refuse_nul(item: Item, source: str) -> Item:
+    """``item``, unless a NUL byte is anywhere in it (InvalidItem naming the field).
+
+    No program argument, environment variable or C string can carry one, so an agent
+    could never start for it. Checked at enqueue, not on the claim path.
+    """
+    for key, value in item.model_dump(exclude_none=True).items():
+        if _has_nul(value):
+            raise InvalidItem(source, f"field {key!r}: contains a NUL byte (\\x00), which no"
+                                      " program argument, environment variable or prompt"
+                                      " option can carry; remove it")
+    return item
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 def load(raw: bytes, source: str) -> Item:
     """Parse and validate an item file's bytes; raise InvalidItem with the reason."""
     if not raw.strip():

@@ -31,10 +31,15 @@ def recover(queue: Queue, *, revoke_claims: bool = False) -> list[str]:
     """Repair ``queue``; return one line per change made.
 
     ``revoke_claims`` also returns every claim to pending/ (use only when no
-    worker can be alive, e.g. ``fsck --repair`` on a stopped workspace).
+    worker can be alive, e.g. ``fsck --repair`` on a stopped workspace) and looks
+    at every live entry for junk; otherwise only claimed/ is swept (a worker's claim
+    or promote moves junk in pending/ and waiting/ aside when it meets it). Junk
+    moved aside is reported through ``queue.on_junk``, not in the returned lines.
     """
     actions: list[str] = []
     _finish_staged(queue, actions)
+    for state in ("pending", "claimed", "waiting") if revoke_claims else ("claimed",):
+        _junk_named(queue, state)
     for state in ("pending", "claimed", "waiting"):
         _adopt_foreign(queue, state, actions)
     seen = _dedupe_names(queue, actions)
@@ -55,6 +60,9 @@ def _finish_staged(queue: Queue, actions: list[str]) -> None:
         if entry.startswith("."):
             if _older_than(path, STAGING_DEBRIS_AGE) and fsops.unlink_quiet(path):
                 actions.append(f"removed stale staging file tmp/{entry}")
+            continue
+        if fsops.is_regular(path) is False:
+            queue.junk(path, _kind(path))
             continue
         try:
             fd = os.open(path, os.O_RDWR)  # NFS emulates flock with fcntl locks: needs write
@@ -92,6 +100,21 @@ def _roll_forward(queue: Queue, path: Path, entry: str) -> str:
     return f"finished interrupted enqueue of {name.id!r}"
 
 
+def _kind(path: Path) -> str:
+    try:
+        return fsops.kind_of(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return "gone"
+
+
+def _junk_named(queue: Queue, state: str) -> None:
+    """Move entries with queue names that are not regular files (an lstat each) aside."""
+    for entry in names.entries(queue.dir(state)):
+        path = queue.dir(state) / entry
+        if fsops.is_regular(path) is False and f"{state}/{entry}" not in queue.stuck:
+            queue.junk(path, _kind(path))
+
+
 def adopt_dropped(queue: Queue, known: set[str], settle: float = DROP_SETTLE_AGE) -> list[str]:
     """Take in files dropped by hand into pending/, claimed/ or waiting/ while the queue
     runs, as :func:`recover` does at start: enqueue them, or dead-letter them with the
@@ -119,7 +142,7 @@ def _adopt_foreign(queue: Queue, state: str, actions: list[str], settle: float =
     """
     listed = names.entries(queue.dir(state))
     for entry in listed:
-        if known is not None and entry in known:
+        if known is not None and entry in known or f"{state}/{entry}" in queue.stuck:
             continue
         if names.try_parse(entry) is not None:
             if known is not None:
@@ -129,7 +152,7 @@ def _adopt_foreign(queue: Queue, state: str, actions: list[str], settle: float =
         if settle and not _older_than(path, settle):
             continue
         try:
-            item = load(path.read_bytes(), f"{state}/{entry}")
+            item = load(fsops.read_regular(path), f"{state}/{entry}")
             if state != "pending":
                 raise InvalidItem(f"{state}/{entry}", "files may be dropped only into pending/")
             # An id derived from this very file (name and inode) makes adoption
@@ -140,9 +163,12 @@ def _adopt_foreign(queue: Queue, state: str, actions: list[str], settle: float =
             name = queue.enqueue(item, source=f"{state}/{entry}")
         except FileNotFoundError:
             continue
+        except fsops.NotAFile as exc:
+            queue.junk(path, exc.kind)
+            continue
         except DuplicateId as exc:
             if _already_adopted(queue, item):
-                os.unlink(path)
+                _remove_adopted(queue, path)
                 actions.append(f"removed {state}/{entry}: adopted before a crash")
             else:
                 actions.append(_dead_letter_file(queue, path, entry, str(exc)))
@@ -150,9 +176,18 @@ def _adopt_foreign(queue: Queue, state: str, actions: list[str], settle: float =
         except (InvalidItem, OSError) as exc:
             actions.append(_dead_letter_file(queue, path, entry, str(exc)))
             continue
-        os.unlink(path)
+        _remove_adopted(queue, path)
         actions.append(f"enqueued hand-dropped {state}/{entry} as {name}")
     return listed
+
+
+def _remove_adopted(queue: Queue, path: Path) -> None:
+    """Unlink a hand-dropped file whose copy is enqueued; one that cannot be unlinked
+    (immutable) is junk, so it is not taken in again at every scan."""
+    try:
+        os.unlink(path)
+    except PermissionError as exc:
+        queue.junk(path, f"taken into the queue, but it cannot be removed ({exc.strerror})")
 
 
 def _id_from_file(path: Path) -> str:
@@ -166,21 +201,28 @@ def _id_from_file(path: Path) -> str:
 def _already_adopted(queue: Queue, item: Any) -> bool:
     """True if ids/<id> holds this very document (same fields but the enqueue stamp)."""
     try:
-        existing = load((queue.dir("ids") / item.id).read_bytes(), item.id)
-    except (OSError, InvalidItem):
+        existing = load(fsops.read_regular(queue.dir("ids") / item.id), item.id)
+    except (OSError, InvalidItem, fsops.NotAFile):
         return False
     keep = lambda it: it.model_dump(exclude={"enqueued_at"})  # noqa: E731
     return keep(existing) == keep(item)
 
 
 def _dead_letter_file(queue: Queue, path: Path, entry: str, reason: str) -> str:
-    """Move a foreign file into failed/ under a free name (link: never overwrite)."""
+    """Move a foreign file into failed/ under a free name (link: never overwrite).
+
+    A file this process may not link (another user's, under fs.protected_hardlinks;
+    an immutable one) goes to junk/ instead, by rename, or is left in place.
+    """
     for n in range(1000):
         dst = queue.dir("failed") / (entry if n == 0 else f"{entry}.{n}")
         try:
             os.link(path, dst)
         except FileExistsError:
             continue
+        except PermissionError as exc:
+            queue.junk(path, f"{reason}; it cannot be linked into failed/ ({exc.strerror})")
+            return f"{path.parent.name}/{entry}: {reason} (junk: cannot be linked)"
         os.unlink(path)
         queue.write_reason(dst, reason)
         return f"moved {path.parent.name}/{entry} to failed/{dst.name}: {reason}"
@@ -230,10 +272,13 @@ def _dead_letter_lost(queue: Queue, seen: set[str], actions: list[str]) -> None:
             continue
         path = queue.dir("ids") / item_id
         try:
-            if os.stat(path).st_nlink != 1:
+            if os.lstat(path).st_nlink != 1:
                 continue
-            item = load(path.read_bytes(), f"ids/{item_id}")
+            item = load(fsops.read_regular(path), f"ids/{item_id}")
         except FileNotFoundError:
+            continue
+        except fsops.NotAFile as exc:
+            queue.junk(path, exc.kind)
             continue
         except InvalidItem:
             item = None

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from harness.liveness import heartbeat
-from harness.queue import names
+from harness.queue import fsops, names
 from harness.liveness.process import lock_is_held
 from harness.workspace import Workspace
 
@@ -114,8 +114,8 @@ def item_report(ws: Workspace, item_id: str) -> dict[str, Any] | None:
     if where is None and not reservation.exists():
         return None
     try:
-        document = orjson.loads(reservation.read_bytes())
-    except (OSError, orjson.JSONDecodeError) as exc:
+        document = orjson.loads(fsops.read_regular(reservation))
+    except (OSError, orjson.JSONDecodeError, fsops.NotAFile) as exc:
         document = {"error": f"cannot read {reservation}: {exc}"}
     report: dict[str, Any] = {"id": item_id, "state": where[0] if where else "lost",
                               "name": where[1] if where else None, "item": document,
