@@ -222,3 +222,84 @@ def test_a_malformed_item_that_reaches_a_worker_fails_with_its_reason(ws):
     assert "null byte" in next(reason).read_text()
     assert not [e for e in events(ws) if e["event"] == "worker-dead" and
                 e.get("why") == "worker died"]
+
+
+# -- 3: never report done what is not in git ---------------------------------------------------
+
+
+def old_lock(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+    os.utime(path, (1_000_000_000, 1_000_000_000))  # older than any running git
+
+
+def test_a_stale_ref_lock_is_removed_and_the_item_lands_on_its_branch(ws):
+    shell_workspace(ws)
+    lock = ws.root / ".git" / "refs" / "heads" / "harness" / "real.lock"
+    old_lock(lock)
+    assert run_pool(ws, "--agents", "1") == 0, (ws.root / "coordinator.out").read_text()
+    assert in_state(ws, "done") == ["real"]
+    assert git(ws.root, "rev-parse", "--verify", "harness/real")
+    assert not lock.exists()
+    removed = [e for e in events(ws) if e["event"] == "stale-lock-removed"]
+    assert len(removed) == 1 and removed[0]["lock"].endswith("harness/real.lock")
+
+
+def test_a_live_ref_lock_fails_the_attempt_and_the_retry_lands(ws):
+    """A lock that a running git may own is never broken: the attempt fails with git's
+    message (not done, not a dead worker), the retry after the lock is gone succeeds."""
+    shell_workspace(ws)
+    holder = subprocess.Popen(["git", "cat-file", "--batch"], cwd=ws.root, stdin=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL)
+    lock = ws.root / ".git" / "refs" / "heads" / "harness" / "real.lock"
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        lock.write_text("")  # newer than the running git: it may be its lock
+        proc = start_coordinator(ws, "--agents", "1")
+        from tests.wsutil import wait_for
+        first = wait_for(lambda: [e for e in events(ws) if e["event"] == "attempt-end"], 30,
+                         "the first attempt to end")
+        assert first[0]["reason"] == "failed" and "real.lock" in first[0]["detail"]
+        assert lock.exists()
+        lock.unlink()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        holder.kill()
+        holder.wait()
+        kill_all(ws)
+    assert in_state(ws, "done") == ["real"]
+    assert git(ws.root, "rev-parse", "--verify", "harness/real")
+    assert not [e for e in events(ws) if e["event"] == "worker-dead"
+                and e.get("why") == "worker died"]
+
+
+def test_fsck_reports_a_done_item_missing_from_git_and_repair_restores_it(ws):
+    shell_workspace(ws)
+    assert run_pool(ws, "--agents", "1") == 0
+    git(ws.root, "branch", "-D", "harness/real")
+    report = cli(ws, "fsck")
+    assert report.returncode == 1 and "result-missing: real" in report.stdout, report.stdout
+    repaired = cli(ws, "fsck", "--repair")
+    assert repaired.returncode == 0 and "branch-reconciled" in repaired.stdout, repaired.stdout
+    assert git(ws.root, "rev-parse", "harness/real") == git(ws.root, "rev-parse",
+                                                            "harness-attempts/real/1")
+
+
+def test_restart_reports_a_reconcile_failure_not_a_false_success(ws):
+    """A done item whose branch git will not write (a lock a running git may own) is
+    reported as branch-reconcile-failed, never as branch-reconciled."""
+    shell_workspace(ws)
+    assert run_pool(ws, "--agents", "1") == 0
+    git(ws.root, "branch", "-D", "harness/real")
+    holder = subprocess.Popen(["git", "cat-file", "--batch"], cwd=ws.root, stdin=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL)
+    lock = ws.root / ".git" / "refs" / "heads" / "harness" / "real.lock"
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        lock.write_text("")
+        assert run_pool(ws, "--agents", "1") == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    kinds = [e["event"] for e in events(ws)]
+    assert "branch-reconcile-failed" in kinds and "branch-reconciled" not in kinds

@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from harness.cli.common import EXIT_FAILURES, echo_json, open_queue, usage_error, workspace
+from harness.cli.common import (EXIT_FAILURES, echo_json, load_config, open_queue, usage_error,
+                                workspace)
 
 
 @click.command()
@@ -43,9 +44,10 @@ def fsck(ctx: click.Context, repair: bool, as_json: bool) -> None:
         try:
             _refuse_live_workers(ws)
             repaired += recover(queue, revoke_claims=True)
+            repaired += _repair_branches(ctx, queue)
         finally:
             lock.release()
-    violations = check(ws.queue_dir)
+    violations = check(ws.queue_dir) + _results_missing_from_git(ctx, queue)
     junk = junk_count(ws.queue_dir)
     if as_json:
         echo_json({"repaired": repaired, "violations": [vars(v) for v in violations],
@@ -58,6 +60,42 @@ def fsck(ctx: click.Context, repair: bool, as_json: bool) -> None:
         click.echo(f"{len(violations)} violation(s), {junk} junk in {ws.queue_dir / 'junk'}"
                    " (moved aside; each has a .reason file)")
     sys.exit(EXIT_FAILURES if violations else 0)
+
+
+def _repo(ctx: click.Context) -> Any:
+    repo = (workspace(ctx).root / load_config(ctx).git.repo).resolve()
+    return repo if (repo / ".git").exists() else None
+
+
+def _repair_branches(ctx: click.Context, queue: Any) -> list[str]:
+    """Give done items their harness/<id> branch back from the accepted attempt's branch."""
+    from harness.repo.integration import reconcile_branches
+
+    repo, lines = _repo(ctx), []
+    if repo is not None:
+        reconcile_branches(repo, queue, lambda kind, **f: lines.append(
+            f"{kind}: " + ", ".join(f"{k} {v}" for k, v in f.items())))
+    return lines
+
+
+def _results_missing_from_git(ctx: click.Context, queue: Any) -> list[Any]:
+    """A violation per done item whose branch is not in git (nothing to integrate)."""
+    from harness.queue.invariants import Violation
+    from harness.repo import worktrees
+    from harness.repo.integration import attempt_branch, item_branch, missing_results
+
+    repo = _repo(ctx)
+    if repo is None:
+        return []
+    try:
+        missing = missing_results(repo, queue)
+    except worktrees.GitError as exc:
+        return [Violation("git", str(repo), f"cannot list branches: {exc}")]
+    return [Violation("result-missing", name.id,
+                      f"in done/ but {item_branch(name.id)} is not in {repo}; " +
+                      (f"{attempt_branch(name.id, name.attempt)} is: `fsck --repair` restores"
+                       " it" if restorable else "its attempt branch is gone too"))
+            for name, restorable in missing]
 
 
 def _refuse_live_workers(ws: Any) -> None:

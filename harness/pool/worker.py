@@ -324,10 +324,7 @@ class Worker:
             if att.reason == "fenced":
                 raise Fenced(claim.path, att.detail)
             if att.reason == "succeeded":
-                claim.complete()
-                if att.sha is not None:
-                    worktrees.accept(self.repo, item_branch(claim.id), att.sha)
-                return "done"
+                return self._complete(claim, att)
             if att.reason == "rate_limited":
                 return self._pause_for_quota(claim, att)
             if att.reason == "released":
@@ -340,6 +337,31 @@ class Worker:
         except Fenced:
             att.end("fenced", "the claim was revoked; this attempt's outcome is discarded")
             return "none"
+
+    def _complete(self, claim: Claim, att: Attempt) -> str:
+        """Set ``harness/<id>`` to the attempt's commit, then move the claim to done/.
+
+        The branch first: an item in done/ always has its result in git. A failed
+        branch update fails the attempt (retried); a claim revoked meanwhile undoes
+        the branch update, unless another attempt moved the branch since.
+        """
+        branch = item_branch(claim.id)
+        try:
+            previous = worktrees.accept(self.repo, branch, att.sha or "",
+                                        on_stale_lock=self._stale_lock_removed)
+        except worktrees.GitError as exc:
+            att.end("failed", f"could not set branch {branch}: {exc}")
+            return claim.fail(f"failed: {att.detail}")
+        try:
+            claim.complete()
+        except Fenced:
+            worktrees.restore_branch(self.repo, branch, previous, expect=att.sha or "")
+            raise
+        return "done"
+
+    def _stale_lock_removed(self, lock: Path) -> None:
+        self.ws.log_event("stale-lock-removed", worker=self.id, lock=str(lock),
+                          why="older than every running git process")
 
     def _pause_for_quota(self, claim: Claim, att: Attempt) -> str:
         """Pause the whole pool until the quota resets; the item waits, its attempt not counted."""

@@ -11,7 +11,6 @@ failed/ with the paths and keeps its branch.
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import orjson
 
 from harness.queue import fsops, names
-from harness.repo.gitenv import git_env
+from harness.queue.names import ItemName
 from harness.queue.core import Queue
 
 
@@ -39,6 +38,7 @@ class MergeQueue:
         self.repo, self.target, self.queue, self.event = repo, target, queue, event
         self.logs_dir = logs_dir
         self.pending: list[str] = []
+        self._waiting_on: Path | None = None  # the lock last reported as live
 
     def add(self, item_id: str) -> None:
         self.pending.append(item_id)
@@ -77,15 +77,37 @@ class MergeQueue:
             try:
                 result = merge.integrate(self.repo, self.target, item_branch(item_id),
                                          message=f"harness: merge {item_id}")
-            except merge.MergeRaceError as exc:
-                self.pending.insert(0, item_id)  # try again next tick
-                self.event("merge-race", item=item_id, error=str(exc))
-                return
             except merge.MergeError as exc:
+                if self._locked_out(item_id, exc):
+                    return  # a git lock with a live owner: try again next tick
+                if isinstance(exc, merge.MergeRaceError):
+                    self.pending.insert(0, item_id)  # try again next tick
+                    self.event("merge-race", item=item_id, error=str(exc))
+                    return
                 self.queue.reject(name, f"merge failed: {exc}; branch {item_branch(item_id)} kept")
                 self.event("merge-failed", item=item_id, error=str(exc))
                 continue
             self._record(item_id, name, result)
+
+    def _locked_out(self, item_id: str, exc: Exception) -> bool:
+        """True if git failed on a lock file: the item goes back to the head of the queue.
+
+        A stale lock (repo.locks) is removed at once; a live one is reported once and
+        waited for. Neither is the item's fault, so neither fails it.
+        """
+        from harness.repo import locks, worktrees
+
+        lock = locks.lock_in(getattr(exc, "stderr", "") or str(exc))
+        if lock is None:
+            return False
+        self.pending.insert(0, item_id)
+        if locks.remove_if_stale(lock, worktrees.common_dir(self.repo)):
+            self.event("stale-lock-removed", lock=str(lock), item=item_id)
+        elif self._waiting_on != lock:
+            self.event("merge-waiting", item=item_id, lock=str(lock),
+                       why="a running git holds this lock; retrying every tick")
+        self._waiting_on = lock
+        return True
 
     def _record(self, item_id: str, name: Any, result: Any) -> None:
         if result.status == "conflict":
@@ -111,21 +133,47 @@ class MergeQueue:
                            tmp_dir=path.parent, durable=False)
 
 
-def reconcile_branches(repo: Path, queue: Queue, event: Callable[..., None]) -> None:
-    """Give every done item its ``harness/<id>`` branch (its worker may have died first).
+def missing_results(repo: Path, queue: Queue) -> list[tuple[ItemName, bool]]:
+    """Done items without their ``harness/<id>`` branch, each with whether the accepted
+    attempt's own branch is there to restore it from. Raises GitError if git cannot
+    list the branches."""
+    from harness.repo import worktrees
 
-    The accepted attempt is the one in done/, so its attempt branch is the result.
-    """
-    proc = subprocess.run(["git", "for-each-ref", "--format=%(refname:short)",
-                           "refs/heads/harness/", "refs/heads/harness-attempts/"],
-                          cwd=repo, capture_output=True, text=True, env=git_env())
-    have = set(proc.stdout.split())
+    have = set(worktrees.list_branches(repo, ("harness/", "harness-attempts/")))
+    out = []
     for entry in names.entries(queue.dir("done")):
         parsed = names.try_parse(entry)
-        if parsed is None or item_branch(parsed.id) in have:
+        if parsed is not None and item_branch(parsed.id) not in have:
+            out.append((parsed, attempt_branch(parsed.id, parsed.attempt) in have))
+    return out
+
+
+def reconcile_branches(repo: Path, queue: Queue, event: Callable[..., None]) -> None:
+    """Give every done item its ``harness/<id>`` branch from its accepted attempt's branch
+    (a workspace of an older version could complete before setting it).
+
+    Each outcome is an event: ``branch-reconciled`` only when git set the branch,
+    ``branch-reconcile-failed`` with git's message, ``result-missing`` when neither
+    branch exists (``fsck`` reports those too).
+    """
+    from harness.repo import worktrees
+
+    on_lock = lambda lock: event("stale-lock-removed", lock=str(lock))  # noqa: E731
+    try:
+        missing = missing_results(repo, queue)
+    except worktrees.GitError as exc:
+        event("branch-reconcile-failed", error=str(exc))
+        return
+    for name, restorable in missing:
+        if not restorable:
+            event("result-missing", item=name.id, attempt=name.attempt,
+                  why=f"neither {item_branch(name.id)} nor"
+                      f" {attempt_branch(name.id, name.attempt)} exists in {repo}")
             continue
-        if attempt_branch(parsed.id, parsed.attempt) in have:
-            subprocess.run(["git", "branch", item_branch(parsed.id),
-                            attempt_branch(parsed.id, parsed.attempt)],
-                           cwd=repo, capture_output=True, env=git_env())
-            event("branch-reconciled", item=parsed.id, attempt=parsed.attempt)
+        try:
+            sha = worktrees.branch_head(repo, attempt_branch(name.id, name.attempt))
+            worktrees.accept(repo, item_branch(name.id), sha or "", on_stale_lock=on_lock)
+        except worktrees.GitError as exc:
+            event("branch-reconcile-failed", item=name.id, error=str(exc))
+            continue
+        event("branch-reconciled", item=name.id, attempt=name.attempt)

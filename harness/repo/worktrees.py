@@ -44,13 +44,14 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import filelock
 
 from harness.paths import UnsafePath, check_inside
+from harness.repo import locks
 from harness.repo.gitenv import git_env
 
 LOCK_NAME = "harness-worktrees.lock"
@@ -150,6 +151,11 @@ def _gitdir_of(wt: Path) -> Path | None:
 def _common_of_gitdir(gitdir: Path) -> Path:
     text = _read(gitdir / "commondir")
     return _path_in(gitdir, text) if text else gitdir
+
+
+def common_dir(repo: Path) -> Path:
+    """The repository's common git dir, resolved (where refs and locks live)."""
+    return _common_dir(Path(repo))
 
 
 def _common_dir(repo: Path) -> Path:
@@ -382,6 +388,13 @@ def current_branch(repo: Path) -> str | None:
     return proc.stdout.strip() or None
 
 
+def list_branches(repo: Path, prefixes: Sequence[str]) -> list[str]:
+    """Local branch names under ``prefixes`` (e.g. "harness/"); GitError if git fails."""
+    proc = _git(["for-each-ref", "--format=%(refname:short)",
+                 *(f"refs/heads/{p}" for p in prefixes)], Path(repo), what="list branches")
+    return proc.stdout.split()
+
+
 def branches(repo: Path) -> list[str]:
     """Local branch names, harness/ and harness-attempts/ ones left out."""
     proc = _git(["for-each-ref", "--format=%(refname:short)", "refs/heads/"], repo, check=False)
@@ -554,14 +567,57 @@ def commit_attempt(wt: Path, message: str) -> str:
     return _head_sha(wt)
 
 
-def accept(repo: Path, item_branch: str, sha: str) -> None:
-    """Point ``refs/heads/<item_branch>`` at the accepted attempt's commit."""
+def accept(repo: Path, item_branch: str, sha: str,
+           on_stale_lock: Callable[[Path], None] | None = None) -> str | None:
+    """Point ``refs/heads/<item_branch>`` at the accepted attempt's commit; return the
+    commit it pointed at before (None if it did not exist).
+
+    A stale ref lock (git's rule: older than every running git, see repo.locks) is
+    removed, reported to ``on_stale_lock``, and the update tried once more; any other
+    failure raises GitError with git's message.
+    """
     if item_branch.startswith("refs/") or not item_branch:
         raise GitError(f"expected a branch name, got {item_branch!r}", path=repo)
     if not _SHA.fullmatch(sha) or not sha.strip("0"):  # the null sha would delete the branch
         raise GitError(f"expected a commit sha, got {sha!r}", path=repo)
-    _git(["update-ref", "-m", "parallel-harness: accept", f"refs/heads/{item_branch}", sha],
-         Path(repo), what=f"update {item_branch}")
+    repo = Path(repo)
+    ref = f"refs/heads/{item_branch}"
+    previous = _ref_value(repo, ref)
+    _git_unlocking(repo, ["update-ref", "-m", "parallel-harness: accept", ref, sha,
+                          previous or ""], f"update {item_branch}", on_stale_lock)
+    return previous
+
+
+def restore_branch(repo: Path, item_branch: str, previous: str | None, *, expect: str) -> bool:
+    """Undo :func:`accept` if the branch still points at ``expect`` (compare-and-swap):
+    back to ``previous``, or deleted if it had none. False if someone moved it since."""
+    ref = f"refs/heads/{item_branch}"
+    args = (["update-ref", "-m", "parallel-harness: undo accept", ref, previous, expect]
+            if previous else ["update-ref", "-d", ref, expect])
+    return _git(args, Path(repo), check=False).returncode == 0
+
+
+def _ref_value(repo: Path, ref: str) -> str | None:
+    proc = _git(["rev-parse", "--verify", "-q", ref], repo, check=False)
+    if proc.returncode not in (0, 1):
+        raise GitError(f"could not read {ref}", cmd=["git", "rev-parse", ref], path=repo,
+                       stderr=proc.stderr, returncode=proc.returncode)
+    return proc.stdout.strip() or None
+
+
+def _git_unlocking(repo: Path, args: list[str], what: str,
+                   on_stale_lock: Callable[[Path], None] | None) -> None:
+    """Run git; when it fails on a lock file that is provably stale, remove it and retry once."""
+    proc = _git(args, repo, check=False)
+    if proc.returncode != 0:
+        lock = locks.lock_in(proc.stderr)
+        if lock is not None and locks.remove_if_stale(lock, _common_dir(repo)):
+            if on_stale_lock is not None:
+                on_stale_lock(lock)
+            proc = _git(args, repo, check=False)
+    if proc.returncode != 0:
+        raise GitError(f"{what} failed", cmd=["git", *args], path=repo, stderr=proc.stderr,
+                       returncode=proc.returncode)
 
 
 def remove_stale_index_lock(wt: Path, owner_dead: bool) -> bool:
