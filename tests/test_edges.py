@@ -303,3 +303,70 @@ def test_restart_reports_a_reconcile_failure_not_a_false_success(ws):
         holder.wait()
     kinds = [e["event"] for e in events(ws)]
     assert "branch-reconcile-failed" in kinds and "branch-reconciled" not in kinds
+
+
+# -- 4: never let an orphan write --------------------------------------------------------------
+
+
+def test_an_agent_cannot_start_before_its_worker_recorded_it(ws, tmp_path):
+    """The worker is SIGKILLed right after spawning the agent, before its heartbeat names it
+    (failpoint agent.spawned): the agent never runs a line."""
+    shell_workspace(ws)
+    ran = tmp_path / "agent-ran"
+    Queue(ws.queue_dir).enqueue({"id": "gated", "command": f"touch {ran}; sleep 30",
+                                 "max_attempts": 2})
+    env = {**os.environ, "HARNESS_FAILPOINTS": "agent.spawned=kill"}
+    log = open(ws.root / "coordinator.out", "ab")
+    with log:
+        proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "--root", str(ws.root),
+                                 "run", "--agents", "1"], stdout=log, stderr=log, env=env,
+                                start_new_session=True)
+    try:
+        assert proc.wait(timeout=90) == 1
+    finally:
+        kill_all(ws, proc)
+    assert not ran.exists()
+    assert "gated" in in_state(ws, "failed")
+    from harness.agents import orphans
+    assert orphans.marked(ws.root) == []
+
+
+def test_an_escaped_agent_process_is_killed_and_does_not_outlive_its_attempt(ws, tmp_path):
+    """A process that leaves the agent's process group (setsid) and outlives the agent is
+    killed before the worker's next attempt, and reported."""
+    shell_workspace(ws)
+    pidfile = tmp_path / "escapee.pid"
+    queue = Queue(ws.queue_dir)
+    queue.enqueue({"id": "escaper", "priority": 0,
+                   "command": f"setsid sh -c 'echo $$ > {pidfile}; exec sleep 300' &"
+                              f" while [ ! -s {pidfile} ]; do sleep 0.01; done"})
+    queue.enqueue({"id": "next", "priority": 9, "command": "echo next"})
+    assert run_pool(ws, "--agents", "1") == 0, (ws.root / "coordinator.out").read_text()
+    escapee = int(pidfile.read_text())
+    from tests.wsutil import gone
+    assert gone(escapee)
+    killed = [e for e in events(ws) if e["event"] == "orphans-killed"]
+    assert killed and escapee in killed[0]["pids"] and killed[0]["owners"] == ["escaper~1"]
+    order = [e["event"] for e in events(ws) if e["event"] in ("orphans-killed", "claim")]
+    assert order.index("orphans-killed") < len(order) - 1  # before the next item's claim
+
+
+def test_a_dead_workers_agent_is_killed_by_the_coordinator(ws, tmp_path):
+    """SIGKILL the worker while its agent runs: the agent is re-parented to the coordinator
+    (a subreaper) and killed; the retry runs alone."""
+    shell_workspace(ws)
+    started = tmp_path / "starts"
+    Queue(ws.queue_dir).enqueue({"id": "long", "command": f"echo x >> {started}; sleep 300"})
+    proc = start_coordinator(ws, "--agents", "1")
+    try:
+        from tests.wsutil import heartbeat_of, wait_for
+        hb = wait_for(lambda: (h := heartbeat_of(ws, "w1")) and h.get("agent_pid") and h, 30,
+                      "the agent to start")
+        wait_for(lambda: started.exists(), 30, "the agent to run")
+        agent = hb["agent_pid"]
+        os.kill(hb["pid"], 9)
+        from tests.wsutil import gone
+        wait_for(lambda: gone(agent), 30, "the orphaned agent to be killed")
+        wait_for(lambda: len(started.read_text().split()) == 2, 30, "the retry to start")
+    finally:
+        kill_all(ws, proc)

@@ -1,7 +1,8 @@
-"""Run one agent process: its own process group, stdin closed, output read live.
+"""Run one agent process: its own process group, stdin from a file, output read live.
 
 The agent (any argv) starts in a new session, so one ``killpg`` reaches
-everything it spawned. Its stdout is read as it arrives (never waiting for
+everything it spawned, and behind a gate (GATE): it cannot run before the caller
+has recorded who it is. Its stdout is read as it arrives (never waiting for
 a pipe buffer to fill or for EOF), split into lines, written raw to a
 capped log and handed to ``on_line``; stderr goes to a capped log. Between
 reads ``on_poll`` refreshes the heartbeat and may return a reason to abort
@@ -13,8 +14,10 @@ when the agent has reported its result but does not exit within
 
 from __future__ import annotations
 
+import errno
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import time
@@ -25,8 +28,17 @@ from typing import BinaryIO, Final
 
 import psutil
 
+from harness.queue import failpoints
+
 TERM_GRACE: Final = 2.0  # seconds between TERM and KILL of an agent's process group
 DRAIN_AFTER_EXIT: Final = 1.0  # a grandchild may hold stdout open after the agent exits
+# The gate: the agent's process waits in /bin/sh until the caller has recorded its pid and
+# start time (the heartbeat), then execs the agent in place (same pid, same start time) with
+# its stdin from a file. If the caller dies first, the read sees EOF and nothing runs.
+GATE: Final = ('read -r go && [ "$go" = go ] || exit 111; f=$1; shift;'
+               ' exec "$@" <"$f"')
+_fp_spawned = failpoints.define(
+    "agent.spawned", "agent process gated, its identity not yet recorded by the worker")
 
 
 @dataclass(frozen=True)
@@ -120,22 +132,29 @@ def run(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], stdout: Path,
         limits: Limits, poll: float, on_start: Callable[[psutil.Process], None],
         on_poll: Callable[[], str | None], on_line: Callable[[bytes], None] | None = None,
         result_seen: Callable[[], bool] = lambda: False,
-        preexec: Callable[[], None] | None = None) -> ProcessOutcome:
+        preexec: Callable[[], None] | None = None, stdin: Path | None = None) -> ProcessOutcome:
     """Run ``argv`` until it exits or is killed for a timeout, stall, abort or result grace.
 
-    Raises SpawnError if it cannot be started at all.
+    ``on_start`` gets the process before it can do anything (see GATE) and must
+    record it; ``stdin`` is a file for the agent to read (default: empty). Raises
+    SpawnError if it cannot be started at all.
     """
     started = time.monotonic()
-    try:
-        proc = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True, preexec_fn=preexec)
-    except (OSError, ValueError) as exc:  # ValueError: "embedded null byte"
-        raise SpawnError(argv[0], exc) from exc
+    proc = _spawn(argv, cwd=cwd, env=env, preexec=preexec, stdin=stdin)
     out, err = _CappedLog(stdout, limits.log_cap_bytes), _CappedLog(stderr, limits.log_cap_bytes)
     watch = _Watch(proc, limits, started)
     try:
-        on_start(psutil.Process(proc.pid))
+        _fp_spawned()
+        gate, proc.stdin = proc.stdin, None
+        try:
+            on_start(psutil.Process(proc.pid))
+            assert gate is not None
+            try:
+                gate.write(b"go\n")
+            except BrokenPipeError:
+                pass  # it died behind the gate (a limit, a signal): its exit status says
+        finally:
+            gate.close()  # EOF: an agent not told to go exits at once
         _pump(proc, out, err, poll, watch, on_poll, on_line or (lambda line: None), result_seen)
     finally:
         if proc.poll() is None:  # killed by a verdict, or an exception escaped
@@ -151,6 +170,33 @@ def run(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], stdout: Path,
     return ProcessOutcome(code if code >= 0 else None, -code if code < 0 else None,
                           watch.timed_out, watch.stalled, watch.after_result, watch.aborted,
                           time.monotonic() - started, out.dropped + err.dropped)
+
+
+def _spawn(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str],
+           preexec: Callable[[], None] | None, stdin: Path | None) -> subprocess.Popen[bytes]:
+    """Start ``argv`` behind the gate, in a new session; SpawnError if it cannot start.
+
+    The program is looked up first (as exec would, on the agent's PATH): behind the
+    gate a missing program would only be an exit status 127.
+    """
+    program = argv[0] if argv else ""
+    try:
+        found = program if "/" in program else shutil.which(program, path=env.get("PATH"))
+    except ValueError as exc:  # a NUL byte in the program name
+        raise SpawnError(program, exc) from exc
+    if not program or found is None:
+        raise SpawnError(program, FileNotFoundError(errno.ENOENT, "not found on PATH"))
+    if not os.path.exists(found):
+        raise SpawnError(program, FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT)))
+    if not os.access(found, os.X_OK) or os.path.isdir(found):
+        raise SpawnError(program, PermissionError(errno.EACCES, os.strerror(errno.EACCES)))
+    try:
+        return subprocess.Popen(
+            ["/bin/sh", "-c", GATE, "harness-gate", str(stdin or os.devnull), *argv], cwd=cwd,
+            env=dict(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, start_new_session=True, preexec_fn=preexec)
+    except (OSError, ValueError) as exc:  # ValueError: "embedded null byte"
+        raise SpawnError(program, exc) from exc
 
 
 @dataclass

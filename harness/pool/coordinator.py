@@ -32,7 +32,7 @@ import orjson
 import psutil
 from filelock import FileLock, Timeout
 
-from harness.agents import runner
+from harness.agents import orphans, runner
 from harness.liveness import heartbeat
 from harness.queue import fsops, names
 from harness.config import Config, queue_options
@@ -128,6 +128,9 @@ class Coordinator:
         self.failed_at_start = set(names.entries(self.queue.dir("failed")))
         self.tail = EventTail(self.ws.events_file)
         self._adopt()
+        orphans.become_subreaper()  # a dead worker's agent comes back to us, not to init
+        self.hbs = heartbeat.read_all(self.ws.heartbeats_dir)
+        self.kill_orphans(orphans.marked(self.ws.root), "left by an earlier run")
         reconcile_branches(self.repo, self.queue, self.event)
         if self.cfg.git.integrate == "merge":
             self.merges.load_unmerged()
@@ -178,6 +181,9 @@ class Coordinator:
         for slot in list(self.slots.values()):
             self.check_slot(slot, hbs.get(slot.id))
         self.reap_doomed()
+        foster = self._foster_children()
+        self.kill_orphans(orphans.marked(self.ws.root, foster), "its worker is gone")
+        orphans.reap(foster)  # killed now or earlier, or ended by themselves
         self.revoke_orphans(hbs)
         self.take_in_dropped_files()
         self.queue.promote()
@@ -289,6 +295,26 @@ class Coordinator:
         slot.generation, slot.proc, slot.identity, slot.restart_at = "", None, None, now + delay
         if slot.retiring:
             del self.slots[slot.id]
+
+    def _foster_children(self) -> list[int]:
+        """Children of this process that are not its workers: re-parented orphans."""
+        workers = {slot.proc.pid for slot in self.slots.values() if slot.proc is not None}
+        return [pid for pid in orphans.children() if pid not in workers]
+
+    def kill_orphans(self, found: list[orphans.Marked], why: str) -> None:
+        """Kill marked processes that no live attempt owns (agents of dead workers, their
+        escaped children). Those re-parented to this process are reaped next tick."""
+        killed = orphans.kill(p for p in found if not self._owns(p))
+        if killed:
+            self.event("orphans-killed", why=why, pids=[p.pid for p in killed],
+                       owners=sorted({f"{p.worker}:{p.item}~{p.attempt}" for p in killed}))
+
+    def _owns(self, p: orphans.Marked) -> bool:
+        """A live slot with that generation whose heartbeat names that attempt."""
+        slot = self.slots.get(p.worker)
+        hb = self.hbs.get(p.worker) or {}
+        return (slot is not None and slot.running and slot.generation == p.generation
+                and hb.get("item_id") == p.item and hb.get("attempt") == p.attempt)
 
     def revoke_orphans(self, hbs: dict[str, dict[str, Any]]) -> None:
         """Revoke claims that no worker's heartbeat names, once they stay unnamed for the grace."""

@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 import psutil
 
-from harness.agents import presets, prompts, runner, session
+from harness.agents import orphans, presets, prompts, runner, session
 from harness.liveness import heartbeat
 from harness.repo import worktrees
 from harness import config as config_mod
@@ -45,6 +45,7 @@ from harness.workspace import Workspace
 EXIT_SLOT_TAKEN = 3
 EXIT_SLOT_UNSAFE = 4  # the slot's worktree path is a symlink or outside the workspace
 IDLE_POLL = 0.1
+ORPHAN_DEATH_WAIT = 5.0  # seconds to wait for killed leftovers to be gone
 RATE_LIMIT_DEFAULT_PAUSE = 900.0  # seconds, when the agent does not say when its quota resets
 
 
@@ -89,7 +90,12 @@ class Worker:
         self.ws.log_event("worker-start", worker=self.id, generation=self.generation)
         if not self._slot_is_safe():
             return self._refuse()
-        # Holding the slot lock proves the previous holder of this worktree is dead.
+        orphans.become_subreaper()  # escaped agent processes come back to this worker
+        # Holding the slot lock proves the previous holder of this worktree is dead: what
+        # still runs with its marks is left over, and must not outlive into the next attempt.
+        self._kill_leftovers("left by an earlier worker in this slot", [
+            p for p in orphans.marked(self.ws.root)
+            if p.worker == self.id and p.generation != self.generation])
         worktrees.remove_stale_index_lock(self.ws.worktree(self.id), owner_dead=True)
         reason = "stopped"
         while not self.stopping:
@@ -191,6 +197,10 @@ class Worker:
         self.beat(force=True, state="idle", item=None, item_id=None, attempt=None,
                   claimed_at=None, doing=None, agent_pid=None, agent_start=None,
                   tokens=None, cost_usd=None, turns=None, last_tool=None)
+        # What left the agent's process group and lost its parent is now our child.
+        self._kill_leftovers(f"escaped from {claim.id}~{claim.attempt}",
+                             orphans.marked(self.ws.root, orphans.children()))
+        orphans.reap(orphans.children())  # every subprocess of this worker has been waited for
 
     def attempt(self, claim: Claim, log_dir: Path) -> Attempt:
         """Prepare the worktree, run the agent and verify; never raises for agent trouble."""
@@ -254,8 +264,7 @@ class Worker:
                    session_id: str) -> None:
         run, agent = self.cfg.run, self.cfg.agent
         streams = agent.streams
-        env = runner.clean_env({**agent.env, "HARNESS_ITEM": claim.id,
-                                "HARNESS_ATTEMPT": str(claim.attempt), "HARNESS_WORKER": self.id,
+        env = runner.clean_env({**agent.env, **self._marks(claim),
                                 "HARNESS_SESSION_ID": session_id})
         limits = runner.Limits(timeout=run.session_timeout,
                                stall_after=run.stall_after if streams else None,
@@ -288,7 +297,7 @@ class Worker:
         self.beat(force=True, doing="verifying")
         try:
             outcome = runner.run(
-                argv, cwd=wt, env=runner.clean_env({"HARNESS_ITEM": claim.id}),
+                argv, cwd=wt, env=runner.clean_env(self._marks(claim)),
                 limits=runner.Limits(timeout=self.cfg.git.verify_timeout),
                 poll=min(0.2, self.cfg.run.heartbeat_interval), stdout=log_dir / "verify.log",
                 stderr=log_dir / "verify.log", on_start=lambda p: self._agent_started(claim, p),
@@ -301,6 +310,23 @@ class Worker:
         elif outcome.exit_code != 0:
             how = "timed out" if outcome.timed_out else f"exit {outcome.exit_code}"
             att.end("verify_failed", f"verify {how}; see {log_dir / 'verify.log'}")
+
+    def _marks(self, claim: Claim) -> dict[str, str]:
+        """Who owns the process about to start (harness.agents.orphans)."""
+        return orphans.marks(self.ws.root, self.id, self.generation, claim.id, claim.attempt)
+
+    def _kill_leftovers(self, why: str, found: list[orphans.Marked]) -> None:
+        """Kill processes of earlier attempts before the worktree is touched again."""
+        killed = orphans.kill(found)
+        if not killed:
+            return
+        self.ws.log_event("orphans-killed", worker=self.id, why=why,
+                          pids=[p.pid for p in killed],
+                          owners=sorted({f"{p.item}~{p.attempt}" for p in killed}))
+        pids = [p.pid for p in killed]
+        deadline = time.monotonic() + ORPHAN_DEATH_WAIT
+        while time.monotonic() < deadline and orphans.marked(self.ws.root, pids):
+            time.sleep(0.01)
 
     def _agent_started(self, claim: Claim, proc: psutil.Process) -> None:
         self.beat(force=True, doing="running", agent_pid=proc.pid, agent_start=proc.create_time())
