@@ -18,6 +18,8 @@ import click
 @click.option("--agents", type=click.IntRange(0, 256), default=None,
               help="With no subcommand: run with this many workers.")
 @click.option("--forever", is_flag=True, help="With no subcommand: keep polling for new items.")
+@click.version_option(package_name="parallel-harness", prog_name="parallel-harness",
+                      message="%(prog)s %(version)s")
 @click.pass_context
 def main(ctx: click.Context, root: str, agents: int | None, forever: bool) -> None:
     """Run many AI coding agents in parallel over a filesystem work queue.

@@ -7,6 +7,7 @@ return.
 
 from __future__ import annotations
 
+import textwrap
 import time
 from typing import Any
 
@@ -50,7 +51,7 @@ def render_text(s: dict[str, Any]) -> str:
                          f"  {w['heartbeat_age']:>6}s  {w.get('tokens') or '-':>8}  {cost:>7}"
                          f"  {(w['doing'] or '')[:60]}")
     for f in s["recent_failures"]:
-        lines.append(f"failed   {f['item']}: {f['reason'][:100]}")
+        lines.append(f"failed   {f['item']}: {clip(f['reason'], 160)}")
     return "\n".join(lines)
 
 
@@ -67,6 +68,8 @@ def render_event(ev: dict[str, Any]) -> str | None:
                 f" -> {ev.get('outcome')}")
     elif kind == "worker-dead":
         text = f"{worker} dead: {ev.get('why')}"
+    elif kind == "worker-retired":  # stopped on purpose (scale-down, shutdown)
+        text = f"{worker} stopped: {ev.get('why')}"
     elif kind == "worker-adopted":
         text = f"{worker} adopted (pid {ev.get('pid')})"
     elif kind == "rate-limited":
@@ -87,7 +90,11 @@ def render_event(ev: dict[str, Any]) -> str | None:
     elif kind == "merge-conflict":
         text = f"merge conflict {item} in {', '.join(ev.get('paths') or [])}: branch kept"
     elif kind == "merge-failed":
-        text = f"merge of {item} failed: {ev.get('error')}"
+        text = f"merge of {item} refused ({ev.get('reason') or 'merge_failed'}): {ev.get('error')}"
+    elif kind == "checkout-updated":
+        text = f"checkout {ev.get('checkout')} fast-forwarded to {str(ev.get('sha'))[:12]}"
+    elif kind == "checkout-behind":
+        text = f"checkout {ev.get('checkout')} left behind: {ev.get('why')}"
     elif kind == "dropped-file":
         text = f"hand-dropped file: {ev.get('action')}"
     elif kind == "memory-floor":
@@ -96,7 +103,57 @@ def render_event(ev: dict[str, Any]) -> str | None:
     else:
         return None
     stamp = time.strftime("%H:%M:%S", time.localtime(ev.get("ts") or time.time()))
-    return f"{stamp} {text[:200]}"
+    return f"{stamp} {clip(text, 300)}"
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters at a word boundary, with an ellipsis."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else textwrap.shorten(text, limit, placeholder=" …")
+
+
+def duration(seconds: float | None) -> str:
+    """1h02m, 3m05s, 12s; "-" for None."""
+    if seconds is None:
+        return "-"
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def run_progress(snap: dict[str, Any] | None) -> str:
+    """The live line ``run`` keeps at the bottom of a terminal, from state/run.json."""
+    if not snap:
+        return "starting…"
+    items, mine = snap.get("items") or {}, snap.get("this_run") or {}
+    tokens = sum((snap.get("tokens_total") or {}).values())
+    eta = duration(snap.get("eta_s")) if snap.get("eta_s") else "-"
+    elapsed = duration(time.time() - snap["started_at"]) if snap.get("started_at") else "-"
+    paused = "  PAUSED" if snap.get("paused") else ""
+    return (f"done {mine.get('done', 0)}  failed {mine.get('failed', 0)}"
+            f"  running {items.get('claimed', 0)}  pending {items.get('pending', 0)}"
+            f"  waiting {items.get('waiting', 0)}  |  {snap.get('throughput_per_min') or 0}/min"
+            f"  eta {eta}  |  {tokens:,} tokens  ${snap.get('cost_usd_total') or 0:.2f}"
+            f"  |  {snap.get('workers_alive', 0)} worker(s)  {elapsed}{paused}")
+
+
+def render_run_summary(report: dict[str, Any], root: str, width: int = 100) -> str:
+    """The end of ``run``: what this run finished, its cost, and every failure in full.
+
+    A reason is wrapped, never cut: it is often the only explanation an operator gets.
+    """
+    by = ", ".join(f"{k} {v}" for k, v in report["failures_by_reason"].items())
+    lines = [f"summary: {report['done']} done, {report['failed']} failed this run"
+             f" ({by or 'no failures'}) in {duration(report['elapsed_s'])};"
+             f" {sum(report['attempts'].values())} attempt(s), {report['tokens']:,} tokens,"
+             f" ${report['cost_usd']:.2f}"]
+    for item, reason in report["failures"].items():
+        lines.append(textwrap.fill(reason, width, initial_indent=f"  failed {item}: ",
+                                   subsequent_indent=" " * 4, break_long_words=False,
+                                   break_on_hyphens=False))
+    lines.append(f"look at: {root}/queue/{{done,failed}}  {root}/state/events.jsonl  {root}/logs/")
+    return "\n".join(lines)
 
 
 def render_summary(s: dict[str, Any], look_at: bool = True) -> str:
@@ -104,7 +161,8 @@ def render_summary(s: dict[str, Any], look_at: bool = True) -> str:
     lines = [f"summary: {c['done']} done, {c['failed']} failed, {c['pending']} pending,"
              f" {c['claimed']} claimed, {c['waiting']} waiting"]
     for f in s["recent_failures"]:
-        lines.append(f"  failed {f['item']}: {f['reason'][:120]}")
+        lines.append(textwrap.fill(f["reason"], 100, initial_indent=f"  failed {f['item']}: ",
+                                   subsequent_indent=" " * 4, break_long_words=False))
     if look_at:
         lines.append(f"look at: {s['root']}/queue/{{done,failed}}  {s['root']}/state/events.jsonl"
                      f"  {s['root']}/logs/")
