@@ -44,13 +44,13 @@ def main(ctx: click.Context, root: str, agents: int | None, forever: bool) -> No
 
 def _register() -> None:
     """Add the commands; each module imports only click at load, so ``status`` stays fast."""
-    from harness.cli import (control, doctor, fsck, gc, items, logs, run, sessions, setup,
-                             status)
+    from harness.cli import (bulk, control, doctor, fsck, gc, items, logs, run, sessions,
+                             settings, setup, status)
 
     for command in (run.run, setup.init, setup.demo, items.enqueue, items.ls_cmd, items.show,
-                    items.retry, items.cancel, control.pause, control.resume, control.scale,
-                    status.status, fsck.fsck, doctor.doctor, gc.gc, status.metrics,
-                    sessions.sessions, logs.logs):
+                    bulk.retry, bulk.cancel, bulk.mark_done, bulk.purge, control.pause,
+                    control.resume, control.scale, status.status, fsck.fsck, doctor.doctor,
+                    gc.gc, status.metrics, settings.config, sessions.sessions, logs.logs):
         main.add_command(command)
 
 

@@ -40,7 +40,11 @@ def render_text(s: dict[str, Any]) -> str:
                      f"  reclaims {run.get('reclaims_total') or 0}"
                      f"  restarts {run.get('restarts_total') or 0}")
     if s["paused"]:
-        lines.append("PAUSED   " + s["paused"].replace("\n", " | "))
+        lines.append("PAUSED   " + paused_text(s))
+    for c in s.get("corrupt_heartbeats") or []:
+        lines.append(f"CORRUPT  {c['path']}: {c['error']}; worker {c['worker']} is"
+                     f" {'alive (lock held)' if c['alive'] else 'not running'} but unseen;"
+                     " `parallel-harness gc` removes it once its worker is gone")
     if s["workers"]:
         lines.append(f"{'worker':<8}{'alive':<7}{'state':<9}{'item':<28}{'try':>4}"
                      f"  {'hb age':>7}  {'tokens':>8}  {'cost':>7}  doing")
@@ -53,6 +57,16 @@ def render_text(s: dict[str, Any]) -> str:
     for f in s["recent_failures"]:
         lines.append(f"failed   {f['item']}: {clip(f['reason'], 160)}")
     return "\n".join(lines)
+
+
+def paused_text(s: dict[str, Any]) -> str:
+    """The pause reason on one line, with an automatic resume as a local time (not an epoch)."""
+    reason = " | ".join(line for line in (s["paused"] or "").splitlines()
+                        if not line.startswith("resume-at: "))
+    if s.get("resume_at"):
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(s["resume_at"]))
+        reason += f" (resumes by itself at {stamp})"
+    return reason
 
 
 def render_event(ev: dict[str, Any]) -> str | None:
@@ -73,18 +87,26 @@ def render_event(ev: dict[str, Any]) -> str | None:
     elif kind == "worker-adopted":
         text = f"{worker} adopted (pid {ev.get('pid')})"
     elif kind == "rate-limited":
-        text = f"{worker} {item} rate limited: pool paused until {ev.get('resume_at')}"
+        until = ev.get("resume_at")
+        until = time.strftime("%H:%M:%S", time.localtime(until)) if isinstance(
+            until, (int, float)) else until
+        text = f"{worker} {item} rate limited: pool paused until {until}"
     elif kind in ("circuit-open", "budget-reached"):
         text = "PAUSED " + str(ev.get("reason") or f"{kind}: {ev.get('tokens')} tokens,"
                                f" ${ev.get('cost_usd') or 0:.2f}")
     elif kind == "resumed":
         text = f"resumed: {ev.get('why')}"
     elif kind == "paused":  # by the operator; the harness's own pauses have their own events
-        text = f"PAUSED by the operator: {ev.get('reason')}"
+        text = f"PAUSED by the operator: {ev.get('reason')}" + (
+            time.strftime(" (until %H:%M:%S)", time.localtime(ev["resume_at"]))
+            if ev.get("resume_at") else "")
     elif kind == "scaled":
         text = f"operator: scale to {ev.get('workers')} worker(s)"
-    elif kind in ("retried", "cancelled"):
-        text = f"operator: {'retry' if kind == 'retried' else 'cancel'} {item}"
+    elif kind in ("retried", "cancelled", "marked-done"):
+        verb = {"retried": "retry", "cancelled": "cancel", "marked-done": "mark-done"}[kind]
+        text = f"operator: {verb} {item}"
+    elif kind == "purged":
+        text = f"operator: purge {len(ev.get('items') or [])} item(s) from {ev.get('state')}/"
     elif kind == "merged":
         text = f"merged {item} ({ev.get('status')}, {str(ev.get('sha'))[:12]})"
     elif kind == "merge-conflict":
@@ -167,3 +189,31 @@ def render_summary(s: dict[str, Any], look_at: bool = True) -> str:
         lines.append(f"look at: {s['root']}/queue/{{done,failed}}  {s['root']}/state/events.jsonl"
                      f"  {s['root']}/logs/")
     return "\n".join(lines)
+
+
+def render_item(report: dict[str, Any]) -> str:
+    """``show``: an item's state, reason, branch and each attempt (reason, tokens, cost)."""
+    doc = report["item"]
+    lines = [f"{report['id']}  [{report['state']}]  {doc.get('title', '')}",
+             f"  queue name  {report['name']}"]
+    if report.get("reason"):
+        lines.append(textwrap.fill(report["reason"], 100, initial_indent="  reason      ",
+                                   subsequent_indent=" " * 14, break_long_words=False))
+    lines.append(f"  branch      {report['branch']}")
+    for a in report["attempts"]:
+        lines.append(f"  attempt {a['attempt']:<3} {a['reason']:<16} {a['tokens']:>8} tok"
+                     f"  ${a['cost_usd'] or 0:.4f}  {clip(a.get('detail') or '', 70)}")
+        lines.append(f"              {a['log_dir']}")
+    return "\n".join(lines)
+
+
+def render_settings(rows: list[dict[str, Any]]) -> str:
+    """``config show``: key = value (TOML spelling), then where it came from."""
+    import orjson
+
+    def shown(value: Any) -> str:
+        return "(by preset)" if value is None else orjson.dumps(value).decode()
+
+    width = min(44, max(len(r["key"]) + len(shown(r["value"])) for r in rows) + 3)
+    return "\n".join(f"{(r['key'] + ' = ' + shown(r['value'])):<{width}}  # {r['origin']}"
+                     for r in rows)

@@ -37,14 +37,23 @@ def init(directory: str, preset: str) -> None:
 @click.command()
 @click.option("--agents", type=click.IntRange(1, 64), default=3, show_default=True)
 @click.option("--keep", is_flag=True, help="Keep the demo workspace and print its path.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
+              help="Build the demo workspace here (a new or empty directory) and keep it.")
 @click.option("--fast", is_flag=True, help="Shorter items (used by the tests).")
-def demo(agents: int, keep: bool, fast: bool) -> None:
+def demo(agents: int, keep: bool, directory: str | None, fast: bool) -> None:
     """Run a self-contained demo with the sim agent in a temporary git workspace.
 
     \b
-    Example:
+    Examples:
       parallel-harness demo --agents 3 --keep
+      parallel-harness demo --dir ./harness-demo
     """
     from harness.cli.demo import run_demo
 
-    sys.exit(run_demo(agents=agents, keep=keep, fast=fast))
+    where = None
+    if directory is not None:
+        where = Path(directory)
+        if where.exists() and any(where.iterdir()):
+            usage_error(f"{where} is not empty; give a new or empty directory to --dir"
+                        " (or leave --dir out for a temporary one)")
+    sys.exit(run_demo(agents=agents, keep=keep or where is not None, fast=fast, root=where))
