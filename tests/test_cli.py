@@ -32,8 +32,8 @@ def ws(tmp_path):
     kill_all(ws)
 
 
-def cli(ws, *args, input=None):
-    return CliRunner().invoke(main, ["--root", str(ws.root), *args], input=input)
+def cli(ws, *args, input=None, env=None):
+    return CliRunner().invoke(main, ["--root", str(ws.root), *args], input=input, env=env)
 
 
 def ids_in(ws, state):
@@ -56,6 +56,11 @@ def test_init_scaffolds_a_workspace_and_refuses_to_overwrite(tmp_path):
     assert "/queue/" in (repo / ".git" / "info" / "exclude").read_text()
     again = CliRunner().invoke(main, ["init", str(repo)])
     assert again.exit_code == 2 and "refusing to overwrite" in again.output
+    other = tmp_path / "other"
+    other.mkdir()
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=other, check=True)
+    as_json = CliRunner().invoke(main, ["init", str(other), "--json"])
+    assert str(other / "harness.toml") in orjson.loads(as_json.stdout)["created"]
 
 
 @pytest.mark.parametrize("branch", ["master", "trunk"])

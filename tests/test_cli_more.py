@@ -15,28 +15,14 @@ from click.testing import CliRunner
 
 from harness.cli.main import main
 from harness.liveness.process import hold_lock
-from harness.queue import names
 from harness.queue.core import Queue
 from tests.wsutil import kill_all, make_workspace
+
+from tests.test_cli import cli, ids_in, ws  # noqa: F401  (ws is a fixture)
 
 pytestmark = pytest.mark.timeout(120)
 
 SIM = '\n[agent]\npreset = "sim"\n'
-
-
-@pytest.fixture
-def ws(tmp_path):
-    ws = make_workspace(tmp_path / "ws", extra=SIM)
-    yield ws
-    kill_all(ws)
-
-
-def cli(ws, *args, input=None, env=None):
-    return CliRunner().invoke(main, ["--root", str(ws.root), *args], input=input, env=env)
-
-
-def ids_in(ws, state):
-    return sorted(names.parse(e).id for e in names.entries(ws.queue_dir / state))
 
 
 def failed_with(ws, **reasons: str) -> None:

@@ -64,6 +64,30 @@ def report(rows: list[dict[str, Any]], refused: list[str], *, verb: str, dry_run
         sys.exit(EXIT_USAGE)
 
 
+def apply(queue: Any, item_ids: list[str], states: tuple[str, ...], act: Any, *, verb: str,
+          wanted: str, dry_run: bool) -> tuple[list[dict[str, Any]], list[str]]:
+    """Run ``act(item_id, state) -> row`` on each item that is in one of ``states``.
+
+    The rest are refused with :func:`misplaced`; a QueueError from ``act`` (the item
+    moved meanwhile) is refused too. With ``dry_run``, ``act`` is not called.
+    """
+    from harness.queue.core import QueueError
+
+    rows, refused = [], []
+    for item_id in item_ids:
+        state = where_is(queue, item_id)
+        if state not in states:
+            refused.append(misplaced(queue, item_id, verb, wanted))
+        elif dry_run:
+            rows.append({"id": item_id, "detail": f"it is {state}"})
+        else:
+            try:
+                rows.append(act(item_id, state))
+            except QueueError as exc:
+                refused.append(str(exc))
+    return rows, refused
+
+
 def failed_ids(ws: Any, reason: str | None) -> list[str]:
     """Ids in failed/, oldest name first; with ``reason``, those whose reason kind matches."""
     from harness.pool.runstats import reason_key
@@ -91,8 +115,6 @@ def retry(ctx: click.Context, item_ids: tuple[str, ...], all_failed: bool, reaso
       parallel-harness retry --reason stalled --dry-run
       parallel-harness retry --all-failed
     """
-    from harness.queue.core import QueueError
-
     if not item_ids and not all_failed and reason is None:
         usage_error("retry what? give item ids, --all-failed or --reason KIND"
                     " (`parallel-harness ls failed` lists them)")
@@ -100,20 +122,14 @@ def retry(ctx: click.Context, item_ids: tuple[str, ...], all_failed: bool, reaso
     chosen = list(item_ids)
     if all_failed or reason is not None:
         chosen += [i for i in failed_ids(workspace(ctx), reason) if i not in chosen]
-    rows, refused = [], []
-    for item_id in chosen:
-        if queue.find(item_id, ("failed",)) is None:
-            refused.append(misplaced(queue, item_id, "retry", "failed"))
-        elif dry_run:
-            rows.append({"id": item_id})
-        else:
-            try:
-                name = queue.requeue_failed(item_id)
-            except QueueError as exc:
-                refused.append(str(exc))
-                continue
-            operator_event(ctx, "retried", item=item_id)
-            rows.append({"id": item_id, "detail": f"queue/pending/{name}"})
+
+    def act(item_id: str, state: str) -> dict[str, Any]:
+        name = queue.requeue_failed(item_id)
+        operator_event(ctx, "retried", item=item_id)
+        return {"id": item_id, "detail": f"queue/pending/{name}"}
+
+    rows, refused = apply(queue, chosen, ("failed",), act, verb="retry", wanted="failed",
+                          dry_run=dry_run)
     report(rows, refused, verb="retry", dry_run=dry_run, as_json=as_json)
 
 
@@ -143,15 +159,9 @@ def cancel(ctx: click.Context, item_ids: tuple[str, ...], all_pending: bool, dry
     if all_pending:
         chosen += [r["id"] for s in ("pending", "waiting") for r in list_state(ws, s)
                    if r["id"] and r["id"] not in chosen]
-    rows, refused = [], []
-    for item_id in chosen:
-        state = where_is(queue, item_id)
-        if state not in ("pending", "waiting", "claimed"):
-            refused.append(misplaced(queue, item_id, "cancel", "pending"))
-        elif dry_run:
-            rows.append({"id": item_id, "detail": f"it is {state}"})
-        else:
-            rows.append(_cancel_one(ctx, ws, queue, item_id))
+    rows, refused = apply(queue, chosen, ("pending", "waiting", "claimed"),
+                          lambda item_id, _state: _cancel_one(ctx, ws, queue, item_id),
+                          verb="cancel", wanted="pending", dry_run=dry_run)
     report(rows, refused, verb="cancel", dry_run=dry_run, as_json=as_json)
 
 
@@ -180,24 +190,15 @@ def mark_done(ctx: click.Context, item_ids: tuple[str, ...], dry_run: bool, as_j
     Example:
       git merge harness/greet-fr && parallel-harness mark-done greet-fr
     """
-    from harness.queue.core import QueueError
-
     queue = open_queue(ctx)
-    rows, refused = [], []
-    for item_id in item_ids:
-        state = where_is(queue, item_id)
-        if state not in ("failed", "pending", "waiting"):
-            refused.append(misplaced(queue, item_id, "mark-done", "failed"))
-        elif dry_run:
-            rows.append({"id": item_id, "detail": f"from {state}/"})
-        else:
-            try:
-                name = queue.mark_done(item_id)
-            except QueueError as exc:
-                refused.append(str(exc))
-                continue
-            operator_event(ctx, "marked-done", item=item_id, was=state)
-            rows.append({"id": item_id, "detail": f"from {state}/ to queue/done/{name}"})
+
+    def act(item_id: str, state: str) -> dict[str, Any]:
+        name = queue.mark_done(item_id)
+        operator_event(ctx, "marked-done", item=item_id, was=state)
+        return {"id": item_id, "detail": f"from {state}/ to queue/done/{name}"}
+
+    rows, refused = apply(queue, list(item_ids), ("failed", "pending", "waiting"), act,
+                          verb="mark-done", wanted="failed", dry_run=dry_run)
     report(rows, refused, verb="mark-done", dry_run=dry_run, as_json=as_json)
 
 

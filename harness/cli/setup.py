@@ -8,14 +8,15 @@ from pathlib import Path
 
 import click
 
-from harness.cli.common import usage_error
+from harness.cli.common import echo_json, usage_error
 
 
 @click.command()
 @click.argument("directory", default=".", type=click.Path(file_okay=False))
 @click.option("--agent", "preset", type=click.Choice(["claude", "codex", "shell", "sim"]),
               default="claude", show_default=True, help="Agent preset for harness.toml.")
-def init(directory: str, preset: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+def init(directory: str, preset: str, as_json: bool) -> None:
     """Scaffold harness.toml, prompts/bootstrap.md, queue/, state/, worktrees/ in a git repo.
 
     \b
@@ -28,6 +29,9 @@ def init(directory: str, preset: str) -> None:
         created = scaffold(Path(directory), preset)
     except ScaffoldError as exc:
         usage_error(str(exc))
+    if as_json:
+        echo_json({"created": [str(p) for p in created]})
+        return
     for path in created:
         click.echo(f"created  {path}")
     click.echo("next: edit harness.toml, then `parallel-harness enqueue ...` and"
