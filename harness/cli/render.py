@@ -69,6 +69,20 @@ def paused_text(s: dict[str, Any]) -> str:
     return reason
 
 
+# The merge queue's events: what happened to the target branch and its checkouts.
+_MERGE_EVENTS: dict[str, Any] = {
+    "merged": lambda ev: f"merged {ev.get('item')} ({ev.get('status')},"
+                         f" {str(ev.get('sha'))[:12]})",
+    "merge-conflict": lambda ev: f"merge conflict {ev.get('item')} in"
+                                 f" {', '.join(ev.get('paths') or [])}: branch kept",
+    "merge-failed": lambda ev: f"merge of {ev.get('item')} refused"
+                               f" ({ev.get('reason') or 'merge_failed'}): {ev.get('error')}",
+    "checkout-updated": lambda ev: f"checkout {ev.get('checkout')} fast-forwarded to"
+                                   f" {str(ev.get('sha'))[:12]}",
+    "checkout-behind": lambda ev: f"checkout {ev.get('checkout')} left behind: {ev.get('why')}",
+}
+
+
 def render_event(ev: dict[str, Any]) -> str | None:
     """One line for an event an operator watching ``run`` wants to see; None for the rest
     (claims, agent starts, spawns: status shows those)."""
@@ -107,16 +121,8 @@ def render_event(ev: dict[str, Any]) -> str | None:
         text = f"operator: {verb} {item}"
     elif kind == "purged":
         text = f"operator: purge {len(ev.get('items') or [])} item(s) from {ev.get('state')}/"
-    elif kind == "merged":
-        text = f"merged {item} ({ev.get('status')}, {str(ev.get('sha'))[:12]})"
-    elif kind == "merge-conflict":
-        text = f"merge conflict {item} in {', '.join(ev.get('paths') or [])}: branch kept"
-    elif kind == "merge-failed":
-        text = f"merge of {item} refused ({ev.get('reason') or 'merge_failed'}): {ev.get('error')}"
-    elif kind == "checkout-updated":
-        text = f"checkout {ev.get('checkout')} fast-forwarded to {str(ev.get('sha'))[:12]}"
-    elif kind == "checkout-behind":
-        text = f"checkout {ev.get('checkout')} left behind: {ev.get('why')}"
+    elif kind in _MERGE_EVENTS:
+        text = _MERGE_EVENTS[kind](ev)
     elif kind == "dropped-file":
         text = f"hand-dropped file: {ev.get('action')}"
     elif kind == "memory-floor":
