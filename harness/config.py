@@ -156,6 +156,34 @@ def load(path: Path, overrides: dict[str, dict[str, Any]] | None = None,
     return cfg
 
 
+def effective(cfg: Config, path: Path) -> list[dict[str, Any]]:
+    """Each setting as {key, value, origin}: "flag", "env" (naming the variable), "file"
+    (naming the file) or "default". A flag or variable given but equal to the file's value
+    still names itself: it is what decided."""
+    in_file: dict[str, Any] = {}
+    if path.exists():
+        try:
+            in_file = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError:
+            in_file = {}
+    rows = []
+    for name, model in sections():
+        values = getattr(cfg, name)
+        for key in model.model_fields:
+            dotted = f"{name}.{key}"
+            told = cfg._origins.get(dotted, "")
+            if told == "command line":
+                origin = "flag"
+            elif told.startswith("environment variable "):
+                origin = "env " + told.removeprefix("environment variable ")
+            elif key in (in_file.get(name) or {}):
+                origin = f"file {path}"
+            else:
+                origin = "default"
+            rows.append({"key": dotted, "value": getattr(values, key), "origin": origin})
+    return rows
+
+
 def queue_options(cfg: Config) -> dict[str, Any]:
     """The Queue keyword arguments [run] sets (one place, for coordinator, worker and CLI)."""
     run = cfg.run

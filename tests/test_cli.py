@@ -32,8 +32,8 @@ def ws(tmp_path):
     kill_all(ws)
 
 
-def cli(ws, *args, input=None):
-    return CliRunner().invoke(main, ["--root", str(ws.root), *args], input=input)
+def cli(ws, *args, input=None, env=None):
+    return CliRunner().invoke(main, ["--root", str(ws.root), *args], input=input, env=env)
 
 
 def ids_in(ws, state):
@@ -56,6 +56,11 @@ def test_init_scaffolds_a_workspace_and_refuses_to_overwrite(tmp_path):
     assert "/queue/" in (repo / ".git" / "info" / "exclude").read_text()
     again = CliRunner().invoke(main, ["init", str(repo)])
     assert again.exit_code == 2 and "refusing to overwrite" in again.output
+    other = tmp_path / "other"
+    other.mkdir()
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=other, check=True)
+    as_json = CliRunner().invoke(main, ["init", str(other), "--json"])
+    assert str(other / "harness.toml") in orjson.loads(as_json.stdout)["created"]
 
 
 @pytest.mark.parametrize("branch", ["master", "trunk"])
@@ -81,7 +86,8 @@ def test_commands_outside_a_workspace_are_usage_errors_that_write_nothing(tmp_pa
 def test_a_cloned_workspace_without_queue_dirs_is_still_a_workspace(tmp_path):
     (tmp_path / "harness.toml").write_text("[run]\nagents = 1\n")
     assert CliRunner().invoke(main, ["--root", str(tmp_path), "ls"]).exit_code == 0
-    result = CliRunner().invoke(main, ["--root", str(tmp_path), "enqueue", "--id", "first"])
+    result = CliRunner().invoke(main, ["--root", str(tmp_path), "enqueue", "--id", "first",
+                                                     "--title", "First"])
     assert result.exit_code == 0, result.output
     assert names.entries(tmp_path / "queue" / "pending")
 
@@ -177,9 +183,23 @@ def test_ls_and_show(ws):
         ws.attempt_dir("a", n).mkdir(parents=True)
     ws.heartbeats_dir.mkdir(parents=True, exist_ok=True)
     ws.heartbeat_file("w1").write_bytes(orjson.dumps({"item_id": "a", "attempt": 2}))
-    lines = cli(ws, "show", "a").output.splitlines()
-    assert [line.split()[:3] for line in lines if line.startswith("  attempt")] == [
-        ["attempt", "1", "unfinished"], ["attempt", "2", "running"]]
+
+    def shown_attempts():
+        lines = cli(ws, "show", "a").output.splitlines()
+        return [line.split()[:3] for line in lines if line.startswith("  attempt")]
+
+    # A heartbeat alone proves nothing: its worker may have died. Running = the worker
+    # holds its slot lock too.
+    assert shown_attempts() == [["attempt", "1", "unfinished"], ["attempt", "2", "unfinished"]]
+    from harness.liveness.process import hold_lock
+
+    fd = hold_lock(ws.worker_lock("w1"))
+    try:
+        assert shown_attempts() == [["attempt", "1", "unfinished"], ["attempt", "2", "running"]]
+        listed = cli(ws, "sessions", "list").output
+        assert re.search(r"^a\s+2\s+running", listed, re.M), listed
+    finally:
+        os.close(fd)
 
 
 def test_retry_and_cancel_of_items_not_running(ws):
@@ -187,9 +207,11 @@ def test_retry_and_cancel_of_items_not_running(ws):
     q.enqueue({"id": "dead"})
     q.enqueue({"id": "later"})
     q.claim().fail("boom")
-    assert cli(ws, "retry", "later").exit_code == 2
+    later = cli(ws, "retry", "later")
+    assert later.exit_code == 2 and "cannot retry 'later': it is pending already" in later.output
     result = cli(ws, "retry", "dead")
-    assert result.exit_code == 0 and "retrying dead" in result.output
+    assert result.exit_code == 0 and re.search(r"^retried\s+dead: queue/pending/", result.output,
+                                               re.M), result.output
     name = Queue(ws.queue_dir).find("dead")
     assert (name.attempt, name.counted) == (2, 1)
     cancel = cli(ws, "cancel", "later")
@@ -205,7 +227,17 @@ def test_pause_resume_scale_write_the_operator_files(ws):
     assert cli(ws, "resume").output.strip() == "resumed"
     assert not ws.interrupt_file.exists()
     assert cli(ws, "resume").output.strip() == "was not paused"
-    assert cli(ws, "scale", "5").exit_code == 0
+    # scale is for a running coordinator's pool: refused, saying so, when none runs.
+    alone = cli(ws, "scale", "5")
+    assert alone.exit_code == 2 and "no coordinator is running" in alone.output
+    assert "run --agents 5" in alone.output and not ws.desired_workers_file.exists()
+    from harness.liveness.process import hold_lock
+
+    fd = hold_lock(ws.coordinator_lock)  # as a running coordinator holds it
+    try:
+        assert cli(ws, "scale", "5").exit_code == 0
+    finally:
+        os.close(fd)
     assert ws.desired_workers_file.read_text().strip() == "5"
     assert cli(ws, "scale", "-1").exit_code == 2
     Queue(ws.queue_dir).enqueue({"id": "unwanted"})
@@ -279,7 +311,7 @@ def test_status_json_agrees_with_a_directory_scan_and_cancel_stops_a_running_age
                 assert lo <= snapshot["counts"][state] <= hi, (state, before, snapshot, after)
             assert {w["worker"] for w in snapshot["workers"]} == {"w1", "w2", "w3"}
         result = cli(ws, "cancel", "forever")
-        assert result.exit_code == 0 and "cancel requested" in result.output
+        assert result.exit_code == 0 and "requested: its worker stops the agent" in result.output
         wait_for(lambda: "forever" in ids_in(ws, "failed"), 20, "the cancelled item in failed/")
         assert coord.wait(60) == 1
     finally:
@@ -393,11 +425,15 @@ def test_progress_line_names_each_workers_item_and_the_pause():
 # -- demo -----------------------------------------------------------------------------------------
 
 
-def test_demo_fast_summary_matches_the_disk():
+def test_demo_fast_summary_matches_the_disk(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "harness.cli", "demo", "--agents", "3", "--fast",
-                           "--keep"], capture_output=True, text=True, timeout=110)
+                           "--dir", str(tmp_path / "demo")], capture_output=True, text=True,
+                          timeout=110)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     root = re.search(r"^kept: (\S+)$", proc.stdout, re.M).group(1)
+    assert root == str(tmp_path / "demo"), "--dir is where the demo is built, and kept"
+    refused = CliRunner().invoke(main, ["demo", "--dir", root])
+    assert refused.exit_code == 2 and "is not empty" in refused.output
     try:
         summary = re.search(r"^summary: (\d+) done, (\d+) failed", proc.stdout, re.M)
         on_disk = {s: len(names.entries(os.path.join(root, "queue", s))) for s in names.STATES}

@@ -175,6 +175,7 @@ def test_doctor_agent_binary(tmp_path, roomy, monkeypatch):
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{git_dir}")
     missing = doctor_lines(invoke(ws.root, "doctor").output)["agent"]
     assert missing[0] == "FAIL" and "not on PATH" in missing[1]  # run refuses: exit 2
+    assert "install it with `npm install -g @anthropic-ai/claude-code`" in missing[1]
     fake = bindir / "claude"
     fake.write_text("#!/bin/sh\necho '9.9.9 (Claude Code)'\n")
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
@@ -280,18 +281,28 @@ def test_gc_dry_run_changes_nothing(tmp_path):
 
 def test_gc_respects_desired_workers_and_locks(tmp_path):
     ws, p = gc_workspace(tmp_path)
-    ws.desired_workers_file.write_text("9\n")  # w9 is in the pool now
+    ws.desired_workers_file.write_text("9\n")  # w9 is in the running coordinator's pool
     fd = hold_lock(ws.worker_lock("w7"))  # w7 is alive: its heartbeat stays
+    coordinator = hold_lock(ws.coordinator_lock)
     try:
         res = invoke(ws.root, "gc", "--logs-older-than", "100", "--json")
     finally:
         os.close(fd)
+        os.close(coordinator)
     data = orjson.loads(res.output)
     rows = {e["path"]: e for e in data["entries"]}
     assert rows["worktrees/w9"]["action"] == "kept" and p["w9"].exists()
     assert rows["state/heartbeats/w7.json"]["reason"] == "worker alive (lock held)"
     assert ws.heartbeat_file("w7").exists() and p["done_old"].exists()
     assert data["freed"] == {"count": 0, "bytes": 0}
+
+
+def test_gc_ignores_a_pool_size_left_by_a_coordinator_that_is_gone(tmp_path):
+    ws, p = gc_workspace(tmp_path)
+    ws.desired_workers_file.write_text("9\n")  # left by `scale 9` of a run that has ended
+    res = invoke(ws.root, "gc", "--logs-older-than", "100", "--dry-run", "--json")
+    rows = {e["path"]: e for e in orjson.loads(res.output)["entries"]}
+    assert rows["worktrees/w9"]["action"] == "would remove"
 
 
 def test_gc_keeps_heartbeat_naming_a_live_claim(tmp_path):

@@ -339,7 +339,11 @@ def test_running_attempt_uses_the_stream_so_far(root):
     hb = root / "state" / "heartbeats"
     hb.mkdir(parents=True)
     (hb / "w2.json").write_text(json.dumps({"counter": 3, "item_id": "live", "attempt": 1}))
+    from harness.liveness.process import hold_lock
+
+    lock = hold_lock(root / "state" / "workers" / "w2.lock")  # its worker is alive
     data = as_json(invoke(root, "sessions", "list", "--json"))
+    os.close(lock)
     assert (data[0]["item"], data[0]["reason"]) == ("live", "running")
     assert data[0]["duration_s"] is not None and data[0]["tokens"] > 0
     summary = as_json(invoke(root, "sessions", "summary", "live", "--json"))["attempts"][0]

@@ -106,7 +106,7 @@ def test_activity_says_what_the_agent_does_now(b, activity):
 
 def test_activity_is_one_line_of_at_most_80_chars():
     state = fed(block(type="tool_use", name="Bash", input={"command": "echo x\n" * 40}))
-    assert len(state.activity) == 80 and "\n" not in state.activity
+    assert len(state.activity) <= 80 and "\n" not in state.activity
     assert state.activity.startswith("tool Bash: echo x echo x") and state.activity.endswith("…")
 
 
@@ -295,7 +295,7 @@ def test_classify_rules(items, exit_code, signal, flags, reason):
 @pytest.mark.parametrize("items, exit_code, signal, detail", [
     ([BOOM], 1, None, "error_during_execution: boom"),
     ([result(is_error=True, result="Not logged in · Please run /login")], 1, None,
-     "success: Not logged in · Please run /login"),
+     "Not logged in · Please run /login"),
     ([], 1, None, "exit 1 without a result event"),
     ([OK], 2, None, "the result was a success but the agent ended with exit 2"),
     ([{"type": "user", "message": {"content": [{"type": "tool_result", "is_error": True,

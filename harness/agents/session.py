@@ -259,7 +259,11 @@ def classify(exit_code: int | None, signal: int | None, state: StreamState, *,
     elif not state.result_is_error:
         why = f"the result was a success but the agent ended with {how}"
     else:
-        why = f"{state.result.get('subtype') or 'error'}: {_result_text(state.result) or how}"
+        # Claude Code reports some errors (a bad API key) as subtype "success" with
+        # is_error: the subtype would contradict the reason, so only a real one is kept.
+        sub = state.result.get("subtype")
+        text = _result_text(state.result) or how
+        why = f"{sub}: {text}" if sub and sub != "success" else text
     return "failed", _short(why, ERROR_CHARS)
 
 
@@ -286,7 +290,8 @@ def parse_reset(text: str, now: float) -> float | None:
 
 def _short(text: str, limit: int = ACTIVITY_CHARS) -> str:
     text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    # Cut at a word boundary: half a word reads as a different word.
+    return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + "…"
 
 
 def _as(value: Any, kind: type, default: Any = None) -> Any:
@@ -312,4 +317,5 @@ def _usage(usage: dict) -> tuple[int, ...]:
 
 def _result_text(ev: dict) -> str:
     errors = [e for e in _as(ev.get("errors"), list, []) if isinstance(e, str)]
-    return " ".join([_as(ev.get("result"), str, ""), *errors]).strip()
+    # The result text often repeats the last error: each distinct text once.
+    return " ".join(dict.fromkeys(t for t in [_as(ev.get("result"), str, ""), *errors] if t))

@@ -104,13 +104,16 @@ LOOK_AT = """\
   parallel-harness --root . status           the same from the CLI (also: ls, show, sessions)"""
 
 
-def run_demo(agents: int, keep: bool, fast: bool) -> int:
-    """Run the demo; 0 if it ended as designed (everything done but one of the conflicting pair)."""
+def run_demo(agents: int, keep: bool, fast: bool, root: Path | None = None) -> int:
+    """Run the demo; 0 if it ended as designed (everything done but one of the conflicting pair).
+
+    ``root``: build it there (new or empty) instead of a temporary directory.
+    """
     from harness.cli.live import watch
     from harness.cli.render import render_summary
     from harness.views.status import collect
 
-    root = Path(tempfile.mkdtemp(prefix="harness-demo-"))
+    root = root.resolve() if root is not None else Path(tempfile.mkdtemp(prefix="harness-demo-"))
     ws = Workspace.at(root)
     make_repo(root, DEMO_CONFIG.format(stall=1.0 if fast else 2.0))
     queue = Queue(ws.queue_dir)

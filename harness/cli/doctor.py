@@ -25,6 +25,12 @@ _GIT_LOCATION_VARS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_
                       "GIT_NAMESPACE", "GIT_PREFIX")
 
 
+# How to get what a check finds missing (the agents' npm packages are their vendors' names).
+INSTALL = {"claude": "npm install -g @anthropic-ai/claude-code",
+           "codex": "npm install -g @openai/codex",
+           "git": "apt-get install git (Debian, Ubuntu) or brew install git (macOS)"}
+
+
 def _git(args: list[str], cwd: Any, timeout: float = GIT_TIMEOUT):
     import os
     import subprocess
@@ -55,7 +61,8 @@ def _check_git(cfg) -> tuple[str, str, str]:
     path = shutil.which("git")
     version = merge.git_version()
     if path is None or version is None:
-        return FAIL, "git", "git not found on PATH (or `git version` failed); install git"
+        return FAIL, "git", ("git not found on PATH (or `git version` failed); install it:"
+                             f" `{INSTALL['git']}`")
     text = ".".join(map(str, version))
     need = ".".join(map(str, merge.MERGE_TREE_MIN_VERSION))
     if version[:2] < merge.MERGE_TREE_MIN_VERSION:
@@ -114,7 +121,9 @@ def _check_agent(cfg) -> tuple[str, str, str]:
                                " placeholder, not checked")
     path = presets.find_program(cfg.agent)
     if path is None:  # run refuses to start (exit 2)
-        return FAIL, "agent", f"preset {preset}: `{name}` not on PATH or not executable"
+        how = INSTALL.get(preset)
+        return FAIL, "agent", (f"preset {preset}: `{name}` not on PATH or not executable"
+                               + (f"; install it with `{how}`" if how else ""))
     if preset == "custom":
         return PASS, "agent", f"preset custom: {path} (not run)"
     try:
@@ -129,7 +138,14 @@ def _check_agent(cfg) -> tuple[str, str, str]:
     if proc.returncode != 0:
         return FAIL, "agent", (f"`{path} --version` exited {proc.returncode}:"
                                f" {first[0] if first else 'no output'}")
-    return PASS, "agent", f"{path}: {first[0] if first else 'version unknown'}"
+    version = first[0] if first else ""
+    # Hook for the presets' tested versions (harness.agents.presets may define
+    # check_tested_version(preset, version_text) -> (status, detail) or None).
+    tested = getattr(presets, "check_tested_version", None)
+    verdict = tested(preset, version) if tested is not None else None
+    if verdict is not None:
+        return verdict[0], "agent", f"{path}: {verdict[1]}"
+    return PASS, "agent", f"{path}: {version or 'version unknown'}"
 
 
 def _check_env() -> tuple[str, str, str]:

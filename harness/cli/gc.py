@@ -24,10 +24,19 @@ def _tree_bytes(path) -> int:
 
 
 def _desired_workers(ws, cfg) -> int:
-    try:
-        return max(0, int(ws.desired_workers_file.read_text().strip()))
-    except (FileNotFoundError, ValueError):
-        return cfg.run.agents
+    """The pool size: ``scale``'s file while its coordinator runs, else [run] agents.
+
+    A file left by a coordinator that is gone describes no pool (a new run
+    removes it at start): it must not decide which worktrees go.
+    """
+    from harness.liveness.process import lock_is_held
+
+    if lock_is_held(ws.coordinator_lock):
+        try:
+            return max(0, int(ws.desired_workers_file.read_text().strip()))
+        except (FileNotFoundError, ValueError):
+            pass
+    return cfg.run.agents
 
 
 class _Fence:
@@ -247,8 +256,9 @@ def gc(ctx: click.Context, older_than: float, dry_run: bool, as_json: bool) -> N
 
     \b
     Removes:
-      worktrees/w<N>   N above the pool size (state/desired-workers, else
-                       [run] agents), worker lock free, no unsaved work
+      worktrees/w<N>   N above the pool size (state/desired-workers while a
+                       coordinator runs, else [run] agents), worker lock free,
+                       no unsaved work
       logs/<id>/<n>    items in done/ or failed/ only, older than --logs-older-than
                        (mtime of result.json, else of the directory)
       heartbeats       of workers whose lock is free (unless they name a live

@@ -74,20 +74,28 @@ def _dependency_order(items: list[Item]) -> list[int]:
     return order
 
 
-def validate_batch(queue: Queue, raw: Sequence[Any], template: tuple[str, str] | None
-                   ) -> tuple[list[Item | None], Report]:
-    """Validate every item; refusals go in the report, valid ones are returned by index."""
+def validate_batch(queue: Queue, raw: Sequence[Any], template: tuple[str, str] | None,
+                   sources: Sequence[str] = ()) -> tuple[list[Item | None], Report]:
+    """Validate every item; refusals go in the report, valid ones are returned by index.
+
+    ``sources[i]`` names where item i came from (a file, file:line); an item
+    without an id gets one made from its title (see :func:`slug_id`).
+    """
     report = Report()
     items: list[Item | None] = []
     seen: set[str] = set()
     for i, data in enumerate(raw):
-        where = f"item #{i}" + (f" ({data.get('id')})" if isinstance(data, dict) and
-                                data.get("id") else "")
+        label = sources[i] if i < len(sources) else f"item #{i}"
+        where = label + (f" ({data.get('id')})" if isinstance(data, dict) and
+                         data.get("id") else "")
         try:
             item = validate(data, where)
+            if item.id is None and item.title.strip():
+                item = item.model_copy(update={"id": slug_id(queue, item.title, seen)})
             if item.id and (item.id in seen or (queue.root / "ids" / item.id).exists()):
                 raise DuplicateId(queue.root / "ids" / item.id,
-                                  f"{where}: id {item.id!r} is already in the queue")
+                                  f"id {item.id!r} is already in the queue"
+                                  f" (`parallel-harness show {item.id}`); give another id")
             if template is not None:
                 prompts.check(template[0], template[1], item.meta.keys())
             seen.add(item.id or "")
@@ -98,15 +106,27 @@ def validate_batch(queue: Queue, raw: Sequence[Any], template: tuple[str, str] |
     return items, report
 
 
+def slug_id(queue: Queue, title: str, taken: set[str]) -> str:
+    """An id made from a title, ``-2``, ``-3``... appended while it is taken."""
+    from harness.cli.promptfile import slug
+
+    base = slug(title)[:120]
+    candidate, n = base, 1
+    while candidate in taken or (queue.root / "ids" / candidate).exists():
+        n += 1
+        candidate = f"{base}-{n}"
+    return candidate
+
+
 def submit(queue: Queue, raw: Sequence[Any], *, atomic: bool = False,
-           template: tuple[str, str] | None = None) -> Report:
+           template: tuple[str, str] | None = None, sources: Sequence[str] = ()) -> Report:
     """Enqueue ``raw`` items; with ``atomic`` nothing is added unless every item is valid.
 
     ``template`` is (text, path) of the prompt template, checked against each
     item's meta keys. Atomicity covers validation: an id taken by a concurrent
     enqueuer between validation and publishing is still refused (reported).
     """
-    items, report = validate_batch(queue, raw, template)
+    items, report = validate_batch(queue, raw, template, sources)
     if atomic and report.refused:
         return report
     valid = [it for it in items if it is not None]

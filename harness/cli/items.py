@@ -1,4 +1,5 @@
-"""Commands on items: ``enqueue``, ``ls``, ``show``, ``retry``, ``cancel``."""
+"""Commands on items: ``enqueue``, ``ls``, ``show`` (``retry``, ``cancel`` and the other
+hand moves are in harness.cli.bulk)."""
 
 from __future__ import annotations
 
@@ -8,22 +9,40 @@ from typing import Any
 
 import click
 
-from harness.cli.common import (EXIT_FAILURES, echo_json, load_config, open_queue, operator_event,
-                                usage_error, workspace)
+from harness.cli.common import (EXIT_FAILURES, echo_json, load_config, open_queue, usage_error,
+                                workspace)
 from harness.queue.names import STATES
 
 
-def _read_inputs(files: tuple[str, ...]) -> list[Any]:
+def _read_inputs(files: tuple[str, ...], prompt_files: tuple[str, ...]
+                 ) -> tuple[list[Any], list[str]]:
+    """(items, where each came from) of the FILES and --prompt-file arguments.
+
+    A Markdown file (``.md``) or a --prompt-file is one item; anything else is
+    JSON / JSON Lines. A file that holds no item is an error naming it.
+    """
+    from harness.cli import promptfile
     from harness.cli.intake import InputError, parse
 
     items: list[Any] = []
-    for f in files:
+    sources: list[str] = []
+    for f in files + prompt_files:
+        source = "stdin" if f == "-" else f
         try:
             text = sys.stdin.read() if f == "-" else Path(f).read_text()
-            items.extend(parse(text, "stdin" if f == "-" else f))
-        except (OSError, InputError) as exc:
+            if f in prompt_files or promptfile.is_prompt_file(f):
+                found = [promptfile.parse(text, source)]
+            else:
+                found = parse(text, source)
+        except (OSError, InputError, promptfile.PromptFileError) as exc:
             usage_error(str(exc))
-    return items
+        if not found:
+            usage_error(f"{source}: no item in it (the file is empty); give a JSON object, a"
+                        " JSON list or JSON Lines, or a Markdown prompt file (.md)")
+        items += found
+        sources += [source if len(found) == 1 else f"{source}:{i + 1}"
+                    for i in range(len(found))]
+    return items, sources
 
 
 def _template(ctx: click.Context) -> tuple[str, str] | None:
@@ -47,6 +66,9 @@ def _template(ctx: click.Context) -> tuple[str, str] | None:
 @click.option("--title", help="Short title.")
 @click.option("--prompt", help="Prompt for the agent.")
 @click.option("--command", "command", help="Command for the shell agent (run by /bin/sh -c).")
+@click.option("--prompt-file", "prompt_files", multiple=True,
+              type=click.Path(dir_okay=False, exists=True),
+              help="A Markdown prompt file as one item, whatever its name (repeatable).")
 @click.option("--priority", default=None, help="high, medium, low or 0-9 (0 first).")
 @click.option("--rig", default=None, help="Rig label ({{RIG}} in the prompt).")
 @click.option("--depends-on", multiple=True, help="Id that must be done first (repeatable).")
@@ -54,29 +76,42 @@ def _template(ctx: click.Context) -> tuple[str, str] | None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 @click.pass_context
 def enqueue(ctx: click.Context, files: tuple[str, ...], item_id: str | None, title: str | None,
-            prompt: str | None, command: str | None, priority: str | None, rig: str | None,
-            depends_on: tuple[str, ...], atomic: bool, as_json: bool) -> None:
-    """Add items from options, or from JSON / JSON list / JSONL files ('-' = stdin).
+            prompt: str | None, command: str | None, prompt_files: tuple[str, ...],
+            priority: str | None, rig: str | None, depends_on: tuple[str, ...], atomic: bool,
+            as_json: bool) -> None:
+    """Add items from options, from Markdown prompt files (one item each), or from
+    JSON / JSON list / JSONL files ('-' = stdin).
 
+    A Markdown file's id is its file name, its title its first heading, its
+    prompt its text; optional front matter (TOML between +++ lines, or simple
+    key: value lines between ---) sets priority, depends_on, meta and the other
+    fields. Without an id, an item's id is made from its title (fix-the-login-bug).
     The old harness's state/queue.json ([{"id","type","title","priority","rig"}])
     is accepted as is. Exit 1 if anything was refused.
 
     \b
     Examples:
       parallel-harness enqueue --title "Fix flaky test" --prompt "..." --priority high
+      parallel-harness enqueue tasks/*.md
       parallel-harness enqueue tasks.jsonl
       parallel-harness enqueue --atomic state/queue.json
     """
     from harness.cli.intake import submit
 
-    items = _read_inputs(files)
+    items, sources = _read_inputs(files, prompt_files)
     fields = {"id": item_id, "title": title, "prompt": prompt, "command": command,
               "priority": priority, "rig": rig, "depends_on": list(depends_on) or None}
     if any(v is not None for v in fields.values()):
+        if not any((v or "").strip() for v in (title, prompt, command)):
+            usage_error("an item needs something to do: give --title, --prompt or --command"
+                        " (or FILES / --prompt-file)")
         items.append({k: v for k, v in fields.items() if v is not None})
+        sources.append("options")
     if not items:
-        usage_error("nothing to enqueue: give FILES or --title/--prompt/--command")
-    report = submit(open_queue(ctx), items, atomic=atomic, template=_template(ctx))
+        usage_error("nothing to enqueue: give FILES (JSON, JSONL or .md prompt files),"
+                    " --prompt-file, or --title/--prompt/--command")
+    report = submit(open_queue(ctx), items, atomic=atomic, template=_template(ctx),
+                    sources=sources)
     if as_json:
         echo_json({"added": [{"id": n.id, "name": str(n)} for n in report.added],
                    "refused": [{"item": w, "reason": r} for w, r in report.refused]})
@@ -123,78 +158,28 @@ def ls_cmd(ctx: click.Context, state: str, as_json: bool) -> None:
 def show(ctx: click.Context, item_id: str, as_json: bool) -> None:
     """Show one item: state, document, every attempt with reason, metrics, branch, logs.
 
+    Tokens and cost per attempt are those of ``sessions list`` (one reader:
+    metrics.json, else the agent's stream so far).
+
     \b
     Example:
       parallel-harness show fix-flaky-test
     """
+    from harness.cli.render import render_item
+    from harness.views import attempts
     from harness.views.status import item_report
 
     ws = workspace(ctx)
     report = item_report(ws, item_id)
     if report is None:
-        usage_error(f"no item {item_id!r} in {ws.queue_dir}")
+        usage_error(f"no item {item_id!r} in {ws.queue_dir}; `parallel-harness ls STATE`"
+                    " lists the ids (ls pending, ls failed, ...)")
+    running = attempts.running_attempts(ws)
+    for a in report["attempts"]:
+        info = attempts.attempt_info(item_id, a["attempt"], ws.attempt_dir(item_id, a["attempt"]),
+                                     running=running, parse=False)
+        a.update({k: info[k] for k in ("reason", "detail", "tokens", "cost_usd", "turns")})
     if as_json:
         echo_json(report)
-        return
-    doc = report["item"]
-    click.echo(f"{item_id}  [{report['state']}]  {doc.get('title', '')}")
-    click.echo(f"  queue name  {report['name']}")
-    if report.get("reason"):
-        click.echo(f"  reason      {report['reason']}")
-    click.echo(f"  branch      {report['branch']}")
-    from harness.views.attempts import running_attempts
-
-    running = running_attempts(ws)
-    for a in report["attempts"]:
-        r, m = a.get("result") or {}, a.get("metrics") or {}
-        tokens = sum(m.get(k, 0) for k in ("input_tokens", "output_tokens",
-                                           "cache_creation_tokens", "cache_read_tokens"))
-        reason = r.get("reason") or ("running" if (item_id, a["attempt"]) in running
-                                     else "unfinished")
-        click.echo(f"  attempt {a['attempt']:<3} {reason:<16}"
-                   f" {tokens:>8} tok  ${m.get('cost_usd', 0):.4f}  {r.get('detail', '')[:70]}")
-        click.echo(f"              {a['log_dir']}")
-
-
-@click.command()
-@click.argument("item_id")
-@click.pass_context
-def retry(ctx: click.Context, item_id: str) -> None:
-    """Put a failed item back in pending/ with a fresh attempt budget.
-
-    \b
-    Example:
-      parallel-harness retry fix-flaky-test
-    """
-    from harness.queue.core import QueueError
-
-    try:
-        name = open_queue(ctx).requeue_failed(item_id)
-    except QueueError as exc:
-        usage_error(str(exc))
-    operator_event(ctx, "retried", item=item_id)
-    click.echo(f"retrying {item_id} as queue/pending/{name}")
-
-
-@click.command()
-@click.argument("item_id")
-@click.pass_context
-def cancel(ctx: click.Context, item_id: str) -> None:
-    """Cancel an item: a running agent is stopped; the item goes to failed/ (reason: cancelled).
-
-    \b
-    Example:
-      parallel-harness cancel fix-flaky-test
-    """
-    queue = open_queue(ctx)
-    ws = workspace(ctx)
-    if queue.cancel_unclaimed(item_id, "cancelled by the operator (parallel-harness cancel)"):
-        operator_event(ctx, "cancelled", item=item_id, running=False)
-        click.echo(f"cancelled {item_id} (it was not running)")
-        return
-    if queue.find(item_id, ("claimed",)) is None:
-        usage_error(f"item {item_id!r} is not pending, waiting or claimed")
-    ws.cancel_dir.mkdir(parents=True, exist_ok=True)
-    (ws.cancel_dir / item_id).write_text("cancel\n")
-    operator_event(ctx, "cancelled", item=item_id, running=True)
-    click.echo(f"cancel requested for {item_id}: its worker stops the agent and dead-letters it")
+    else:
+        click.echo(render_item(report))

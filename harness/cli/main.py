@@ -18,6 +18,8 @@ import click
 @click.option("--agents", type=click.IntRange(0, 256), default=None,
               help="With no subcommand: run with this many workers.")
 @click.option("--forever", is_flag=True, help="With no subcommand: keep polling for new items.")
+@click.version_option(package_name="parallel-harness", prog_name="parallel-harness",
+                      message="%(prog)s %(version)s")
 @click.pass_context
 def main(ctx: click.Context, root: str, agents: int | None, forever: bool) -> None:
     """Run many AI coding agents in parallel over a filesystem work queue.
@@ -42,13 +44,13 @@ def main(ctx: click.Context, root: str, agents: int | None, forever: bool) -> No
 
 def _register() -> None:
     """Add the commands; each module imports only click at load, so ``status`` stays fast."""
-    from harness.cli import (control, doctor, fsck, gc, items, logs, run, sessions, setup,
-                             status)
+    from harness.cli import (bulk, control, doctor, fsck, gc, items, logs, run, sessions,
+                             settings, setup, status)
 
     for command in (run.run, setup.init, setup.demo, items.enqueue, items.ls_cmd, items.show,
-                    items.retry, items.cancel, control.pause, control.resume, control.scale,
-                    status.status, fsck.fsck, doctor.doctor, gc.gc, status.metrics,
-                    sessions.sessions, logs.logs):
+                    bulk.retry, bulk.cancel, bulk.mark_done, bulk.purge, control.pause,
+                    control.resume, control.scale, status.status, fsck.fsck, doctor.doctor,
+                    gc.gc, status.metrics, settings.config, sessions.sessions, logs.logs):
         main.add_command(command)
 
 

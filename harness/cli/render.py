@@ -7,6 +7,7 @@ return.
 
 from __future__ import annotations
 
+import textwrap
 import time
 from typing import Any
 
@@ -39,7 +40,11 @@ def render_text(s: dict[str, Any]) -> str:
                      f"  reclaims {run.get('reclaims_total') or 0}"
                      f"  restarts {run.get('restarts_total') or 0}")
     if s["paused"]:
-        lines.append("PAUSED   " + s["paused"].replace("\n", " | "))
+        lines.append("PAUSED   " + paused_text(s))
+    for c in s.get("corrupt_heartbeats") or []:
+        lines.append(f"CORRUPT  {c['path']}: {c['error']}; worker {c['worker']} is"
+                     f" {'alive (lock held)' if c['alive'] else 'not running'} but unseen;"
+                     " `parallel-harness gc` removes it once its worker is gone")
     if s["workers"]:
         lines.append(f"{'worker':<8}{'alive':<7}{'state':<9}{'item':<28}{'try':>4}"
                      f"  {'hb age':>7}  {'tokens':>8}  {'cost':>7}  doing")
@@ -50,8 +55,32 @@ def render_text(s: dict[str, Any]) -> str:
                          f"  {w['heartbeat_age']:>6}s  {w.get('tokens') or '-':>8}  {cost:>7}"
                          f"  {(w['doing'] or '')[:60]}")
     for f in s["recent_failures"]:
-        lines.append(f"failed   {f['item']}: {f['reason'][:100]}")
+        lines.append(f"failed   {f['item']}: {clip(f['reason'], 160)}")
     return "\n".join(lines)
+
+
+def paused_text(s: dict[str, Any]) -> str:
+    """The pause reason on one line, with an automatic resume as a local time (not an epoch)."""
+    reason = " | ".join(line for line in (s["paused"] or "").splitlines()
+                        if not line.startswith("resume-at: "))
+    if s.get("resume_at"):
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(s["resume_at"]))
+        reason += f" (resumes by itself at {stamp})"
+    return reason
+
+
+# The merge queue's events: what happened to the target branch and its checkouts.
+_MERGE_EVENTS: dict[str, Any] = {
+    "merged": lambda ev: f"merged {ev.get('item')} ({ev.get('status')},"
+                         f" {str(ev.get('sha'))[:12]})",
+    "merge-conflict": lambda ev: f"merge conflict {ev.get('item')} in"
+                                 f" {', '.join(ev.get('paths') or [])}: branch kept",
+    "merge-failed": lambda ev: f"merge of {ev.get('item')} refused"
+                               f" ({ev.get('reason') or 'merge_failed'}): {ev.get('error')}",
+    "checkout-updated": lambda ev: f"checkout {ev.get('checkout')} fast-forwarded to"
+                                   f" {str(ev.get('sha'))[:12]}",
+    "checkout-behind": lambda ev: f"checkout {ev.get('checkout')} left behind: {ev.get('why')}",
+}
 
 
 def render_event(ev: dict[str, Any]) -> str | None:
@@ -67,27 +96,33 @@ def render_event(ev: dict[str, Any]) -> str | None:
                 f" -> {ev.get('outcome')}")
     elif kind == "worker-dead":
         text = f"{worker} dead: {ev.get('why')}"
+    elif kind == "worker-retired":  # stopped on purpose (scale-down, shutdown)
+        text = f"{worker} stopped: {ev.get('why')}"
     elif kind == "worker-adopted":
         text = f"{worker} adopted (pid {ev.get('pid')})"
     elif kind == "rate-limited":
-        text = f"{worker} {item} rate limited: pool paused until {ev.get('resume_at')}"
+        until = ev.get("resume_at")
+        until = time.strftime("%H:%M:%S", time.localtime(until)) if isinstance(
+            until, (int, float)) else until
+        text = f"{worker} {item} rate limited: pool paused until {until}"
     elif kind in ("circuit-open", "budget-reached"):
         text = "PAUSED " + str(ev.get("reason") or f"{kind}: {ev.get('tokens')} tokens,"
                                f" ${ev.get('cost_usd') or 0:.2f}")
     elif kind == "resumed":
         text = f"resumed: {ev.get('why')}"
     elif kind == "paused":  # by the operator; the harness's own pauses have their own events
-        text = f"PAUSED by the operator: {ev.get('reason')}"
+        text = f"PAUSED by the operator: {ev.get('reason')}" + (
+            time.strftime(" (until %H:%M:%S)", time.localtime(ev["resume_at"]))
+            if ev.get("resume_at") else "")
     elif kind == "scaled":
         text = f"operator: scale to {ev.get('workers')} worker(s)"
-    elif kind in ("retried", "cancelled"):
-        text = f"operator: {'retry' if kind == 'retried' else 'cancel'} {item}"
-    elif kind == "merged":
-        text = f"merged {item} ({ev.get('status')}, {str(ev.get('sha'))[:12]})"
-    elif kind == "merge-conflict":
-        text = f"merge conflict {item} in {', '.join(ev.get('paths') or [])}: branch kept"
-    elif kind == "merge-failed":
-        text = f"merge of {item} failed: {ev.get('error')}"
+    elif kind in ("retried", "cancelled", "marked-done"):
+        verb = {"retried": "retry", "cancelled": "cancel", "marked-done": "mark-done"}[kind]
+        text = f"operator: {verb} {item}"
+    elif kind == "purged":
+        text = f"operator: purge {len(ev.get('items') or [])} item(s) from {ev.get('state')}/"
+    elif kind in _MERGE_EVENTS:
+        text = _MERGE_EVENTS[kind](ev)
     elif kind == "dropped-file":
         text = f"hand-dropped file: {ev.get('action')}"
     elif kind == "memory-floor":
@@ -96,7 +131,57 @@ def render_event(ev: dict[str, Any]) -> str | None:
     else:
         return None
     stamp = time.strftime("%H:%M:%S", time.localtime(ev.get("ts") or time.time()))
-    return f"{stamp} {text[:200]}"
+    return f"{stamp} {clip(text, 300)}"
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters at a word boundary, with an ellipsis."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else textwrap.shorten(text, limit, placeholder=" …")
+
+
+def duration(seconds: float | None) -> str:
+    """1h02m, 3m05s, 12s; "-" for None."""
+    if seconds is None:
+        return "-"
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def run_progress(snap: dict[str, Any] | None) -> str:
+    """The live line ``run`` keeps at the bottom of a terminal, from state/run.json."""
+    if not snap:
+        return "starting…"
+    items, mine = snap.get("items") or {}, snap.get("this_run") or {}
+    tokens = sum((snap.get("tokens_total") or {}).values())
+    eta = duration(snap.get("eta_s")) if snap.get("eta_s") else "-"
+    elapsed = duration(time.time() - snap["started_at"]) if snap.get("started_at") else "-"
+    paused = "  PAUSED" if snap.get("paused") else ""
+    return (f"done {mine.get('done', 0)}  failed {mine.get('failed', 0)}"
+            f"  running {items.get('claimed', 0)}  pending {items.get('pending', 0)}"
+            f"  waiting {items.get('waiting', 0)}  |  {snap.get('throughput_per_min') or 0}/min"
+            f"  eta {eta}  |  {tokens:,} tokens  ${snap.get('cost_usd_total') or 0:.2f}"
+            f"  |  {snap.get('workers_alive', 0)} worker(s)  {elapsed}{paused}")
+
+
+def render_run_summary(report: dict[str, Any], root: str, width: int = 100) -> str:
+    """The end of ``run``: what this run finished, its cost, and every failure in full.
+
+    A reason is wrapped, never cut: it is often the only explanation an operator gets.
+    """
+    by = ", ".join(f"{k} {v}" for k, v in report["failures_by_reason"].items())
+    lines = [f"summary: {report['done']} done, {report['failed']} failed this run"
+             f" ({by or 'no failures'}) in {duration(report['elapsed_s'])};"
+             f" {sum(report['attempts'].values())} attempt(s), {report['tokens']:,} tokens,"
+             f" ${report['cost_usd']:.2f}"]
+    for item, reason in report["failures"].items():
+        lines.append(textwrap.fill(reason, width, initial_indent=f"  failed {item}: ",
+                                   subsequent_indent=" " * 4, break_long_words=False,
+                                   break_on_hyphens=False))
+    lines.append(f"look at: {root}/queue/{{done,failed}}  {root}/state/events.jsonl  {root}/logs/")
+    return "\n".join(lines)
 
 
 def render_summary(s: dict[str, Any], look_at: bool = True) -> str:
@@ -104,8 +189,37 @@ def render_summary(s: dict[str, Any], look_at: bool = True) -> str:
     lines = [f"summary: {c['done']} done, {c['failed']} failed, {c['pending']} pending,"
              f" {c['claimed']} claimed, {c['waiting']} waiting"]
     for f in s["recent_failures"]:
-        lines.append(f"  failed {f['item']}: {f['reason'][:120]}")
+        lines.append(textwrap.fill(f["reason"], 100, initial_indent=f"  failed {f['item']}: ",
+                                   subsequent_indent=" " * 4, break_long_words=False))
     if look_at:
         lines.append(f"look at: {s['root']}/queue/{{done,failed}}  {s['root']}/state/events.jsonl"
                      f"  {s['root']}/logs/")
     return "\n".join(lines)
+
+
+def render_item(report: dict[str, Any]) -> str:
+    """``show``: an item's state, reason, branch and each attempt (reason, tokens, cost)."""
+    doc = report["item"]
+    lines = [f"{report['id']}  [{report['state']}]  {doc.get('title', '')}",
+             f"  queue name  {report['name']}"]
+    if report.get("reason"):
+        lines.append(textwrap.fill(report["reason"], 100, initial_indent="  reason      ",
+                                   subsequent_indent=" " * 14, break_long_words=False))
+    lines.append(f"  branch      {report['branch']}")
+    for a in report["attempts"]:
+        lines.append(f"  attempt {a['attempt']:<3} {a['reason']:<16} {a['tokens']:>8} tok"
+                     f"  ${a['cost_usd'] or 0:.4f}  {clip(a.get('detail') or '', 70)}")
+        lines.append(f"              {a['log_dir']}")
+    return "\n".join(lines)
+
+
+def render_settings(rows: list[dict[str, Any]]) -> str:
+    """``config show``: key = value (TOML spelling), then where it came from."""
+    import orjson
+
+    def shown(value: Any) -> str:
+        return "(by preset)" if value is None else orjson.dumps(value).decode()
+
+    width = min(44, max(len(r["key"]) + len(shown(r["value"])) for r in rows) + 3)
+    return "\n".join(f"{(r['key'] + ' = ' + shown(r['value'])):<{width}}  # {r['origin']}"
+                     for r in rows)

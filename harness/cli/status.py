@@ -28,6 +28,7 @@ def status(ctx: click.Context, as_json: bool, watch: bool, interval: float,
     Examples:
       parallel-harness status
       parallel-harness status --watch
+      parallel-harness status --watch --json | jq -c .counts    # a JSON line per change
     """
     from harness.cli.render import render_text
     from harness.views.status import collect
@@ -36,7 +37,7 @@ def status(ctx: click.Context, as_json: bool, watch: bool, interval: float,
     if watch:
         from harness.cli.live import watch as live
 
-        live(ws, interval, timeout=timeout)
+        live(ws, interval, timeout=timeout, as_json=as_json)
     elif as_json:
         echo_json(collect(ws))
     else:
@@ -59,6 +60,7 @@ def metrics(ctx: click.Context) -> None:
         text = path.read_text()
     except FileNotFoundError:
         click.echo(f"error: {path} does not exist; the coordinator writes it every tick while"
-                   " `parallel-harness run` is running", err=True)
+                   " `parallel-harness run` is running (start one: `parallel-harness run`)",
+                   err=True)
         sys.exit(1)
     click.echo(text, nl=False)

@@ -43,25 +43,50 @@ class HeartbeatWriter:
 def read(path: Path) -> dict[str, Any] | None:
     """The heartbeat at ``path``, or None if missing or unreadable (a torn file cannot occur)."""
     try:
-        data = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
+        return _parse(path)
+    except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
+
+
+def _parse(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; OSError if unreadable, ValueError if not an object."""
+    try:
+        data = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"not a JSON object (a {type(data).__name__})")
+    return data
 
 
 def read_all(directory: Path) -> dict[str, dict[str, Any]]:
     """Every readable heartbeat in ``directory``, keyed by worker id (the file stem)."""
-    out = {}
+    return scan(directory)[0]
+
+
+def scan(directory: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """(readable heartbeats, {worker: what is wrong} for the files that cannot be read).
+
+    Heartbeats are written by rename, so an unreadable one was damaged from
+    outside (a full disk, an editor, a bad copy): ``status`` reports it rather
+    than let its worker vanish from view.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    bad: dict[str, str] = {}
     try:
         entries = os.listdir(directory)
     except FileNotFoundError:
-        return {}
+        return {}, {}
     for entry in entries:
         if entry.endswith(".json") and not entry.startswith("."):
-            record = read(directory / entry)
-            if record is not None:
-                out[entry.removesuffix(".json")] = record
-    return out
+            worker = entry.removesuffix(".json")
+            try:
+                out[worker] = _parse(directory / entry)
+            except FileNotFoundError:
+                continue  # removed meanwhile: its worker exited
+            except (OSError, ValueError) as exc:
+                bad[worker] = str(exc)
+    return out, bad
 
 
 @dataclass

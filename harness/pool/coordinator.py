@@ -126,6 +126,8 @@ class Coordinator:
             self.event("recovered", action=action)
         # Names, not ids: an item retried and failed again has a new name.
         self.failed_at_start = set(names.entries(self.queue.dir("failed")))
+        self.done_at_start = set(names.entries(self.queue.dir("done")))
+        self.stats.baseline(len(self.done_at_start), len(self.failed_at_start))
         self.tail = EventTail(self.ws.events_file)
         self._adopt()
         orphans.become_subreaper()  # a dead worker's agent comes back to us, not to init
@@ -161,8 +163,7 @@ class Coordinator:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-            self.ws.coordinator_file.unlink(missing_ok=True)
-            self.lock.release()
+            self._finish()
         failed = set(names.entries(self.queue.dir("failed"))) - self.failed_at_start
         self.event("coordinator-exit", reason=self.stop_requested or "batch finished",
                    failed=len(failed))
@@ -172,6 +173,33 @@ class Coordinator:
             self.guards.lift_budget_pause()
             return 1
         return 1 if failed else 0
+
+    def _finish(self) -> None:
+        """Show the last tick's events, write the final run.json, give up the singleton.
+
+        The final merges, merge failures and shutdown revokes are logged after the
+        last ``watch_events``; they are read here so ``run`` prints them. A pool
+        size set by ``scale`` belongs to this run: removed, so it drives no ``gc``.
+        """
+        self.read_events()
+        self.publish_stats(running=False)
+        self.ws.desired_workers_file.unlink(missing_ok=True)
+        self.ws.coordinator_file.unlink(missing_ok=True)
+        self.lock.release()
+
+    def run_report(self) -> dict[str, Any]:
+        """What this run finished (not the whole workspace): for ``run``'s summary."""
+        done = set(names.entries(self.queue.dir("done"))) - self.done_at_start
+        failed = set(names.entries(self.queue.dir("failed"))) - self.failed_at_start
+        reasons = {}
+        for entry in sorted(failed):
+            parsed = names.try_parse(entry)
+            path = self.queue.dir("failed") / (entry + names.REASON_SUFFIX)
+            try:
+                reasons[parsed.id if parsed else entry] = path.read_text().strip()
+            except OSError:
+                reasons[parsed.id if parsed else entry] = "(no reason recorded)"
+        return self.stats.report(done=len(done), failed=reasons)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.stop_requested = signal.Signals(signum).name
@@ -216,8 +244,11 @@ class Coordinator:
         mine = hb is not None and str(hb.get("generation")) == slot.generation
         if self._is_dead(slot, mine):
             if slot.proc is not None and slot.proc.returncode == EXIT_SLOT_UNSAFE:
-                self._bury(slot.id, hb, "worker refused its slot", count=False)
+                self._bury(slot.id, hb, "refused its slot (see slot-refused)", count=False,
+                           planned=True)
                 slot.started = now - QUICK_DEATH  # a refusal is not a crash loop
+            elif slot.retiring:
+                self._bury(slot.id, hb, "retired by scale-down", planned=True)
             else:
                 self._bury(slot.id, hb, "worker died")
             self._reset(slot, now)
@@ -276,8 +307,13 @@ class Coordinator:
                 keep.append((ident, deadline))
         self.doomed = keep
 
-    def _bury(self, worker: str, hb: dict[str, Any] | None, why: str, count: bool = True) -> None:
-        """Return a dead worker's claim to the queue and remove its heartbeat."""
+    def _bury(self, worker: str, hb: dict[str, Any] | None, why: str, count: bool = True,
+              planned: bool = False) -> None:
+        """Return a dead worker's claim to the queue and remove its heartbeat.
+
+        ``planned``: the coordinator stopped it (scale-down, shutdown); logged as
+        ``worker-retired``, not ``worker-dead``, so no one reads it as a crash.
+        """
         if hb and hb.get("agent_pid"):
             runner.kill_group(int(hb["agent_pid"]), grace=0, start_time=hb.get("agent_start"))
         item = hb.get("item") if hb else None
@@ -286,7 +322,7 @@ class Coordinator:
             self.event("revoke", worker=worker, item=item, outcome=outcome, why=why)
         self.ws.heartbeat_file(worker).unlink(missing_ok=True)
         self.staleness.forget(worker)
-        self.event("worker-dead", worker=worker, why=why)
+        self.event("worker-retired" if planned else "worker-dead", worker=worker, why=why)
 
     def _reset(self, slot: Slot, now: float) -> None:
         quick = now - slot.started < QUICK_DEATH
@@ -412,25 +448,34 @@ class Coordinator:
 
     # -- failures and pause ---------------------------------------------------
 
-    def watch_events(self) -> None:
-        for ev in self.tail.read():
+    def read_events(self) -> list[dict[str, Any]]:
+        """The events logged since the last read: counted in the stats, handed to on_event."""
+        evs = self.tail.read()
+        for ev in evs:
             self.stats.observe(ev)
             if self.on_event is not None:
                 self.on_event(ev)
+        return evs
+
+    def watch_events(self) -> None:
+        for ev in self.read_events():
             if ev.get("event") != "attempt-end":
                 continue
             if ev.get("queue") == "done" and self.cfg.git.integrate == "merge":
                 self.merges.add(ev["item"])
             self.guards.attempt_ended(ev)
 
-    def publish_stats(self) -> None:
-        """Write state/run.json (for status) and state/metrics.prom (for Prometheus)."""
+    def publish_stats(self, running: bool = True) -> None:
+        """Write state/run.json (for status) and state/metrics.prom (for Prometheus).
+
+        ``running=False``: the final state once the run has ended (no worker alive).
+        """
         from harness.pool.metrics import write_prometheus
 
-        alive = sum(1 for slot in self.slots.values() if slot.running)
+        alive = sum(1 for slot in self.slots.values() if slot.running) if running else 0
         self.counts = self.queue.counts()
-        snap = self.stats.snapshot(self.counts, alive, self.desired_workers(),
-                                   self.ws.interrupt_file.exists())
+        snap = self.stats.snapshot(self.counts, alive, self.desired_workers() if running else 0,
+                                   self.ws.interrupt_file.exists(), running=running)
         fsops.write_atomic(self.ws.run_file, orjson.dumps(snap), tmp_dir=self.ws.tmp_dir,
                            durable=False)
         write_prometheus(self.ws.metrics_file, snap)
@@ -459,7 +504,7 @@ class Coordinator:
             if self._alive(slot):
                 self._kill_now(slot, hb)
             if hb is not None:
-                self._bury(slot.id, hb, "shutdown", count=False)
+                self._bury(slot.id, hb, "shutdown", count=False, planned=True)
             slot.generation = ""
 
     def _kill_now(self, slot: Slot, hb: dict[str, Any] | None) -> None:

@@ -28,6 +28,12 @@ class RunStats:
     restarts: int = 0
     done_times: list[float] = field(default_factory=list)
     slots_started: set[Any] = field(default_factory=set)
+    done_before: int = 0    # items in done/ and failed/ when the run started
+    failed_before: int = 0
+
+    def baseline(self, done: int, failed: int) -> None:
+        """The done/ and failed/ counts at start: what this run finished is counted from them."""
+        self.done_before, self.failed_before = done, failed
 
     def observe(self, ev: dict[str, Any]) -> None:
         kind = ev.get("event")
@@ -50,8 +56,13 @@ class RunStats:
                 self.completions += 1
                 self.done_times.append(float(ev.get("ts") or time.time()))
 
-    def snapshot(self, counts: dict[str, int], alive: int, desired: int, paused: bool
-                 ) -> dict[str, Any]:
+    def snapshot(self, counts: dict[str, int], alive: int, desired: int, paused: bool,
+                 running: bool = True) -> dict[str, Any]:
+        """run.json's document. ``running=False`` is the final one, with ``ended_at``.
+
+        ``this_run`` counts from the queue, against the counts at start: an item
+        rejected at merge moves from done to failed, a purge makes it an estimate.
+        """
         now = time.time()
         self.done_times = [t for t in self.done_times if now - t <= THROUGHPUT_WINDOW]
         window = min(THROUGHPUT_WINDOW, max(1.0, now - self.started_at))
@@ -63,4 +74,30 @@ class RunStats:
                 "reclaims_total": self.reclaims, "restarts_total": self.restarts,
                 "tokens_total": dict(self.tokens), "cost_usd_total": round(self.cost_usd, 6),
                 "paused": int(paused), "throughput_per_min": round(per_min, 2),
-                "eta_s": round(left / per_min * 60.0) if per_min > 0 and left else None}
+                "eta_s": round(left / per_min * 60.0) if per_min > 0 and left else None,
+                "this_run": {"done": max(0, counts["done"] - self.done_before),
+                             "failed": max(0, counts["failed"] - self.failed_before)},
+                "running": running, "ended_at": None if running else now}
+
+    def report(self, done: int, failed: dict[str, str]) -> dict[str, Any]:
+        """This run's totals for the end summary: ``failed`` is {item id: queue reason}."""
+        by_reason: dict[str, int] = {}
+        for reason in failed.values():
+            key = reason_key(reason)
+            by_reason[key] = by_reason.get(key, 0) + 1
+        return {"done": done, "failed": len(failed), "failures": failed,
+                "failures_by_reason": dict(sorted(by_reason.items(), key=lambda kv: -kv[1])),
+                "attempts": dict(self.attempts), "tokens": sum(self.tokens.values()),
+                "tokens_by_kind": dict(self.tokens), "cost_usd": round(self.cost_usd, 6),
+                "elapsed_s": round(time.time() - self.started_at, 1),
+                "reclaims": self.reclaims, "restarts": self.restarts}
+
+
+def reason_key(reason: str) -> str:
+    """The kind of a queue failure reason: its first word ("stalled: no output..." -> stalled).
+
+    Worker failures start with the terminal reason, merges with ``conflict`` or
+    ``target_dirty``; revokes read "revoked after attempt N: ...".
+    """
+    head = reason.split(":", 1)[0].strip()
+    return (head.split() or ["unknown"])[0]

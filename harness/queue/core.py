@@ -405,6 +405,61 @@ class Queue:
         claim.fail(reason, retry=False)
         return True
 
+    def mark_done(self, item_id: str) -> ItemName:
+        """Operator: a failed, waiting or pending item to done/ (the work was done by hand).
+
+        One rename (a pending item is first claimed by name, as ``cancel_unclaimed``
+        does, so a worker cannot win it meanwhile). Raises QueueError if the item
+        is in none of those states.
+        """
+        for state in ("failed", "waiting"):
+            name = self.find(item_id, (state,))
+            if name is not None:
+                dst = self.dir("done") / str(name.ready())
+                try:
+                    os.rename(self.dir(state) / str(name), dst)
+                except FileNotFoundError:
+                    raise QueueError(self.dir(state) / str(name), "moved by someone else") from None
+                self._sync(state, "done")
+                fsops.unlink_quiet(self.dir("failed") / (str(name) + names.REASON_SUFFIX))
+                return name.ready()
+        pending = self.find(item_id, ("pending",))
+        claim = self._try_claim(pending, None) if pending is not None else None
+        if claim is None:
+            raise QueueError(self.root, f"item {item_id!r} is not failed, waiting or pending")
+        claim.complete()
+        return claim.name
+
+    def terminal_ages(self, state: str) -> list[tuple[ItemName, float]]:
+        """(name, when it entered ``state``) for done/ or failed/: a rename sets the ctime."""
+        out = []
+        for entry in names.entries(self.dir(state)):
+            parsed = names.try_parse(entry)
+            try:
+                if parsed is not None:
+                    out.append((parsed, os.stat(self.dir(state) / entry).st_ctime))
+            except FileNotFoundError:
+                continue
+        return sorted(out, key=lambda t: t[1])
+
+    def purge(self, state: str, name: ItemName) -> bool:
+        """Remove a done/ or failed/ item for good, freeing its id; False if it was gone.
+
+        The reservation goes first: a crash in between leaves a terminal name
+        without ``ids/`` (fsck reports it; purge again removes it), never a lost
+        reservation that recovery would bring back as a failed item.
+        """
+        path = self.dir(state) / str(name)
+        reservation = self.dir("ids") / name.id
+        if not path.exists():
+            return False
+        if fsops.same_file(path, reservation):
+            fsops.unlink_quiet(reservation)
+        removed = fsops.unlink_quiet(path)
+        fsops.unlink_quiet(self.dir("failed") / (str(name) + names.REASON_SUFFIX))
+        self._sync("ids", state)
+        return removed
+
     def find(self, item_id: str, states: tuple[str, ...] = STATES) -> ItemName | None:
         """The name of ``item_id`` in the first of ``states`` that has it (a directory scan)."""
         for state in states:

@@ -4,8 +4,17 @@ Each attempt works on its own branch ``harness-attempts/<id>/<n>``; the
 accepted attempt (the one in done/) also ends on ``harness/<id>``. With
 ``integrate = "merge"`` the coordinator alone merges those branches into the
 target branch, one at a time in completion order; the ref moves only by
-compare-and-swap (harness.repo.merge). A conflict sends the item from done/ to
-failed/ with the paths and keeps its branch.
+compare-and-swap (harness.repo.merge). A merge that cannot be made sends the
+item from done/ to failed/, keeps its branch and amends the attempt's
+result.json to agree with the queue; the reason says why:
+
+- ``conflict``: the branch conflicts with the target (the paths are listed);
+- ``target_dirty``: the target is checked out in a worktree with uncommitted
+  work, and moving it would pull the branch out from under that work;
+- ``merge_failed``: anything else git refused (a missing branch, a broken repo).
+
+After a merge, a clean checkout of the target (the operator's own, with
+``repo = "."``) is brought to the new tip (harness.repo.checkout).
 """
 
 from __future__ import annotations
@@ -84,8 +93,11 @@ class MergeQueue:
                     self.pending.insert(0, item_id)  # try again next tick
                     self.event("merge-race", item=item_id, error=str(exc))
                     return
-                self.queue.reject(name, f"merge failed: {exc}; branch {item_branch(item_id)} kept")
-                self.event("merge-failed", item=item_id, error=str(exc))
+                kind = "target_dirty" if isinstance(exc, merge.TargetDirty) else "merge_failed"
+                reason = f"{kind}: {exc}; branch {item_branch(item_id)} kept"
+                self.queue.reject(name, reason)
+                self._amend_result(item_id, name.attempt, kind, reason)
+                self.event("merge-failed", item=item_id, reason=kind, error=str(exc))
                 continue
             self._record(item_id, name, result)
 
@@ -115,20 +127,36 @@ class MergeQueue:
             reason = (f"conflict: {item_branch(item_id)} conflicts with {self.target} in"
                       f" {paths}; branch {item_branch(item_id)} kept")
             self.queue.reject(name, reason)
-            self._amend_result(item_id, name.attempt, reason)
+            self._amend_result(item_id, name.attempt, "conflict", reason)
             self.event("merge-conflict", item=item_id, paths=list(result.conflicts))
-        else:
-            self.event("merged", item=item_id, status=result.status, sha=result.target_sha)
+            return
+        self.event("merged", item=item_id, status=result.status, sha=result.target_sha)
+        if result.status == "merged":
+            self._follow_checkouts(result.previous_sha, result.target_sha)
 
+    def _follow_checkouts(self, old: str, new: str) -> None:
+        from harness.repo import checkout, merge
 
-    def _amend_result(self, item_id: str, attempt: int, detail: str) -> None:
-        """The attempt succeeded but its result could not be integrated: say so in result.json."""
+        try:
+            followed = checkout.follow(self.repo, self.target, old, new)
+        except merge.MergeError as exc:
+            self.event("checkout-behind", checkout=str(self.repo), why=str(exc))
+            return
+        for f in followed:
+            if f.updated:
+                self.event("checkout-updated", checkout=str(f.path), sha=new)
+            else:
+                self.event("checkout-behind", checkout=str(f.path), why=f.why)
+
+    def _amend_result(self, item_id: str, attempt: int, kind: str, detail: str) -> None:
+        """The attempt succeeded but its result could not be integrated: say so in result.json,
+        with the same reason the queue's failed/ reason file gives."""
         path = self.logs_dir / item_id / str(attempt) / "result.json"
         try:
             result = orjson.loads(path.read_bytes())
         except (OSError, orjson.JSONDecodeError):
             return
-        result.update(reason="conflict", detail=detail, queue="failed")
+        result.update(reason=kind, detail=detail, queue="failed")
         fsops.write_atomic(path, orjson.dumps(result, option=orjson.OPT_INDENT_2),
                            tmp_dir=path.parent, durable=False)
 

@@ -93,6 +93,10 @@ class MergeRaceError(MergeError):
     """The target kept moving: every compare-and-swap of ``max_races + 1`` lost."""
 
 
+class TargetDirty(MergeError):
+    """The target is checked out in a worktree holding uncommitted work: nothing was moved."""
+
+
 @dataclass(frozen=True)
 class MergeResult:
     status: MergeStatus
@@ -321,7 +325,8 @@ def _compare_and_swap(repo: Path, ref: str, new: str, old: str, reason: str) -> 
 # ------------------------------------------------------ checked-out target check
 
 
-def _worktrees_on(repo: Path, ref: str) -> list[Path]:
+def worktrees_on(repo: Path, ref: str) -> list[Path]:
+    """The worktrees (not bare, not prunable) where ``ref`` is checked out."""
     proc = _run(repo, "worktree", "list", "--porcelain", "-z")
     if proc.returncode != 0:
         raise _fail("git worktree list failed", proc)
@@ -348,7 +353,7 @@ def _check_checked_out(repo: Path, target_ref: str, tip: str) -> list[tuple[Path
     rewriting the operator's index.
     """
     checkouts: list[tuple[Path, str]] = []
-    for wt in _worktrees_on(repo, target_ref):
+    for wt in worktrees_on(repo, target_ref):
         if not wt.is_dir():
             continue
         env = git_env({"GIT_OPTIONAL_LOCKS": "0"})
@@ -364,7 +369,7 @@ def _check_checked_out(repo: Path, target_ref: str, tip: str) -> list[tuple[Path
         unstaged = [os.fsdecode(e[3:]) for e in entries
                     if e[1:2] != b" "]       # unstaged change or unmerged entry
         if unstaged:
-            raise MergeError(
+            raise TargetDirty(
                 f"{_short(target_ref)} is checked out in {wt} with uncommitted changes "
                 f"({', '.join(unstaged[:5])}{', ...' if len(unstaged) > 5 else ''}); refusing to "
                 f"move it under them: commit or stash them there, or integrate into a branch "
@@ -372,7 +377,7 @@ def _check_checked_out(repo: Path, target_ref: str, tip: str) -> list[tuple[Path
         index_tree = _index_tree(wt, env)
         if index_tree is None or not _is_ancestor_tree(repo, index_tree, tip):
             staged = [os.fsdecode(e[3:]) for e in entries]
-            raise MergeError(
+            raise TargetDirty(
                 f"{_short(target_ref)} is checked out in {wt} with staged changes that are not "
                 f"an earlier state of {_short(target_ref)} ({', '.join(staged[:5])}"
                 f"{', ...' if len(staged) > 5 else ''}); refusing to move it under them: commit "

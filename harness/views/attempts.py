@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.liveness import heartbeat
+from harness.liveness.process import lock_is_held
 from harness.queue.names import ID_PATTERN
 from harness.agents.session import Metrics
 from harness.agents.transcript import Transcript
@@ -103,9 +104,12 @@ def all_attempts(ws: Workspace) -> list[tuple[str, int, Path]]:
 
 
 def running_attempts(ws: Workspace) -> set[tuple[str, int]]:
-    """(item, attempt) pairs that a worker's heartbeat says it is working on."""
+    """(item, attempt) pairs a live worker is working on: its heartbeat names the attempt
+    and it holds its slot lock. A dead worker's heartbeat stays until the coordinator
+    (or gc) removes it; its attempt is not running for all that."""
     return {(hb.get("item_id"), hb.get("attempt"))
-            for hb in heartbeat.read_all(ws.heartbeats_dir).values() if hb.get("item_id")}
+            for worker, hb in heartbeat.read_all(ws.heartbeats_dir).items()
+            if hb.get("item_id") and lock_is_held(ws.worker_lock(worker))}
 
 
 # ---------------------------------------------------------------------------

@@ -32,7 +32,8 @@ def collect(ws: Workspace) -> dict[str, Any]:
         if state == "failed":
             failed = entries
     workers = []
-    for worker, hb in sorted(heartbeat.read_all(ws.heartbeats_dir).items()):
+    heartbeats, corrupt = heartbeat.scan(ws.heartbeats_dir)
+    for worker, hb in sorted(heartbeats.items()):
         workers.append({
             "worker": worker, "alive": lock_is_held(ws.worker_lock(worker)),
             "state": hb.get("state"), "item": hb.get("item_id"), "attempt": hb.get("attempt"),
@@ -49,15 +50,29 @@ def collect(ws: Workspace) -> dict[str, Any]:
                                         "cost_usd_total", "attempts", "reclaims_total",
                                         "restarts_total")} if run else None,
         "root": str(ws.root), "counts": counts, "total": sum(counts.values()),
-        "paused": ws.interrupt_reason(), "workers": workers,
+        "paused": ws.interrupt_reason(), "resume_at": ws.resume_at(), "workers": workers,
         "coordinator": {"pid": coordinator.get("pid"), "host": coordinator.get("host"),
                         "started_at": coordinator.get("started_at"),
                         "alive": coordinator_alive} if coordinator else None,
-        "recent_failures": _recent_failures(ws, failed),
+        "recent_failures": failures(ws, failed, last=RECENT_FAILURES)[::-1],
+        "corrupt_heartbeats": [
+            {"worker": w, "path": str(ws.heartbeat_file(w).relative_to(ws.root)), "error": e,
+             "alive": lock_is_held(ws.worker_lock(w))} for w, e in sorted(corrupt.items())],
     }
 
 
-def _recent_failures(ws: Workspace, failed: list[str]) -> list[dict[str, str]]:
+def failures(ws: Workspace, failed: list[str] | None = None, last: int | None = None
+             ) -> list[dict[str, str]]:
+    """Items in failed/ with their reasons, oldest failure first (by the name's mtime).
+
+    ``last``: only the most recent ones (reasons are read only for those).
+    """
+    if failed is None:
+        try:
+            failed = names.entries(ws.queue_dir / "failed")
+        except FileNotFoundError:
+            failed = []
+
     def mtime(entry: str) -> float:
         try:
             return os.stat(ws.queue_dir / "failed" / entry).st_mtime
@@ -65,7 +80,8 @@ def _recent_failures(ws: Workspace, failed: list[str]) -> list[dict[str, str]]:
             return 0.0
 
     out = []
-    for entry in sorted(failed, key=mtime, reverse=True)[:RECENT_FAILURES]:
+    chosen = sorted(failed, key=mtime)
+    for entry in chosen[-last:] if last else chosen:
         parsed = names.try_parse(entry)
         try:
             reason = (ws.queue_dir / "failed" / (entry + names.REASON_SUFFIX)).read_text().strip()
