@@ -5,6 +5,9 @@ Contract: :func:`parse` turns a ``POST /v1/messages`` body (+ headers) into a
 frames of the answer for an action (``message_start`` ... ``message_stop``,
 or an ``error`` event, or :data:`~tests.fakeapi.sse.HANG`); :func:`message`
 is the non-streaming JSON body; :func:`error` is an HTTP error body.
+Side requests: a tool-less request whose system prompt mentions a title
+(Claude's session-title request, even though it quotes the user's prompt and
+so its marker), or a marker-less request with no tools or a haiku model.
 The shell tool is ``Bash`` (``command``, ``description``, ``timeout`` in ms,
 ``run_in_background``); if the request offers no ``Bash`` tool the action
 degrades to a text answer saying so.
@@ -85,6 +88,7 @@ def parse(body: Mapping[str, Any], headers: Mapping[str, str]) -> Conversation:
     results = [r for m in messages[start:] if m.get("role") == "user" for r in _tool_results(m.get("content"))]
     tools = frozenset(t.get("name", "") for t in body.get("tools") or [] if isinstance(t, dict))
     model = str(body.get("model", ""))
+    title = not tools and "title" in " ".join(_system_texts(body.get("system"))).lower()
     return Conversation(
         dialect="anthropic",
         model=model,
@@ -94,7 +98,8 @@ def parse(body: Mapping[str, Any], headers: Mapping[str, str]) -> Conversation:
         n_messages=len(messages),
         tool_names=tools,
         last_tool_output=results[-1] if results else None,
-        side=marker is None and (not tools or "haiku" in model),
+        side=title or (marker is None and (not tools or "haiku" in model)),
+        side_reply='{"title": "Fake session title"}' if title else "Fake side answer",
         stream=bool(body.get("stream")),
     )
 

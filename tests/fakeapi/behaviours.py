@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from .markers import Marker
 
 DEFAULT_TEXT = "Hello from fakeapi."
-SIDE_TEXT = "Fake side answer"
 
 
 @dataclass(frozen=True)
@@ -33,8 +32,9 @@ class Conversation:
 
     ``steps`` counts tool results returned after the user message that holds
     the marker in force; ``n_messages`` counts all messages/items sent.
-    ``side`` marks a CLI's own side request (title, quota check...): it has
-    no marker and offers no tools, or uses a small model.
+    ``side`` marks a CLI's own side request (title, quota check...), which
+    the dialect detects; ``side_reply`` is what to answer it with (e.g. the
+    JSON a title request's output schema asks for).
     """
 
     dialect: str
@@ -46,6 +46,7 @@ class Conversation:
     tool_names: frozenset[str] = frozenset()
     last_tool_output: str | None = None
     side: bool = False
+    side_reply: str = "Fake side answer"
     stream: bool = True
 
 
@@ -115,17 +116,17 @@ class Usage:
 def usage_for(conv: Conversation, action: Action) -> Usage:
     """Token counts that grow with the conversation, the same on every run.
 
-    input = 3000 + 400 * n_messages (side requests: 50 + 10 * n_messages);
-    cached = all but the last 400 input tokens once the conversation has more
-    than one message, else 0; cache creation = 400 when cached > 0, else
-    input - 3000 on the first request; output = 12 + len(text) // 4
-    (+ 40 per tool call); reasoning = 8 (0 for side requests).
+    input = 3000 + 400 * n_messages (side requests: 50 + 10 * n_messages, no
+    cache); cached = 0 before the first tool result (steps == 0), else
+    input - 400; cache creation = input - 100 when nothing is cached, else
+    300 (so 100 input tokens are always uncached); output = 12 + len(text)//4
+    (+ 40 + len(command)//4 for a tool call); reasoning = 8.
     """
     if conv.side:
         return Usage(50 + 10 * conv.n_messages, 0, 0, 5, 0)
     total = 3000 + 400 * conv.n_messages
-    cached = total - 400 if conv.n_messages > 1 else 0
-    creation = 400 if cached else total - 3000
+    cached = total - 400 if conv.steps else 0
+    creation = 300 if cached else total - 100
     text = getattr(action, "text", "") or ""
     output = 12 + len(text) // 4
     if isinstance(action, Shell):
@@ -239,8 +240,8 @@ class Decision:
 
 def plan(conv: Conversation, attempt: int, default: str = "text") -> Decision:
     """Decide the next action for ``conv``; ``attempt`` counts earlier identical requests."""
-    if conv.side and conv.marker is None:
-        action: Action = Say(SIDE_TEXT)
+    if conv.side:
+        action: Action = Say(conv.side_reply)
         return Decision("side", action, usage_for(conv, action))
     marker = conv.marker or Marker(default)
     fn = PLANS.get(marker.name)

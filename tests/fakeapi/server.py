@@ -8,8 +8,10 @@ Contract:
 * Routes: ``POST /v1/messages`` (Anthropic, SSE when ``stream``),
   ``POST /v1/messages/count_tokens``, ``POST /v1/responses`` (OpenAI
   Responses, SSE when ``stream``), ``GET /v1/models`` (Anthropic shape when the
-  request carries ``anthropic-version``, else OpenAI). Query strings are
-  ignored. Anything else: 404 JSON, logged with behaviour ``unknown_path``.
+  request carries ``anthropic-version``, else OpenAI), ``HEAD|GET /`` and
+  ``/api/hello`` (200: Claude pre-connects with ``HEAD /``, and checks
+  ``HEAD /api/hello`` when nonessential traffic is allowed). Query
+  strings are ignored. Anything else: 404 JSON, logged with behaviour ``unknown_path``.
 * Every request appends one :class:`RequestRecord` to ``requests`` (and one
   JSON line to ``log_path``) *before* its answer is written, so a test can see
   a hanging request while it hangs. With ``dump_dir`` each request's headers
@@ -322,6 +324,9 @@ class FakeModelAPI:
             self._record(RequestRecord(**base, status=200, behaviour="count_tokens", outcome="json",
                                        dialect="anthropic", model=body.get("model"), finished=True))
             h.send_json(200, anthropic.count_tokens(body))
+        elif path in ("", "/api/hello") and h.command in ("HEAD", "GET"):
+            self._record(RequestRecord(**base, status=200, behaviour="root", outcome="json", finished=True))
+            h.send_json(200, {"fakeapi": True})
         elif h.command == "GET" and path in ("/v1/models", "/models"):
             dialect = "anthropic" if "anthropic-version" in headers else "openai"
             self._record(RequestRecord(**base, status=200, behaviour="models", outcome="json",
