@@ -95,7 +95,9 @@ class Hang:
 
 Action = Say | Shell | Fail | StreamError | Hang
 
-ERROR_KINDS = ("rate_limit", "overloaded", "auth", "invalid_request", "server", "quota", "not_found")
+STATUS_FOR_KIND = {"rate_limit": 429, "quota": 429, "overloaded": 529, "auth": 401,
+                   "invalid_request": 400, "server": 500, "not_found": 404}
+ERROR_KINDS = tuple(STATUS_FOR_KIND)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ Contract:
   and body are also written there, for finding out what a CLI sends.
 * Hanging answers (``no_response``, ``hang_after_first_delta``) hold the
   connection until ``stop()`` or ``hang_seconds``, then close it unanswered.
+  A non-streaming request (Claude's fallback after a broken stream) gets the
+  HTTP error of a StreamError's kind, and never an answer for a Hang.
 * ``stop()`` is idempotent and ends all connections, hanging ones included.
 """
 
@@ -36,7 +38,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import anthropic, openai, sse
-from .behaviours import Decision, Fail, Hang, Say, Shell, StreamError, plan
+from .behaviours import STATUS_FOR_KIND, Action, Decision, Fail, Hang, Say, Shell, StreamError, plan
 
 DEFAULT_MODELS = ("claude-fake-1", "gpt-fake-1")
 
@@ -174,6 +176,20 @@ def _decode(body: bytes, encoding: str) -> bytes:
     if encoding == "deflate":
         return zlib.decompress(body)
     raise ValueError(f"unsupported content-encoding {encoding!r}")
+
+
+def _outcome(action: Action, stream: bool) -> tuple[int, str]:
+    """The HTTP status (0: none) and outcome label an action gets."""
+    if isinstance(action, Fail):
+        return action.status, f"error:{action.status}"
+    if isinstance(action, StreamError):
+        if stream:
+            return 200, "stream_error"
+        status = STATUS_FOR_KIND.get(action.kind, 500)
+        return status, f"error:{status}"
+    if isinstance(action, Hang):
+        return (200, "hang_after_first_delta") if action.first_delta and stream else (0, "no_response")
+    return 200, "tool:shell" if isinstance(action, Shell) else "text"
 
 
 class FakeModelAPI:
@@ -342,16 +358,7 @@ class FakeModelAPI:
         attempt = self._attempt((conv.dialect, conv.key, conv.n_messages, conv.marker.raw if conv.marker else ""))
         decision: Decision = plan(conv, attempt, self.default_behaviour)
         action = decision.action
-        if isinstance(action, Fail):
-            status, outcome = action.status, f"error:{action.status}"
-        elif isinstance(action, StreamError):
-            status, outcome = 200, "stream_error"
-        elif isinstance(action, Hang):
-            status, outcome = (200, "hang_after_first_delta") if action.first_delta else (0, "no_response")
-        elif isinstance(action, Shell):
-            status, outcome = 200, "tool:shell"
-        else:
-            status, outcome = 200, "text"
+        status, outcome = _outcome(action, conv.stream)
         u = decision.usage
         rec = self._record(RequestRecord(
             **base, status=status, behaviour=decision.behaviour, outcome=outcome, dialect=conv.dialect,
@@ -365,16 +372,16 @@ class FakeModelAPI:
                 ra = action.retry_after
                 extra["retry-after"] = str(int(ra)) if ra == int(ra) else str(ra)
             h.send_json(action.status, dialect.error(action.kind, action.message), extra)
-        elif isinstance(action, Hang) and not action.first_delta:
+        elif isinstance(action, Hang) and not (action.first_delta and conv.stream):
             self._stopping.wait(self.hang_seconds)
             h.close_connection = True
+        elif isinstance(action, StreamError) and not conv.stream:
+            h.send_json(status, dialect.error(action.kind, action.message))
         elif conv.stream:
             result = h.send_stream(dialect.stream(conv, action, u), self._stopping, self.hang_seconds)
             if result != "done":
                 rec.notes.append(result)
-        elif isinstance(action, (Say, Shell)):
+        else:
             body = anthropic.message(conv, action, u) if dialect is anthropic else openai.response(conv, action, u)
             h.send_json(200, body)
-        else:
-            h.send_json(500, dialect.error("server", f"fakeapi: {outcome} needs stream=true"))
         rec.finished = True
