@@ -217,7 +217,8 @@ class FakeModelAPI:
         """Bind and serve in a background thread; returns self."""
         if self._httpd is None:
             self._httpd = _Server(self, ("127.0.0.1", self._port))
-            self._thread = threading.Thread(target=self._httpd.serve_forever, name="fakeapi", daemon=True)
+            self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                            name="fakeapi", daemon=True)
             self._thread.start()
         return self
 

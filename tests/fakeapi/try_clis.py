@@ -42,8 +42,11 @@ CLIS_ROOT = Path(os.environ.get("AGENT_CLIS_ROOT", "/opt/agent-clis"))
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 CODEX_MODEL = "gpt-5.5"  # a slug codex 0.171 has metadata for (an unknown one adds an error item)
 
-# Environment that makes Claude give up fast on a broken endpoint.
-CLAUDE_FAST = {"CLAUDE_CODE_MAX_RETRIES": "1", "API_TIMEOUT_MS": "8000"}
+# Environment that makes Claude give up fast on a broken endpoint: one retry, 8 s to get
+# response headers, 10 s (the minimum) of silence in a started stream (2.1.332; 2.1.197
+# ignores the byte watchdog and waits 300 s).
+CLAUDE_FAST = {"CLAUDE_CODE_MAX_RETRIES": "1", "API_TIMEOUT_MS": "8000",
+               "CLAUDE_ENABLE_BYTE_WATCHDOG": "1", "CLAUDE_BYTE_STREAM_IDLE_TIMEOUT_MS": "10000"}
 # Codex provider options (config.toml [model_providers.fake]) that give up fast.
 CODEX_FAST = {"request_max_retries": "0", "stream_max_retries": "1", "stream_idle_timeout_ms": "4000"}
 
@@ -59,6 +62,7 @@ class Scenario:
     provider: dict[str, str] = field(default_factory=dict)  # codex provider overrides
     timeout: float = 120.0
     expect_commit: bool = False
+    in_worktree: bool | None = None  # run in the linked worktree (default: codex yes, claude no)
     sub: list[str] = field(default_factory=list)  # codex: ["exec"] or ["exec", "resume", "{thread}"]
 
 
@@ -90,6 +94,9 @@ def claude_scenarios() -> list[Scenario]:
                  [*base, "--session-id", "{session}"], expect_commit=True),
         Scenario("resume", 'Show the last commit. [[fake:bash cmd="git log --oneline -1"]]',
                  [*base, "--resume", "{session}"]),
+        Scenario("resume_other_cwd", '[[fake:bash cmd="pwd"]]', [*base, "--resume", "{session}"],
+                 in_worktree=True),
+        Scenario("session_id_in_use", "[[fake:text]]", [*base, "--session-id", "{session}"]),
         Scenario("dash_prompt", '- a prompt that starts with a dash [[fake:text text="dash ok"]]', base),
         Scenario("version_prompt", "--version", base),
         Scenario("append_system_prompt_file", "No marker in this prompt.",
@@ -103,7 +110,8 @@ def claude_scenarios() -> list[Scenario]:
         Scenario("sse_error", "[[fake:sse_error]]", base, env=CLAUDE_FAST),
         Scenario("auth_401", "[[fake:auth_401]]", base, env={"CLAUDE_CODE_MAX_RETRIES": "0"}),
         Scenario("bad_400", "[[fake:bad_400]]", base),
-        Scenario("hang_after_first_delta", "[[fake:hang_after_first_delta]]", base, env=CLAUDE_FAST),
+        Scenario("hang_after_first_delta", "[[fake:hang_after_first_delta]]", base, env=CLAUDE_FAST,
+                 timeout=60),
         Scenario("no_response", "[[fake:no_response]]", base, env=CLAUDE_FAST),
         Scenario("long_tool", "[[fake:long_tool secs=5]]", base),
         Scenario("long_tool_capped", "[[fake:long_tool secs=20]]", base, env={"BASH_MAX_TIMEOUT_MS": "3000"}),
@@ -128,10 +136,14 @@ def codex_scenarios() -> list[Scenario]:
                  ["--json", "-s", "danger-full-access"], sub=ex, expect_commit=True),
         Scenario("resume", 'Show the last commit. [[fake:bash cmd="git log --oneline -1"]]',
                  ["--json"], sub=["exec", "resume", "{thread}"]),
+        Scenario("resume_write_commit", "[[fake:write_commit file=resumed.txt]]",
+                 ["--json", "-c", 'sandbox_mode="workspace-write"', "-c",
+                  'sandbox_workspace_write.writable_roots=["{gitdir}","{common}"]'],
+                 sub=["exec", "resume", "{thread}"], expect_commit=True),
         Scenario("dash_prompt", '- a prompt that starts with a dash [[fake:text text="dash ok"]]', ws, sub=ex),
         Scenario("version_prompt", "--version", ws, sub=ex),
         Scenario("bash", '[[fake:bash cmd="echo hello from bash"]]', ws, sub=ex),
-        Scenario("max_turns", "[[fake:max_turns]]", ws, sub=ex, timeout=20),
+        Scenario("max_turns", "[[fake:max_turns]]", ws, sub=ex, timeout=5),
         Scenario("rate_429", "[[fake:rate_429 retries=2 after=1]]", ws, sub=ex),
         Scenario("overload_529", "[[fake:overload_529]]", ws, sub=ex, provider=CODEX_FAST),
         Scenario("overload_529_twice", "[[fake:overload_529 count=2]]", ws, sub=ex),
@@ -141,7 +153,7 @@ def codex_scenarios() -> list[Scenario]:
         Scenario("auth_401", "[[fake:auth_401]]", ws, sub=ex, provider=CODEX_FAST),
         Scenario("bad_400", "[[fake:bad_400]]", ws, sub=ex),
         Scenario("hang_after_first_delta", "[[fake:hang_after_first_delta]]", ws, sub=ex, provider=CODEX_FAST),
-        Scenario("no_response", "[[fake:no_response]]", ws, sub=ex, provider=CODEX_FAST),
+        Scenario("no_response", "[[fake:no_response]]", ws, sub=ex, provider=CODEX_FAST, timeout=30),
         Scenario("long_tool", "[[fake:long_tool secs=5]]", ws, sub=ex),
         Scenario("background", "[[fake:background secs=3]]", ws, sub=ex),
     ]
@@ -209,7 +221,7 @@ def parse_events(cli: str, stdout: str) -> list[dict[str, Any]]:
 
 def scrub(text: str, work: Path, port: int) -> str:
     """Replace the work folder and the server port with stable placeholders."""
-    text = text.replace(str(work), "$WORK")
+    text = text.replace(str(work), "$WORK").replace(re.sub(r"[^A-Za-z0-9]", "-", str(work)), "-$WORK")
     return re.sub(rf"127\.0\.0\.1:{port}\b", "127.0.0.1:$PORT", text)
 
 
@@ -263,8 +275,9 @@ class Runner:
         return [self.binary(), *sub, *args, "-"]
 
     def run(self, sc: Scenario) -> Outcome:
-        cwd = self.worktree if self.cli == "codex" else self.repo
-        branch = "agent/w1" if self.cli == "codex" else "main"
+        in_wt = sc.in_worktree if sc.in_worktree is not None else self.cli == "codex"
+        cwd = self.worktree if in_wt else self.repo
+        branch = "agent/w1" if in_wt else "main"
         head = _git(self.repo, "rev-parse", branch)
         seen = len(self.api.requests)
         argv = self.argv(sc)
@@ -314,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
                 work.mkdir()
                 runner = Runner(api, cli, version, work, args.save)
                 for sc in scenarios:
-                    if only and sc.name not in only and not (sc.name == "write_commit" and "resume" in only):
+                    needed = sc.name == "write_commit" and any(n.startswith("resume") for n in only)
+                    if only and sc.name not in only and not needed:
                         continue
                     o = runner.run(sc)
                     outcomes.append(o)
