@@ -21,12 +21,13 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from . import sse
-from .behaviours import Action, Conversation, Hang, Say, Shell, StreamError, Usage
+from .behaviours import Action, Conversation, Fail, Hang, Say, Shell, StreamError, Usage
 from .markers import Marker, last_marker
 
 ERROR_TYPES = {
     "rate_limit": "rate_limit_error",
     "quota": "rate_limit_error",
+    "usage_limit": "rate_limit_error",
     "overloaded": "overloaded_error",
     "auth": "authentication_error",
     "invalid_request": "invalid_request_error",
@@ -204,6 +205,19 @@ def stream(conv: Conversation, action: Action, usage: Usage) -> Iterator[bytes |
 def error(kind: str, message: str) -> dict[str, Any]:
     """An Anthropic error body (``{"type":"error","error":{...}}``)."""
     return {"type": "error", "error": {"type": ERROR_TYPES.get(kind, "api_error"), "message": message}}
+
+
+def error_headers(action: Fail) -> dict[str, str]:
+    """Extra headers of an error answer: the subscription limit headers for ``usage_limit``."""
+    if action.kind != "usage_limit":
+        return {}
+    return {
+        "anthropic-ratelimit-unified-status": "rejected",
+        "anthropic-ratelimit-unified-reset": str(action.resets_at),
+        "anthropic-ratelimit-unified-representative-claim": "five_hour",
+        "anthropic-ratelimit-unified-overage-status": "rejected",
+        "anthropic-ratelimit-unified-overage-disabled-reason": "org_level_disabled",
+    }
 
 
 def count_tokens(body: Mapping[str, Any]) -> dict[str, int]:

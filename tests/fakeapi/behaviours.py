@@ -75,6 +75,7 @@ class Fail:
     kind: str
     message: str
     retry_after: float | None = None
+    resets_at: int | None = None  # epoch seconds, for kind "usage_limit"
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ class Hang:
 
 Action = Say | Shell | Fail | StreamError | Hang
 
-STATUS_FOR_KIND = {"rate_limit": 429, "quota": 429, "overloaded": 529, "auth": 401,
+STATUS_FOR_KIND = {"rate_limit": 429, "quota": 429, "usage_limit": 429, "overloaded": 529, "auth": 401,
                    "invalid_request": 400, "server": 500, "not_found": 404}
 ERROR_KINDS = tuple(STATUS_FOR_KIND)
 
@@ -220,6 +221,8 @@ FAILING: dict[str, Plan] = {
     "overload_529": _failing(lambda m: Fail(529, "overloaded", "Overloaded")),
     "server_500": _failing(lambda m: Fail(500, "server", "fakeapi: internal error")),
     "quota": _failing(lambda m: Fail(429, "quota", "fakeapi: quota exceeded")),
+    "usage_limit": _failing(lambda m: Fail(429, "usage_limit", "fakeapi: usage limit reached",
+                                           resets_at=m.get_int("reset", 2_000_000_000))),
     "auth_401": _failing(lambda m: Fail(401, "auth", "fakeapi: invalid api key")),
     "bad_400": _failing(lambda m: Fail(400, "invalid_request", "fakeapi: bad request")),
     "sse_error": _failing(lambda m: StreamError("overloaded", "Overloaded")),

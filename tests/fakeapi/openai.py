@@ -17,13 +17,14 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from . import sse
-from .behaviours import Action, Conversation, Hang, Say, Shell, StreamError, Usage
+from .behaviours import Action, Conversation, Fail, Hang, Say, Shell, StreamError, Usage
 from .markers import Marker, last_marker
 
 # kind -> (HTTP error "type", error "code"); codes are the ones Codex reacts to.
 ERRORS = {
     "rate_limit": ("requests", "rate_limit_exceeded"),
     "quota": ("insufficient_quota", "insufficient_quota"),
+    "usage_limit": ("usage_limit_reached", "usage_limit_reached"),
     "overloaded": ("server_error", "server_is_overloaded"),
     "auth": ("invalid_request_error", "invalid_api_key"),
     "invalid_request": ("invalid_request_error", "invalid_request"),
@@ -213,6 +214,19 @@ def error(kind: str, message: str) -> dict[str, Any]:
     """An OpenAI error body (``{"error":{"message","type","param","code"}}``)."""
     err_type, code = ERRORS.get(kind, ERRORS["server"])
     return {"error": {"message": message, "type": err_type, "param": None, "code": code}}
+
+
+def error_headers(action: Fail) -> dict[str, str]:
+    """Extra headers of an error answer (none for this dialect)."""
+    return {}
+
+
+def error_body(action: Fail) -> dict[str, Any]:
+    """The error body of a Fail action (``usage_limit`` adds ``resets_at``)."""
+    body = error(action.kind, action.message)
+    if action.resets_at is not None:
+        body["error"]["resets_at"] = action.resets_at
+    return body
 
 
 def models(model_ids: list[str]) -> dict[str, Any]:

@@ -249,6 +249,16 @@ def test_answers_are_deterministic() -> None:
         assert a == b
 
 
+def test_usage_limit_headers_and_body() -> None:
+    with FakeModelAPI() as api:
+        s, headers, _ = _post(api, "/v1/messages", _claude("[[fake:usage_limit reset=1900000000]]"))
+        assert s == 429 and headers["anthropic-ratelimit-unified-status"] == "rejected"
+        assert headers["anthropic-ratelimit-unified-reset"] == "1900000000"
+        s, _, raw = _post(api, "/v1/responses", _codex("[[fake:usage_limit reset=1900000000]]"))
+        err = json.loads(raw)["error"]
+        assert s == 429 and err["type"] == "usage_limit_reached" and err["resets_at"] == 1900000000
+
+
 # -- OpenAI Responses -------------------------------------------------------------
 
 def test_openai_text_stream_shape_and_usage() -> None:

@@ -368,11 +368,12 @@ class FakeModelAPI:
             usage={"input_tokens": u.input_tokens, "cached_tokens": u.cached_tokens,
                    "output_tokens": u.output_tokens} if isinstance(action, (Say, Shell)) else None))
         if isinstance(action, Fail):
-            extra = {}
+            extra = dialect.error_headers(action)
             if action.retry_after is not None:
                 ra = action.retry_after
                 extra["retry-after"] = str(int(ra)) if ra == int(ra) else str(ra)
-            h.send_json(action.status, dialect.error(action.kind, action.message), extra)
+            body = openai.error_body(action) if dialect is openai else dialect.error(action.kind, action.message)
+            h.send_json(action.status, body, extra)
         elif isinstance(action, Hang) and not (action.first_delta and conv.stream):
             self._stopping.wait(self.hang_seconds)
             h.close_connection = True

@@ -58,7 +58,7 @@ class Scenario:
     name: str
     prompt: str
     args: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str | None] = field(default_factory=dict)  # None: unset a default variable
     provider: dict[str, str] = field(default_factory=dict)  # codex provider overrides
     timeout: float = 120.0
     expect_commit: bool = False
@@ -110,6 +110,10 @@ def claude_scenarios() -> list[Scenario]:
         Scenario("sse_error", "[[fake:sse_error]]", base, env=CLAUDE_FAST),
         Scenario("auth_401", "[[fake:auth_401]]", base, env={"CLAUDE_CODE_MAX_RETRIES": "0"}),
         Scenario("bad_400", "[[fake:bad_400]]", base),
+        Scenario("usage_limit_oauth", "[[fake:usage_limit reset=1900000000]]", base,
+                 env={"ANTHROPIC_API_KEY": None, "CLAUDE_CODE_OAUTH_TOKEN": "fake-oauth-token"}),
+        Scenario("usage_limit_api_key", "[[fake:usage_limit reset=1900000000]]", base,
+                 env={"CLAUDE_CODE_MAX_RETRIES": "2"}),
         Scenario("hang_after_first_delta", "[[fake:hang_after_first_delta]]", base, env=CLAUDE_FAST,
                  timeout=60),
         Scenario("no_response", "[[fake:no_response]]", base, env=CLAUDE_FAST),
@@ -150,6 +154,7 @@ def codex_scenarios() -> list[Scenario]:
         Scenario("sse_error", "[[fake:sse_error]]", ws, sub=ex),
         Scenario("server_500", "[[fake:server_500]]", ws, sub=ex, provider=CODEX_FAST),
         Scenario("quota", "[[fake:quota]]", ws, sub=ex),
+        Scenario("usage_limit", "[[fake:usage_limit reset=1900000000]]", ws, sub=ex),
         Scenario("auth_401", "[[fake:auth_401]]", ws, sub=ex, provider=CODEX_FAST),
         Scenario("bad_400", "[[fake:bad_400]]", ws, sub=ex),
         Scenario("hang_after_first_delta", "[[fake:hang_after_first_delta]]", ws, sub=ex, provider=CODEX_FAST),
@@ -249,7 +254,11 @@ class Runner:
                        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1", DISABLE_AUTOUPDATER="1")
         else:
             env.update(CODEX_HOME=str(self.codex_home(sc)), FAKE_API_KEY="test-key")
-        env.update(sc.env)
+        for key, value in sc.env.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
         return env
 
     def codex_home(self, sc: Scenario) -> Path:
