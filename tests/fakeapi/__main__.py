@@ -1,4 +1,4 @@
-"""``python -m tests.fakeapi [--port N] [--log FILE] [--dump DIR]``: serve until Ctrl-C / SIGTERM."""
+"""``python -m tests.fakeapi [--port N] [--log FILE] [--dump DIR]``: serve until SIGINT/TERM."""
 
 from __future__ import annotations
 
@@ -15,12 +15,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log", help="append one JSON line per request to this file")
     ap.add_argument("--dump", help="write each request's headers and body to this folder")
     ap.add_argument("--default", default="text", help="behaviour for requests without a marker")
-    ap.add_argument("--hang-seconds", type=float, default=600.0, help="how long hanging answers hold")
+    ap.add_argument(
+        "--hang-seconds", type=float, default=600.0, help="how long hanging answers hold"
+    )
     args = ap.parse_args(argv)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
-    with FakeModelAPI(args.port, log_path=args.log, dump_dir=args.dump, default_behaviour=args.default,
-                      hang_seconds=args.hang_seconds) as api:
+    with FakeModelAPI(
+        args.port,
+        log_path=args.log,
+        dump_dir=args.dump,
+        default_behaviour=args.default,
+        hang_seconds=args.hang_seconds,
+    ) as api:
         print(f"fakeapi listening on {api.url}", flush=True)
         try:
             done.wait()

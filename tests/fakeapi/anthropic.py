@@ -41,7 +41,9 @@ def _texts(content: Any) -> list[str]:
     """User-authored text of one message's content (tool results excluded)."""
     if isinstance(content, str):
         return [content]
-    return [b.get("text", "") for b in content or [] if isinstance(b, dict) and b.get("type") == "text"]
+    return [
+        b.get("text", "") for b in content or [] if isinstance(b, dict) and b.get("type") == "text"
+    ]
 
 
 def _tool_results(content: Any) -> list[str]:
@@ -86,7 +88,12 @@ def parse(body: Mapping[str, Any], headers: Mapping[str, str]) -> Conversation:
                 break
     if marker is None:
         marker = last_marker(_system_texts(body.get("system")))
-    results = [r for m in messages[start:] if m.get("role") == "user" for r in _tool_results(m.get("content"))]
+    results = [
+        r
+        for m in messages[start:]
+        if m.get("role") == "user"
+        for r in _tool_results(m.get("content"))
+    ]
     tools = frozenset(t.get("name", "") for t in body.get("tools") or [] if isinstance(t, dict))
     model = str(body.get("model", ""))
     title = not tools and "title" in " ".join(_system_texts(body.get("system"))).lower()
@@ -112,7 +119,9 @@ def _ids(conv: Conversation) -> tuple[str, str]:
 
 def _resolve(conv: Conversation, action: Action) -> Action:
     if isinstance(action, Shell) and SHELL_TOOL not in conv.tool_names:
-        return Say(f"fakeapi: the request offers no {SHELL_TOOL} tool; would have run: {action.command}")
+        return Say(
+            f"fakeapi: the request offers no {SHELL_TOOL} tool; would have run: {action.command}"
+        )
     return action
 
 
@@ -139,14 +148,18 @@ def _blocks(conv: Conversation, action: Action) -> list[dict[str, Any]]:
     if isinstance(action, Say):
         return [{"type": "text", "text": action.text}]
     if isinstance(action, Shell):
-        blocks: list[dict[str, Any]] = [{"type": "text", "text": action.text}] if action.text else []
-        return blocks + [{"type": "tool_use", "id": tool_id, "name": SHELL_TOOL, "input": _tool_input(action)}]
+        blocks: list[dict[str, Any]] = (
+            [{"type": "text", "text": action.text}] if action.text else []
+        )
+        return blocks + [
+            {"type": "tool_use", "id": tool_id, "name": SHELL_TOOL, "input": _tool_input(action)}
+        ]
     return [{"type": "text", "text": getattr(action, "text", "")}]
 
 
 def _chunks(text: str, n: int = 3) -> list[str]:
     size = max(1, -(-len(text) // n))
-    return [text[i:i + size] for i in range(0, len(text), size)] or [""]
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
 
 
 def message(conv: Conversation, action: Action, usage: Usage) -> dict[str, Any]:
@@ -154,10 +167,14 @@ def message(conv: Conversation, action: Action, usage: Usage) -> dict[str, Any]:
     action = _resolve(conv, action)
     msg_id, _ = _ids(conv)
     return {
-        "id": msg_id, "type": "message", "role": "assistant", "model": conv.model,
+        "id": msg_id,
+        "type": "message",
+        "role": "assistant",
+        "model": conv.model,
         "content": _blocks(conv, action),
         "stop_reason": "tool_use" if isinstance(action, Shell) else "end_turn",
-        "stop_sequence": None, "usage": _usage(usage),
+        "stop_sequence": None,
+        "usage": _usage(usage),
     }
 
 
@@ -165,16 +182,36 @@ def stream(conv: Conversation, action: Action, usage: Usage) -> Iterator[bytes |
     """SSE frames for a Say, Shell, StreamError or Hang(first_delta=True) action."""
     action = _resolve(conv, action)
     msg_id, _ = _ids(conv)
-    start = {"id": msg_id, "type": "message", "role": "assistant", "model": conv.model, "content": [],
-             "stop_reason": None, "stop_sequence": None, "usage": _usage(usage, output=1)}
+    start = {
+        "id": msg_id,
+        "type": "message",
+        "role": "assistant",
+        "model": conv.model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": _usage(usage, output=1),
+    }
     yield sse.event("message_start", {"type": "message_start", "message": start})
     yield sse.event("ping", {"type": "ping"})
     if isinstance(action, (StreamError, Hang)):
         text = action.text if isinstance(action, StreamError) else "Thinking about it"
-        yield sse.event("content_block_start", {"type": "content_block_start", "index": 0,
-                                                "content_block": {"type": "text", "text": ""}})
-        yield sse.event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                                "delta": {"type": "text_delta", "text": text}})
+        yield sse.event(
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        )
+        yield sse.event(
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": text},
+            },
+        )
         if isinstance(action, Hang):
             yield sse.HANG
             return
@@ -182,29 +219,57 @@ def stream(conv: Conversation, action: Action, usage: Usage) -> Iterator[bytes |
         return
     for index, block in enumerate(_blocks(conv, action)):
         if block["type"] == "text":
-            yield sse.event("content_block_start", {"type": "content_block_start", "index": index,
-                                                    "content_block": {"type": "text", "text": ""}})
+            yield sse.event(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": index,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            )
             for piece in _chunks(block["text"]):
-                yield sse.event("content_block_delta", {"type": "content_block_delta", "index": index,
-                                                        "delta": {"type": "text_delta", "text": piece}})
+                yield sse.event(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "text_delta", "text": piece},
+                    },
+                )
         else:
             empty = {**block, "input": {}}
-            yield sse.event("content_block_start", {"type": "content_block_start", "index": index,
-                                                    "content_block": empty})
+            yield sse.event(
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": empty},
+            )
             for piece in _chunks(sse.dumps(block["input"]), 2):
-                yield sse.event("content_block_delta", {"type": "content_block_delta", "index": index,
-                                                        "delta": {"type": "input_json_delta", "partial_json": piece}})
+                yield sse.event(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "input_json_delta", "partial_json": piece},
+                    },
+                )
         yield sse.event("content_block_stop", {"type": "content_block_stop", "index": index})
     stop = "tool_use" if isinstance(action, Shell) else "end_turn"
-    yield sse.event("message_delta", {"type": "message_delta",
-                                      "delta": {"stop_reason": stop, "stop_sequence": None},
-                                      "usage": {"output_tokens": usage.output_tokens}})
+    yield sse.event(
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop, "stop_sequence": None},
+            "usage": {"output_tokens": usage.output_tokens},
+        },
+    )
     yield sse.event("message_stop", {"type": "message_stop"})
 
 
 def error(kind: str, message: str) -> dict[str, Any]:
     """An Anthropic error body (``{"type":"error","error":{...}}``)."""
-    return {"type": "error", "error": {"type": ERROR_TYPES.get(kind, "api_error"), "message": message}}
+    return {
+        "type": "error",
+        "error": {"type": ERROR_TYPES.get(kind, "api_error"), "message": message},
+    }
 
 
 def error_headers(action: Fail) -> dict[str, str]:
@@ -227,6 +292,13 @@ def count_tokens(body: Mapping[str, Any]) -> dict[str, int]:
 
 def models(model_ids: list[str]) -> dict[str, Any]:
     """``GET /v1/models`` in the Anthropic shape."""
-    data = [{"type": "model", "id": m, "display_name": m, "created_at": "2026-01-01T00:00:00Z"} for m in model_ids]
-    return {"data": data, "has_more": False, "first_id": model_ids[0] if model_ids else None,
-            "last_id": model_ids[-1] if model_ids else None}
+    data = [
+        {"type": "model", "id": m, "display_name": m, "created_at": "2026-01-01T00:00:00Z"}
+        for m in model_ids
+    ]
+    return {
+        "data": data,
+        "has_more": False,
+        "first_id": model_ids[0] if model_ids else None,
+        "last_id": model_ids[-1] if model_ids else None,
+    }

@@ -96,8 +96,16 @@ class Hang:
 
 Action = Say | Shell | Fail | StreamError | Hang
 
-STATUS_FOR_KIND = {"rate_limit": 429, "quota": 429, "usage_limit": 429, "overloaded": 529, "auth": 401,
-                   "invalid_request": 400, "server": 500, "not_found": 404}
+STATUS_FOR_KIND = {
+    "rate_limit": 429,
+    "quota": 429,
+    "usage_limit": 429,
+    "overloaded": 529,
+    "auth": 401,
+    "invalid_request": 400,
+    "server": 500,
+    "not_found": 404,
+}
 ERROR_KINDS = tuple(STATUS_FOR_KIND)
 
 
@@ -155,11 +163,15 @@ def _write_commit(conv: Conversation, m: Marker, attempt: int) -> Action:
     name = m.get_str("file", "fake_commit.txt")
     msg = m.get_str("msg", f"fake: add {name}")
     if conv.steps == 0:
-        return Shell(f"printf '%s\\n' 'written by fakeapi' > {shlex.quote(name)}",
-                     text=f"I will write {name} and commit it.")
+        return Shell(
+            f"printf '%s\\n' 'written by fakeapi' > {shlex.quote(name)}",
+            text=f"I will write {name} and commit it.",
+        )
     if conv.steps == 1:
-        return Shell(f"git add {shlex.quote(name)} && git commit -q -m {shlex.quote(msg)}"
-                     " && git log --oneline -1")
+        return Shell(
+            f"git add {shlex.quote(name)} && git commit -q -m {shlex.quote(msg)}"
+            " && git log --oneline -1"
+        )
     return _after(conv, f"Committed {name}.")
 
 
@@ -185,8 +197,7 @@ def _background(conv: Conversation, m: Marker, attempt: int) -> Action:
     secs = m.get_int("secs", 2)
     name = m.get_str("file", "fake_background.txt")
     if conv.steps == 0:
-        return Shell(f"sleep {secs} && echo background done > {shlex.quote(name)}",
-                     background=True)
+        return Shell(f"sleep {secs} && echo background done > {shlex.quote(name)}", background=True)
     return _after(conv, "Started a background command.")
 
 
@@ -200,13 +211,16 @@ PLANS: dict[str, Plan] = {
 }
 
 
-def _failing(make: Callable[[Marker], Action], count_key: str = "count",
-             default_count: int = -1) -> Plan:
+def _failing(
+    make: Callable[[Marker], Action], count_key: str = "count", default_count: int = -1
+) -> Plan:
     """A plan that fails the first request position ``count`` times, then runs ``then``."""
 
     def plan_(conv: Conversation, m: Marker, attempt: int) -> Action:
         raw = m.get_str(count_key, m.get_str("count", str(default_count)))
-        count = -1 if raw == "always" else (int(raw) if raw.lstrip("-").isdigit() else default_count)
+        count = (
+            -1 if raw == "always" else (int(raw) if raw.lstrip("-").isdigit() else default_count)
+        )
         if conv.steps == 0 and (count < 0 or attempt < count):
             return make(m)
         then = PLANS.get(m.get_str("then", "text"), _text)
@@ -216,13 +230,24 @@ def _failing(make: Callable[[Marker], Action], count_key: str = "count",
 
 
 FAILING: dict[str, Plan] = {
-    "rate_429": _failing(lambda m: Fail(429, "rate_limit", "fakeapi: rate limited",
-                                        retry_after=m.get_float("after", 1)), "retries", 2),
+    "rate_429": _failing(
+        lambda m: Fail(
+            429, "rate_limit", "fakeapi: rate limited", retry_after=m.get_float("after", 1)
+        ),
+        "retries",
+        2,
+    ),
     "overload_529": _failing(lambda m: Fail(529, "overloaded", "Overloaded")),
     "server_500": _failing(lambda m: Fail(500, "server", "fakeapi: internal error")),
     "quota": _failing(lambda m: Fail(429, "quota", "fakeapi: quota exceeded")),
-    "usage_limit": _failing(lambda m: Fail(429, "usage_limit", "fakeapi: usage limit reached",
-                                           resets_at=m.get_int("reset", 2_000_000_000))),
+    "usage_limit": _failing(
+        lambda m: Fail(
+            429,
+            "usage_limit",
+            "fakeapi: usage limit reached",
+            resets_at=m.get_int("reset", 2_000_000_000),
+        )
+    ),
     "auth_401": _failing(lambda m: Fail(401, "auth", "fakeapi: invalid api key")),
     "bad_400": _failing(lambda m: Fail(400, "invalid_request", "fakeapi: bad request")),
     "sse_error": _failing(lambda m: StreamError("overloaded", "Overloaded")),

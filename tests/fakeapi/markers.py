@@ -13,7 +13,9 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-_MARKER = re.compile(r"\[\[fake:([a-z0-9_]+)((?:\s+[A-Za-z0-9_]+=(?:\"(?:[^\"\\]|\\.)*\"|[^\s\]]*))*)\s*\]\]")
+_MARKER = re.compile(
+    r"\[\[fake:([a-z0-9_]+)((?:\s+[A-Za-z0-9_]+=(?:\"(?:[^\"\\]|\\.)*\"|[^\s\]]*))*)\s*\]\]"
+)
 
 
 @dataclass(frozen=True)

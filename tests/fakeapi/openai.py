@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from . import sse
-from .behaviours import Action, Conversation, Fail, Hang, Say, Shell, StreamError, Usage
+from .behaviours import Action, Conversation, Fail, Hang, Shell, StreamError, Usage
 from .markers import Marker, last_marker
 
 # kind -> (HTTP error "type", error "code"); codes are the ones Codex reacts to.
@@ -60,15 +60,20 @@ def _key(body: Mapping[str, Any], headers: Mapping[str, str], items: list[dict[s
             return headers[h]
     if body.get("prompt_cache_key"):
         return str(body["prompt_cache_key"])
-    first = next((t for i in items if i.get("role") == "user" for t in _texts(i.get("content"))), "")
+    first = next(
+        (t for i in items if i.get("role") == "user" for t in _texts(i.get("content"))), ""
+    )
     return "h:" + hashlib.sha1(first.encode()).hexdigest()[:16]
 
 
 def parse(body: Mapping[str, Any], headers: Mapping[str, str]) -> Conversation:
     """Reduce a Responses API request to a Conversation (headers: lower-case keys)."""
     raw = body.get("input", [])
-    items = [{"type": "message", "role": "user", "content": raw}] if isinstance(raw, str) else \
-        [i for i in raw if isinstance(i, dict)]
+    items = (
+        [{"type": "message", "role": "user", "content": raw}]
+        if isinstance(raw, str)
+        else [i for i in raw if isinstance(i, dict)]
+    )
     marker: Marker | None = None
     start = 0
     for i in range(len(items) - 1, -1, -1):
@@ -79,7 +84,11 @@ def parse(body: Mapping[str, Any], headers: Mapping[str, str]) -> Conversation:
                 break
     if marker is None and isinstance(body.get("instructions"), str):
         marker = last_marker([body["instructions"]])
-    outputs = [_output_text(i.get("output")) for i in items[start:] if str(i.get("type", "")).endswith("_call_output")]
+    outputs = [
+        _output_text(i.get("output"))
+        for i in items[start:]
+        if str(i.get("type", "")).endswith("_call_output")
+    ]
     tools = _tool_names(body.get("tools"))
     return Conversation(
         dialect="openai",
@@ -127,14 +136,30 @@ def _items(conv: Conversation, action: Action) -> list[dict[str, Any]]:
     text = getattr(action, "text", "")
     call = _shell_call(conv, action) if isinstance(action, Shell) else None
     if isinstance(action, Shell) and call is None:
-        text = f"fakeapi: the request offers none of {', '.join(SHELL_TOOLS)}; would have run: {action.command}"
+        offered = ", ".join(SHELL_TOOLS)
+        text = f"fakeapi: the request offers none of {offered}; would have run: {action.command}"
     items: list[dict[str, Any]] = []
     if text:
-        items.append({"id": msg_id, "type": "message", "status": "completed", "role": "assistant",
-                      "content": [{"type": "output_text", "text": text, "annotations": []}]})
+        items.append(
+            {
+                "id": msg_id,
+                "type": "message",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        )
     if call:
-        items.append({"id": "fc_" + call_id[5:], "type": "function_call", "status": "completed",
-                      "call_id": call_id, "name": call[0], "arguments": sse.dumps(call[1])})
+        items.append(
+            {
+                "id": "fc_" + call_id[5:],
+                "type": "function_call",
+                "status": "completed",
+                "call_id": call_id,
+                "name": call[0],
+                "arguments": sse.dumps(call[1]),
+            }
+        )
     return items
 
 
@@ -148,12 +173,24 @@ def _usage(u: Usage) -> dict[str, Any]:
     }
 
 
-def _response(conv: Conversation, status: str, output: list[dict[str, Any]], usage: Usage | None,
-              err: dict[str, Any] | None = None) -> dict[str, Any]:
+def _response(
+    conv: Conversation,
+    status: str,
+    output: list[dict[str, Any]],
+    usage: Usage | None,
+    err: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     resp_id, _, _ = _ids(conv)
-    return {"id": resp_id, "object": "response", "created_at": CREATED_AT, "status": status,
-            "model": conv.model, "output": output, "error": err,
-            "usage": _usage(usage) if usage else None}
+    return {
+        "id": resp_id,
+        "object": "response",
+        "created_at": CREATED_AT,
+        "status": status,
+        "model": conv.model,
+        "output": output,
+        "error": err,
+        "usage": _usage(usage) if usage else None,
+    }
 
 
 def response(conv: Conversation, action: Action, usage: Usage) -> dict[str, Any]:
@@ -173,39 +210,97 @@ def stream(conv: Conversation, action: Action, usage: Usage) -> Iterator[bytes |
     if isinstance(action, (StreamError, Hang)):
         _, msg_id, _ = _ids(conv)
         text = action.text if isinstance(action, StreamError) else "Thinking about it"
-        yield ev("response.output_item.added", output_index=0,
-                 item={"id": msg_id, "type": "message", "status": "in_progress", "role": "assistant", "content": []})
-        yield ev("response.content_part.added", item_id=msg_id, output_index=0, content_index=0,
-                 part={"type": "output_text", "text": "", "annotations": []})
-        yield ev("response.output_text.delta", item_id=msg_id, output_index=0, content_index=0, delta=text)
+        yield ev(
+            "response.output_item.added",
+            output_index=0,
+            item={
+                "id": msg_id,
+                "type": "message",
+                "status": "in_progress",
+                "role": "assistant",
+                "content": [],
+            },
+        )
+        yield ev(
+            "response.content_part.added",
+            item_id=msg_id,
+            output_index=0,
+            content_index=0,
+            part={"type": "output_text", "text": "", "annotations": []},
+        )
+        yield ev(
+            "response.output_text.delta",
+            item_id=msg_id,
+            output_index=0,
+            content_index=0,
+            delta=text,
+        )
         if isinstance(action, Hang):
             yield sse.HANG
             return
-        err_type, code = ERRORS.get(action.kind, ERRORS["server"])
-        yield ev("response.failed", response=_response(conv, "failed", [], None,
-                                                        {"code": code, "message": action.message}))
+        code = ERRORS.get(action.kind, ERRORS["server"])[1]
+        yield ev(
+            "response.failed",
+            response=_response(conv, "failed", [], None, {"code": code, "message": action.message}),
+        )
         return
     items = _items(conv, action)
     for index, item in enumerate(items):
         if item["type"] == "message":
             text = item["content"][0]["text"]
-            yield ev("response.output_item.added", output_index=index, item={**item, "status": "in_progress", "content": []})
-            yield ev("response.content_part.added", item_id=item["id"], output_index=index, content_index=0,
-                     part={"type": "output_text", "text": "", "annotations": []})
+            yield ev(
+                "response.output_item.added",
+                output_index=index,
+                item={**item, "status": "in_progress", "content": []},
+            )
+            yield ev(
+                "response.content_part.added",
+                item_id=item["id"],
+                output_index=index,
+                content_index=0,
+                part={"type": "output_text", "text": "", "annotations": []},
+            )
             size = max(1, -(-len(text) // 3))
             for i in range(0, len(text), size):
-                yield ev("response.output_text.delta", item_id=item["id"], output_index=index, content_index=0,
-                         delta=text[i:i + size])
-            yield ev("response.output_text.done", item_id=item["id"], output_index=index, content_index=0, text=text)
-            yield ev("response.content_part.done", item_id=item["id"], output_index=index, content_index=0,
-                     part=item["content"][0])
+                yield ev(
+                    "response.output_text.delta",
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    delta=text[i : i + size],
+                )
+            yield ev(
+                "response.output_text.done",
+                item_id=item["id"],
+                output_index=index,
+                content_index=0,
+                text=text,
+            )
+            yield ev(
+                "response.content_part.done",
+                item_id=item["id"],
+                output_index=index,
+                content_index=0,
+                part=item["content"][0],
+            )
         else:
-            yield ev("response.output_item.added", output_index=index,
-                     item={**item, "status": "in_progress", "arguments": ""})
-            yield ev("response.function_call_arguments.delta", item_id=item["id"], output_index=index,
-                     delta=item["arguments"])
-            yield ev("response.function_call_arguments.done", item_id=item["id"], output_index=index,
-                     arguments=item["arguments"])
+            yield ev(
+                "response.output_item.added",
+                output_index=index,
+                item={**item, "status": "in_progress", "arguments": ""},
+            )
+            yield ev(
+                "response.function_call_arguments.delta",
+                item_id=item["id"],
+                output_index=index,
+                delta=item["arguments"],
+            )
+            yield ev(
+                "response.function_call_arguments.done",
+                item_id=item["id"],
+                output_index=index,
+                arguments=item["arguments"],
+            )
         yield ev("response.output_item.done", output_index=index, item=item)
     yield ev("response.completed", response=_response(conv, "completed", items, usage))
 
@@ -231,5 +326,10 @@ def error_body(action: Fail) -> dict[str, Any]:
 
 def models(model_ids: list[str]) -> dict[str, Any]:
     """``GET /v1/models`` in the OpenAI list shape."""
-    return {"object": "list", "data": [{"id": m, "object": "model", "created": CREATED_AT, "owned_by": "fakeapi"}
-                                       for m in model_ids]}
+    return {
+        "object": "list",
+        "data": [
+            {"id": m, "object": "model", "created": CREATED_AT, "owned_by": "fakeapi"}
+            for m in model_ids
+        ],
+    }

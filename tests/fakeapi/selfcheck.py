@@ -22,17 +22,25 @@ from typing import Any
 from . import FakeModelAPI
 from .markers import find_markers
 
-
 BASH_TOOL = [{"name": "Bash", "input_schema": {"type": "object"}}]
-CODEX_TOOLS = [{"type": "function", "name": "exec_command", "parameters": {}},
-               {"type": "function", "name": "write_stdin", "parameters": {}}]
+CODEX_TOOLS = [
+    {"type": "function", "name": "exec_command", "parameters": {}},
+    {"type": "function", "name": "write_stdin", "parameters": {}},
+]
 
 
-def _post(api: FakeModelAPI, path: str, body: dict[str, Any], headers: dict[str, str] | None = None,
-          timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+def _post(
+    api: FakeModelAPI,
+    path: str,
+    body: dict[str, Any],
+    headers: dict[str, str] | None = None,
+    timeout: float = 10,
+) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=timeout)
     try:
-        conn.request("POST", path, json.dumps(body), {"content-type": "application/json", **(headers or {})})
+        conn.request(
+            "POST", path, json.dumps(body), {"content-type": "application/json", **(headers or {})}
+        )
         resp = conn.getresponse()
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:
@@ -59,22 +67,53 @@ def _events(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def _claude(prompt: str, messages: list[dict[str, Any]] | None = None, stream: bool = True,
-            tools: list[dict[str, Any]] | None = None, **extra: Any) -> dict[str, Any]:
+def _claude(
+    prompt: str,
+    messages: list[dict[str, Any]] | None = None,
+    stream: bool = True,
+    tools: list[dict[str, Any]] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     msgs = [{"role": "user", "content": [{"type": "text", "text": prompt}]}, *(messages or [])]
-    return {"model": "claude-test", "max_tokens": 1000, "stream": stream, "messages": msgs,
-            "tools": BASH_TOOL if tools is None else tools, **extra}
+    return {
+        "model": "claude-test",
+        "max_tokens": 1000,
+        "stream": stream,
+        "messages": msgs,
+        "tools": BASH_TOOL if tools is None else tools,
+        **extra,
+    }
 
 
-def _codex(prompt: str, items: list[dict[str, Any]] | None = None, tools: list[dict[str, Any]] | None = None,
-           stream: bool = True) -> dict[str, Any]:
-    inp = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": prompt}]}, *(items or [])]
-    return {"model": "gpt-test", "stream": stream, "input": inp, "tools": CODEX_TOOLS if tools is None else tools}
+def _codex(
+    prompt: str,
+    items: list[dict[str, Any]] | None = None,
+    tools: list[dict[str, Any]] | None = None,
+    stream: bool = True,
+) -> dict[str, Any]:
+    inp = [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": prompt}]},
+        *(items or []),
+    ]
+    return {
+        "model": "gpt-test",
+        "stream": stream,
+        "input": inp,
+        "tools": CODEX_TOOLS if tools is None else tools,
+    }
 
 
 def _tool_round(tool_id: str, output: str) -> list[dict[str, Any]]:
-    return [{"role": "assistant", "content": [{"type": "tool_use", "id": tool_id, "name": "Bash", "input": {}}]},
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tool_id, "content": output}]}]
+    return [
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": tool_id, "name": "Bash", "input": {}}],
+        },
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": tool_id, "content": output}],
+        },
+    ]
 
 
 def _stream_text(events: list[tuple[str, dict[str, Any]]]) -> str:
@@ -83,8 +122,12 @@ def _stream_text(events: list[tuple[str, dict[str, Any]]]) -> str:
 
 # -- markers ------------------------------------------------------------------
 
+
 def test_markers_parse_params_and_quotes() -> None:
-    ms = find_markers('x [[fake:rate_429 retries=2 after=1.5]] y [[fake:bash cmd="echo a b"]] [[fake:Bad]] [[nope]]')
+    ms = find_markers(
+        "x [[fake:rate_429 retries=2 after=1.5]] y "
+        '[[fake:bash cmd="echo a b"]] [[fake:Bad]] [[nope]]'
+    )
     assert [m.name for m in ms] == ["rate_429", "bash"]
     assert ms[0].get_int("retries", 0) == 2 and ms[0].get_float("after", 0) == 1.5
     assert ms[1].get_str("cmd", "") == "echo a b"
@@ -92,9 +135,12 @@ def test_markers_parse_params_and_quotes() -> None:
 
 # -- Anthropic ------------------------------------------------------------------
 
+
 def test_anthropic_text_stream_shape_and_usage() -> None:
     with FakeModelAPI() as api:
-        status, headers, raw = _post(api, "/v1/messages?beta=true", _claude('hi [[fake:text text="Hi there"]]'))
+        status, headers, raw = _post(
+            api, "/v1/messages?beta=true", _claude('hi [[fake:text text="Hi there"]]')
+        )
         assert status == 200 and headers["content-type"].startswith("text/event-stream")
         ev = _events(raw)
         names = [e for e, _ in ev]
@@ -104,7 +150,12 @@ def test_anthropic_text_stream_shape_and_usage() -> None:
         usage = ev[0][1]["message"]["usage"]
         assert usage["input_tokens"] + usage["cache_creation_input_tokens"] == 3400
         rec = api.requests[-1]
-        assert (rec.behaviour, rec.outcome, rec.dialect, rec.side) == ("text", "text", "anthropic", False)
+        assert (rec.behaviour, rec.outcome, rec.dialect, rec.side) == (
+            "text",
+            "text",
+            "anthropic",
+            False,
+        )
 
 
 def test_anthropic_write_commit_steps_follow_tool_results() -> None:
@@ -113,13 +164,26 @@ def test_anthropic_write_commit_steps_follow_tool_results() -> None:
         ev = _events(_post(api, "/v1/messages", _claude(prompt))[2])
         start = [d["content_block"] for e, d in ev if e == "content_block_start"]
         assert start[-1]["type"] == "tool_use" and start[-1]["name"] == "Bash"
-        args = json.loads("".join(d["delta"]["partial_json"] for e, d in ev
-                                  if e == "content_block_delta" and d["delta"]["type"] == "input_json_delta"))
+        args = json.loads(
+            "".join(
+                d["delta"]["partial_json"]
+                for e, d in ev
+                if e == "content_block_delta" and d["delta"]["type"] == "input_json_delta"
+            )
+        )
         assert "a.txt" in args["command"] and ev[-2][1]["delta"]["stop_reason"] == "tool_use"
         ev2 = _events(_post(api, "/v1/messages", _claude(prompt, _tool_round("t1", "")))[2])
-        args2 = "".join(d["delta"].get("partial_json", "") for e, d in ev2 if e == "content_block_delta")
+        args2 = "".join(
+            d["delta"].get("partial_json", "") for e, d in ev2 if e == "content_block_delta"
+        )
         assert "git commit" in args2
-        ev3 = _events(_post(api, "/v1/messages", _claude(prompt, _tool_round("t1", "") + _tool_round("t2", "abc123 fake")))[2])
+        ev3 = _events(
+            _post(
+                api,
+                "/v1/messages",
+                _claude(prompt, _tool_round("t1", "") + _tool_round("t2", "abc123 fake")),
+            )[2]
+        )
         assert "abc123" in _stream_text(ev3) and ev3[-2][1]["delta"]["stop_reason"] == "end_turn"
         assert [r.steps for r in api.requests] == [0, 1, 2]
 
@@ -134,7 +198,9 @@ def test_anthropic_non_streaming_message() -> None:
 
 def test_anthropic_no_bash_tool_degrades_to_text() -> None:
     with FakeModelAPI() as api:
-        ev = _events(_post(api, "/v1/messages", _claude("[[fake:bash]]", tools=[{"name": "Read"}]))[2])
+        ev = _events(
+            _post(api, "/v1/messages", _claude("[[fake:bash]]", tools=[{"name": "Read"}]))[2]
+        )
         assert "offers no Bash tool" in _stream_text(ev)
 
 
@@ -150,8 +216,13 @@ def test_rate_429_retry_after_then_success() -> None:
 
 def test_overload_529_always_and_counted() -> None:
     with FakeModelAPI() as api:
-        assert {_post(api, "/v1/messages", _claude("[[fake:overload_529]]"))[0] for _ in range(4)} == {529}
-        statuses = [_post(api, "/v1/messages", _claude("[[fake:overload_529 count=1]]"))[0] for _ in range(2)]
+        assert {
+            _post(api, "/v1/messages", _claude("[[fake:overload_529]]"))[0] for _ in range(4)
+        } == {529}
+        statuses = [
+            _post(api, "/v1/messages", _claude("[[fake:overload_529 count=1]]"))[0]
+            for _ in range(2)
+        ]
         assert statuses == [529, 200]
 
 
@@ -167,8 +238,12 @@ def test_sse_error_mid_stream_and_non_streaming_fallback() -> None:
     with FakeModelAPI() as api:
         s, _, raw = _post(api, "/v1/messages", _claude("[[fake:sse_error]]"))
         ev = _events(raw)
-        assert s == 200 and ev[-1][0] == "error" and ev[-1][1]["error"]["type"] == "overloaded_error"
-        assert "content_block_delta" in [e for e, _ in ev] and "message_stop" not in [e for e, _ in ev]
+        assert (
+            s == 200 and ev[-1][0] == "error" and ev[-1][1]["error"]["type"] == "overloaded_error"
+        )
+        assert "content_block_delta" in [e for e, _ in ev] and "message_stop" not in [
+            e for e, _ in ev
+        ]
         s, _, _ = _post(api, "/v1/messages", _claude("[[fake:sse_error]]", stream=False))
         assert s == 529
 
@@ -176,8 +251,10 @@ def test_sse_error_mid_stream_and_non_streaming_fallback() -> None:
 def _assert_hangs(api: FakeModelAPI, path: str, body: dict[str, Any], first_delta: bool) -> None:
     sock = socket.create_connection(("127.0.0.1", api.port), timeout=1.0)
     data = json.dumps(body).encode()
-    sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                 % (path.encode(), len(data), data))
+    sock.sendall(
+        b"POST %s HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n%s" % (path.encode(), len(data), data)
+    )
     got = b""
     try:
         while True:
@@ -185,7 +262,7 @@ def _assert_hangs(api: FakeModelAPI, path: str, body: dict[str, Any], first_delt
             if not chunk:
                 break
             got += chunk
-    except socket.timeout:
+    except TimeoutError:
         pass
     assert (b"200 OK" in got) == first_delta, got[:200]
     assert (b"delta" in got) == first_delta
@@ -211,8 +288,11 @@ def test_hang_after_first_delta_and_no_response_are_released_by_stop() -> None:
 
 def test_title_side_request_answers_json() -> None:
     with FakeModelAPI() as api:
-        body = _claude("<session>\n[[fake:write_commit]]\n</session>", tools=[],
-                       system=[{"type": "text", "text": "Generate a concise, sentence-case title"}])
+        body = _claude(
+            "<session>\n[[fake:write_commit]]\n</session>",
+            tools=[],
+            system=[{"type": "text", "text": "Generate a concise, sentence-case title"}],
+        )
         ev = _events(_post(api, "/v1/messages", body)[2])
         assert json.loads(_stream_text(ev)) == {"title": "Fake session title"}
         assert len(api.side_requests) == 1 and api.main_requests == []
@@ -229,7 +309,13 @@ def test_routes_count_tokens_models_root_and_unknown() -> None:
         assert _get(api, "/")[0] == 200
         s, body = _get(api, "/v1/nowhere")
         assert s == 404 and "no route" in body["error"]["message"]
-        assert [r.behaviour for r in api.requests] == ["count_tokens", "models", "models", "root", "unknown_path"]
+        assert [r.behaviour for r in api.requests] == [
+            "count_tokens",
+            "models",
+            "models",
+            "root",
+            "unknown_path",
+        ]
 
 
 def test_log_file_has_one_line_per_request() -> None:
@@ -261,6 +347,7 @@ def test_usage_limit_headers_and_body() -> None:
 
 # -- OpenAI Responses -------------------------------------------------------------
 
+
 def test_openai_text_stream_shape_and_usage() -> None:
     with FakeModelAPI() as api:
         s, _, raw = _post(api, "/v1/responses", _codex('[[fake:text text="Yo"]]'))
@@ -276,14 +363,20 @@ def test_openai_text_stream_shape_and_usage() -> None:
 
 def test_openai_function_call_for_each_shell_tool() -> None:
     with FakeModelAPI() as api:
-        for tools, name, key in ((CODEX_TOOLS, "exec_command", "cmd"),
-                                 ([{"type": "function", "name": "shell"}], "shell", "command")):
-            ev = _events(_post(api, "/v1/responses", _codex('[[fake:bash cmd="ls"]]', tools=tools))[2])
+        for tools, name, key in (
+            (CODEX_TOOLS, "exec_command", "cmd"),
+            ([{"type": "function", "name": "shell"}], "shell", "command"),
+        ):
+            ev = _events(
+                _post(api, "/v1/responses", _codex('[[fake:bash cmd="ls"]]', tools=tools))[2]
+            )
             done = [d["item"] for e, d in ev if e == "response.output_item.done"]
             assert done[-1]["type"] == "function_call" and done[-1]["name"] == name
             assert json.loads(done[-1]["arguments"])[key] in ("ls", ["bash", "-lc", "ls"])
-        out = [{"type": "function_call", "call_id": "c1", "name": "exec_command", "arguments": "{}"},
-               {"type": "function_call_output", "call_id": "c1", "output": "file.txt"}]
+        out = [
+            {"type": "function_call", "call_id": "c1", "name": "exec_command", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "file.txt"},
+        ]
         ev = _events(_post(api, "/v1/responses", _codex('[[fake:bash cmd="ls"]]', items=out))[2])
         assert "file.txt" in "".join(d["delta"] for e, d in ev if e == "response.output_text.delta")
 
@@ -291,7 +384,10 @@ def test_openai_function_call_for_each_shell_tool() -> None:
 def test_openai_failures() -> None:
     with FakeModelAPI() as api:
         ev = _events(_post(api, "/v1/responses", _codex("[[fake:sse_error]]"))[2])
-        assert ev[-1][0] == "response.failed" and ev[-1][1]["response"]["error"]["code"] == "server_is_overloaded"
+        assert (
+            ev[-1][0] == "response.failed"
+            and ev[-1][1]["response"]["error"]["code"] == "server_is_overloaded"
+        )
         s, _, raw = _post(api, "/v1/responses", _codex("[[fake:quota]]"))
         assert s == 429 and json.loads(raw)["error"]["code"] == "insufficient_quota"
         s, _, raw = _post(api, "/v1/responses", _codex("[[fake:auth_401]]"))

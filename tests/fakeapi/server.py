@@ -34,7 +34,7 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 from . import anthropic, openai, sse
@@ -107,10 +107,10 @@ class _Handler(BaseHTTPRequestHandler):
             with self.server.conns_lock:
                 self.server.conns.discard(self.connection)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+    def do_GET(self) -> None:
         self.server.api._handle(self)
 
     do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_GET
@@ -188,16 +188,25 @@ def _outcome(action: Action, stream: bool) -> tuple[int, str]:
         status = STATUS_FOR_KIND.get(action.kind, 500)
         return status, f"error:{status}"
     if isinstance(action, Hang):
-        return (200, "hang_after_first_delta") if action.first_delta and stream else (0, "no_response")
+        return (
+            (200, "hang_after_first_delta") if action.first_delta and stream else (0, "no_response")
+        )
     return 200, "tool:shell" if isinstance(action, Shell) else "text"
 
 
 class FakeModelAPI:
     """A scripted Anthropic + OpenAI Responses API on 127.0.0.1 (see module doc)."""
 
-    def __init__(self, port: int = 0, *, log_path: str | Path | None = None,
-                 dump_dir: str | Path | None = None, default_behaviour: str = "text",
-                 hang_seconds: float = 600.0, models: tuple[str, ...] = DEFAULT_MODELS) -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        *,
+        log_path: str | Path | None = None,
+        dump_dir: str | Path | None = None,
+        default_behaviour: str = "text",
+        hang_seconds: float = 600.0,
+        models: tuple[str, ...] = DEFAULT_MODELS,
+    ) -> None:
         self._port = port
         self.log_path = Path(log_path) if log_path else None
         self.dump_dir = Path(dump_dir) if dump_dir else None
@@ -217,8 +226,12 @@ class FakeModelAPI:
         """Bind and serve in a background thread; returns self."""
         if self._httpd is None:
             self._httpd = _Server(self, ("127.0.0.1", self._port))
-            self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                            name="fakeapi", daemon=True)
+            self._thread = threading.Thread(
+                target=self._httpd.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name="fakeapi",
+                daemon=True,
+            )
             self._thread.start()
         return self
 
@@ -240,7 +253,7 @@ class FakeModelAPI:
         if self._thread:
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> FakeModelAPI:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -281,7 +294,9 @@ class FakeModelAPI:
             if predicate(reqs):
                 return reqs
             if time.monotonic() > deadline:
-                raise TimeoutError(f"fakeapi: condition not met in {timeout}s; {len(reqs)} requests")
+                raise TimeoutError(
+                    f"fakeapi: condition not met in {timeout}s; {len(reqs)} requests"
+                )
             time.sleep(0.02)
 
     # -- internals ------------------------------------------------------------
@@ -314,21 +329,39 @@ class FakeModelAPI:
             body = raw.decode("utf-8", "replace")
         name = urlsplit(h.path).path.strip("/").replace("/", "_") or "root"
         (self.dump_dir / f"{seq:04d}-{h.command}-{name}.json").write_text(
-            json.dumps({"method": h.command, "path": h.path, "headers": dict(h.headers.items()), "body": body},
-                       indent=1))
+            json.dumps(
+                {
+                    "method": h.command,
+                    "path": h.path,
+                    "headers": dict(h.headers.items()),
+                    "body": body,
+                },
+                indent=1,
+            )
+        )
 
     def _handle(self, h: _Handler) -> None:
         seq = self._next_seq()
         path = urlsplit(h.path).path.rstrip("/")
-        base = dict(seq=seq, time=time.time(), method=h.command, path=h.path,
-                    user_agent=h.headers.get("user-agent", ""))
+        base: dict[str, Any] = {
+            "seq": seq,
+            "time": time.time(),
+            "method": h.command,
+            "path": h.path,
+            "user_agent": h.headers.get("user-agent", ""),
+        }
         try:
             raw = _decode(h.read_body(), h.headers.get("content-encoding", ""))
             body = json.loads(raw) if raw else {}
         except ValueError as exc:
-            self._record(RequestRecord(**base, status=400, behaviour="bad_body", outcome="error:400",
-                                       notes=[str(exc)]))
-            h.send_json(400, {"error": {"type": "invalid_request_error", "message": f"fakeapi: {exc}"}})
+            self._record(
+                RequestRecord(
+                    **base, status=400, behaviour="bad_body", outcome="error:400", notes=[str(exc)]
+                )
+            )
+            h.send_json(
+                400, {"error": {"type": "invalid_request_error", "message": f"fakeapi: {exc}"}}
+            )
             return
         self._dump(seq, h, raw)
         headers = {k.lower(): v for k, v in h.headers.items()}
@@ -338,41 +371,100 @@ class FakeModelAPI:
         elif route == ("POST", "/v1/responses"):
             self._model_request(h, base, openai, openai.parse(body, headers))
         elif route == ("POST", "/v1/messages/count_tokens"):
-            self._record(RequestRecord(**base, status=200, behaviour="count_tokens", outcome="json",
-                                       dialect="anthropic", model=body.get("model"), finished=True))
+            self._record(
+                RequestRecord(
+                    **base,
+                    status=200,
+                    behaviour="count_tokens",
+                    outcome="json",
+                    dialect="anthropic",
+                    model=body.get("model"),
+                    finished=True,
+                )
+            )
             h.send_json(200, anthropic.count_tokens(body))
         elif path in ("", "/api/hello") and h.command in ("HEAD", "GET"):
-            self._record(RequestRecord(**base, status=200, behaviour="root", outcome="json", finished=True))
+            self._record(
+                RequestRecord(**base, status=200, behaviour="root", outcome="json", finished=True)
+            )
             h.send_json(200, {"fakeapi": True})
         elif h.command == "GET" and path in ("/v1/models", "/models"):
             dialect = "anthropic" if "anthropic-version" in headers else "openai"
-            self._record(RequestRecord(**base, status=200, behaviour="models", outcome="json",
-                                       dialect=dialect, finished=True))
-            h.send_json(200, anthropic.models(self.models) if dialect == "anthropic" else openai.models(self.models))
+            self._record(
+                RequestRecord(
+                    **base,
+                    status=200,
+                    behaviour="models",
+                    outcome="json",
+                    dialect=dialect,
+                    finished=True,
+                )
+            )
+            h.send_json(
+                200,
+                anthropic.models(self.models)
+                if dialect == "anthropic"
+                else openai.models(self.models),
+            )
         else:
-            self._record(RequestRecord(**base, status=404, behaviour="unknown_path", outcome="error:404",
-                                       finished=True))
-            h.send_json(404, {"type": "error", "error": {"type": "not_found_error",
-                                                         "message": f"fakeapi: no route for {h.command} {path}"}})
+            self._record(
+                RequestRecord(
+                    **base, status=404, behaviour="unknown_path", outcome="error:404", finished=True
+                )
+            )
+            h.send_json(
+                404,
+                {
+                    "type": "error",
+                    "error": {
+                        "type": "not_found_error",
+                        "message": f"fakeapi: no route for {h.command} {path}",
+                    },
+                },
+            )
 
     def _model_request(self, h: _Handler, base: dict[str, Any], dialect: Any, conv: Any) -> None:
-        attempt = self._attempt((conv.dialect, conv.key, conv.n_messages, conv.marker.raw if conv.marker else ""))
+        attempt = self._attempt(
+            (conv.dialect, conv.key, conv.n_messages, conv.marker.raw if conv.marker else "")
+        )
         decision: Decision = plan(conv, attempt, self.default_behaviour)
         action = decision.action
         status, outcome = _outcome(action, conv.stream)
         u = decision.usage
-        rec = self._record(RequestRecord(
-            **base, status=status, behaviour=decision.behaviour, outcome=outcome, dialect=conv.dialect,
-            model=conv.model, marker=conv.marker.raw if conv.marker else None, key=conv.key,
-            steps=conv.steps, n_messages=conv.n_messages, attempt=attempt, side=conv.side, stream=conv.stream,
-            usage={"input_tokens": u.input_tokens, "cached_tokens": u.cached_tokens,
-                   "output_tokens": u.output_tokens} if isinstance(action, (Say, Shell)) else None))
+        rec = self._record(
+            RequestRecord(
+                **base,
+                status=status,
+                behaviour=decision.behaviour,
+                outcome=outcome,
+                dialect=conv.dialect,
+                model=conv.model,
+                marker=conv.marker.raw if conv.marker else None,
+                key=conv.key,
+                steps=conv.steps,
+                n_messages=conv.n_messages,
+                attempt=attempt,
+                side=conv.side,
+                stream=conv.stream,
+                usage={
+                    "input_tokens": u.input_tokens,
+                    "cached_tokens": u.cached_tokens,
+                    "output_tokens": u.output_tokens,
+                }
+                if isinstance(action, (Say, Shell))
+                else None,
+            )
+        )
         if isinstance(action, Fail):
             extra = dialect.error_headers(action)
             if action.retry_after is not None:
                 ra = action.retry_after
                 extra["retry-after"] = str(int(ra)) if ra == int(ra) else str(ra)
-            body = openai.error_body(action) if dialect is openai else dialect.error(action.kind, action.message)
+            body = (
+                openai.error_body(action)
+                if dialect is openai
+                else dialect.error(action.kind, action.message)
+            )
             h.send_json(action.status, body, extra)
         elif isinstance(action, Hang) and not (action.first_delta and conv.stream):
             self._stopping.wait(self.hang_seconds)
@@ -380,10 +472,16 @@ class FakeModelAPI:
         elif isinstance(action, StreamError) and not conv.stream:
             h.send_json(status, dialect.error(action.kind, action.message))
         elif conv.stream:
-            result = h.send_stream(dialect.stream(conv, action, u), self._stopping, self.hang_seconds)
+            result = h.send_stream(
+                dialect.stream(conv, action, u), self._stopping, self.hang_seconds
+            )
             if result != "done":
                 rec.notes.append(result)
         else:
-            body = anthropic.message(conv, action, u) if dialect is anthropic else openai.response(conv, action, u)
+            body = (
+                anthropic.message(conv, action, u)
+                if dialect is anthropic
+                else openai.response(conv, action, u)
+            )
             h.send_json(200, body)
         rec.finished = True
