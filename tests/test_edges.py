@@ -370,3 +370,27 @@ def test_a_dead_workers_agent_is_killed_by_the_coordinator(ws, tmp_path):
         wait_for(lambda: len(started.read_text().split()) == 2, 30, "the retry to start")
     finally:
         kill_all(ws, proc)
+
+
+# -- 11: the transcript reaches the file as it arrives -------------------------------------
+
+
+def test_the_stream_is_on_disk_while_the_agent_runs_and_after_its_worker_is_killed(ws):
+    (ws.root / "harness.toml").write_text((ws.root / "harness.toml").read_text()
+                                          + '\n[agent]\npreset = "sim"\n')
+    Queue(ws.queue_dir).enqueue({"id": "slow", "title": "slow",
+                                 "meta": {"sim": {"behavior": "slow", "seconds": 60}}})
+    stream = ws.attempt_dir("slow", 1) / "events.jsonl"
+    proc = start_coordinator(ws, "--agents", "1")
+    try:
+        from tests.wsutil import heartbeat_of, wait_for
+        hb = wait_for(lambda: (h := heartbeat_of(ws, "w1")) and (h.get("turns") or 0) >= 3
+                      and h, 30, "the agent to emit a few turns")
+        lines = stream.read_bytes().splitlines()
+        assert len(lines) >= 3, "events.jsonl lags the stream while the agent runs"
+        os.kill(hb["pid"], 9)
+        wait_for(lambda: any(e["event"] == "worker-dead" for e in events(ws)), 30,
+                 "the worker's death to be noticed")
+        assert stream.read_bytes().splitlines()[:len(lines)] == lines
+    finally:
+        kill_all(ws, proc)

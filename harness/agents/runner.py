@@ -104,13 +104,18 @@ def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 class _CappedLog:
+    """An attempt's log file, unbuffered: what the agent wrote is in the file as soon as it
+    is read (``sessions watch`` follows it; a SIGKILLed worker loses nothing read)."""
+
     def __init__(self, path: Path, cap: int) -> None:
-        self.file: BinaryIO = open(path, "ab")
+        self.file: BinaryIO = open(path, "ab", buffering=0)
         self.room, self.dropped = cap, 0
 
     def write(self, data: bytes) -> None:
         kept = data[: max(0, self.room)]
-        self.file.write(kept)
+        view = memoryview(kept)
+        while view:  # a raw write may be short
+            view = view[self.file.write(view) or 0:]
         self.room -= len(kept)
         self.dropped += len(data) - len(kept)
 
