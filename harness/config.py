@@ -51,6 +51,7 @@ class RunConfig(_Section):
     restart_backoff_max: float = Field(30.0, ge=0, description="cap on the delay before restarting a worker that keeps dying")
     log_cap_mb: int = Field(50, ge=1, description="cap per attempt on events.jsonl and on stderr.log")
     durable: bool = Field(False, description="fsync files and directories on every queue transition")
+    fault_pause_after: float = Field(5.0, ge=0, description="writes failing this long (disk full, read-only) pause the pool until they succeed")
 
 
 class GitConfig(_Section):

@@ -152,6 +152,14 @@ class Workspace:
                     return None
         return None
 
+    def shift_resume_at(self, seconds: float) -> None:
+        """Move the automatic resume time of the pause by ``seconds`` (the clock stepped)."""
+        reason, resume_at = self.interrupt_reason(), self.resume_at()
+        if reason is None or resume_at is None:
+            return
+        kept = "\n".join(line for line in reason.splitlines() if not line.startswith("resume-at: "))
+        self.pause(kept, resume_at + seconds)
+
     def log_event(self, event: str, /, **fields: Any) -> None:
         append_event(self.events_file, event, **fields)
 

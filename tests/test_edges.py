@@ -394,3 +394,140 @@ def test_the_stream_is_on_disk_while_the_agent_runs_and_after_its_worker_is_kill
         assert stream.read_bytes().splitlines()[:len(lines)] == lines
     finally:
         kill_all(ws, proc)
+
+
+# -- 9: faults of the machine are survived, not obeyed ----------------------------------------
+
+
+def chattr(flag: str, path: Path) -> None:
+    if subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode != 0:
+        pytest.skip("chattr is not available here (needs root on ext2/3/4, xfs, btrfs)")
+
+
+def wait_text(path: Path, text: str, timeout: float, what: str) -> None:
+    from tests.wsutil import wait_for
+    wait_for(lambda: path.exists() and text in path.read_text(errors="replace"), timeout, what)
+
+
+@pytest.fixture
+def tmpfs_ws(tmp_path):
+    """A workspace on a 48 MiB tmpfs of its own, so the test can fill the disk for real."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    ws = make_workspace(mnt / "ws", stale_after=60.0)
+    try:
+        yield ws
+    finally:
+        kill_all(ws)
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def fill(path: Path) -> None:
+    """Write zeros into ``path`` until the filesystem is full."""
+    import errno
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 2**20)
+                f.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+
+
+def test_a_full_disk_freed_seconds_later_stops_nothing_and_loses_nothing(tmpfs_ws, tmp_path):
+    ws = tmpfs_ws
+    release = tmp_path / "release"
+    (ws.root / "harness.toml").write_text((ws.root / "harness.toml").read_text()
+                                          + '\n[agent]\npreset = "shell"\n')
+    queue = Queue(ws.queue_dir)
+    for n in range(2):
+        queue.enqueue({"id": f"held-{n}", "command": f"while [ ! -f {release} ]; do sleep 0.05;"
+                                                      f" done; echo {n} > out.txt"})
+    out = tmp_path / "coordinator.out"
+    with open(out, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "--root", str(ws.root),
+                                 "run", "--agents", "2"], stdout=log, stderr=log,
+                                start_new_session=True)
+    try:
+        from tests.wsutil import heartbeat_of, wait_for
+        wait_for(lambda: all((heartbeat_of(ws, w) or {}).get("agent_pid") for w in ("w1", "w2")),
+                 30, "both agents to run")
+        fill(ws.root / "filler")
+        wait_text(out, "the disk is full", 30, "the coordinator to report the full disk")
+        assert proc.poll() is None
+        (ws.root / "filler").unlink()
+        wait_text(out, "writes succeed again", 30, "the coordinator to see the disk freed")
+        release.touch()
+        assert proc.wait(timeout=60) == 0, out.read_text()
+    finally:
+        kill_all(ws, proc)
+    assert in_state(ws, "done") == ["held-0", "held-1"]
+    kinds = [e["event"] for e in events(ws)]
+    assert kinds.count("coordinator-start") == 1
+    assert not [e for e in events(ws) if e["event"] == "worker-dead"], \
+        "\n".join(map(str, events(ws))) + (ws.locks_dir / "w1.log").read_text() + \
+        (ws.locks_dir / "w2.log").read_text()
+    fault = [e for e in events(ws) if e["event"] == "write-fault"]
+    assert fault and any("No space left" in v for v in fault[0]["errors"].values()), fault
+
+
+def test_workers_back_off_while_claimed_is_read_only_and_claim_when_it_is_writable(ws):
+    """claimed/ made immutable under a running pool (chattr +i: every rename into it fails
+    with EPERM, as on a read-only mount): the worker backs off, nothing is burned."""
+    (ws.root / "harness.toml").write_text((ws.root / "harness.toml").read_text()
+                                          + '\n[agent]\npreset = "shell"\n')
+    claimed = ws.queue_dir / "claimed"
+    proc = start_coordinator(ws, "--agents", "1", "--forever")
+    from tests.wsutil import heartbeat_of, wait_for
+    try:
+        wait_for(lambda: (heartbeat_of(ws, "w1") or {}).get("state") == "idle", 30,
+                 "the worker to start")
+        chattr("+i", claimed)
+        try:
+            Queue(ws.queue_dir).enqueue({"id": "real", "command": "echo real"})
+            wait_text(ws.locks_dir / "w1.log", "claim:", 30, "the worker to report the claim")
+            assert "Operation not permitted" in (ws.locks_dir / "w1.log").read_text()
+            assert in_state(ws, "pending") == ["real"] and proc.poll() is None
+        finally:
+            subprocess.run(["chattr", "-i", str(claimed)])
+        wait_for(lambda: in_state(ws, "done") == ["real"], 30, "the item to run")
+        proc.terminate()
+        assert proc.wait(timeout=30) == 128 + 15
+    finally:
+        kill_all(ws, proc)
+    kinds = [e["event"] for e in events(ws)]
+    assert "write-fault-cleared" in kinds and "worker-dead" not in kinds
+
+
+def test_the_pool_pauses_itself_while_its_writes_fail_and_resumes_after(ws):
+    (ws.root / "harness.toml").write_text(
+        (ws.root / "harness.toml").read_text().replace("[run]\n", "[run]\nfault_pause_after = 0.5\n")
+        + '\n[agent]\npreset = "shell"\n')
+    proc = start_coordinator(ws, "--agents", "1", "--forever")
+    from tests.wsutil import heartbeat_of, wait_for
+    try:
+        wait_for(lambda: ws.metrics_file.exists() and (heartbeat_of(ws, "w1") or {}).get("state")
+                 == "idle", 30, "the pool to start")
+        chattr("+i", ws.metrics_file)  # the coordinator's every write of it now fails
+        try:
+            wait_for(lambda: "auto-resume: write-fault" in (ws.interrupt_reason() or ""), 30,
+                     "the pool to pause itself")
+            wait_for(lambda: (heartbeat_of(ws, "w1") or {}).get("state") == "paused", 30,
+                     "the worker to see the pause")
+            Queue(ws.queue_dir).enqueue({"id": "after", "command": "echo after"})
+            assert in_state(ws, "pending") == ["after"]
+        finally:
+            subprocess.run(["chattr", "-i", str(ws.metrics_file)])
+        wait_for(lambda: ws.interrupt_reason() is None, 30, "the pool to resume by itself")
+        wait_for(lambda: in_state(ws, "done") == ["after"], 30, "the item to run")
+        proc.terminate()
+        assert proc.wait(timeout=30) == 128 + 15
+    finally:
+        kill_all(ws, proc)
+    fault = [e for e in events(ws) if e["event"] == "write-fault"]
+    assert fault and fault[0]["resumed"] is True

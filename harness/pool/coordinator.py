@@ -40,13 +40,16 @@ from harness.repo.integration import MergeQueue, reconcile_branches
 from harness.liveness.process import ProcessIdentity, lock_is_held
 from harness.paths import is_unsafe
 from harness.queue.core import Queue
+from harness.queue.names import ItemName
 from harness.queue.recovery import adopt_dropped, recover
+from harness.pool.faults import FaultWatch
 from harness.pool.guards import Guards
 from harness.pool.worker import EXIT_SLOT_UNSAFE
 from harness.pool.runstats import RunStats
 from harness.workspace import EventTail, Workspace
 
 DROP_SCAN_INTERVAL = 2.0  # seconds between looks for hand-dropped files
+CLOCK_STEP_TOLERANCE = 1.0  # seconds the wall clock may move against the monotonic one per tick
 QUICK_DEATH = 10.0  # a worker that dies sooner than this after start counts as crash-looping
 
 
@@ -81,10 +84,16 @@ class Coordinator:
     clock: Any = time.monotonic
     slots: dict[str, Slot] = field(default_factory=dict)
     on_event: Callable[[dict[str, Any]], None] | None = None  # every event, as read back
+    on_fault: Callable[[str], None] = lambda text: None  # a fault of the machine, as it happens
+    wall: Callable[[], float] = time.time  # due times are wall-clock (see watch_clock)
 
     def __post_init__(self) -> None:
-        self.queue = Queue(self.ws.queue_dir, **queue_options(self.cfg),
+        self.faults = FaultWatch(self.ws, self.event, self.on_fault,
+                                 self.cfg.run.fault_pause_after, self.clock)
+        self.queue = Queue(self.ws.queue_dir, **queue_options(self.cfg), clock=self.wall,
                            on_junk=lambda text: self.event("junk", action=text))
+        self.clock_offset = self.wall() - self.clock()
+        self.waiting_seen: list[ItemName] = []  # the waiting names of the last promote
         self.staleness = heartbeat.Staleness(self.clock)
         self.orphans: dict[str, float] = {}
         self.stop_requested: str | None = None
@@ -205,22 +214,30 @@ class Coordinator:
         self.stop_requested = signal.Signals(signum).name
 
     def tick(self) -> None:
-        hbs = self.hbs = heartbeat.read_all(self.ws.heartbeats_dir)
+        """One pass of supervision. Each step that hits a fault of the machine (OSError) is
+        reported and retried next tick; the others still run (pool.faults)."""
+        step = self.faults.step
+        self.hbs = heartbeat.read_all(self.ws.heartbeats_dir)
         for slot in list(self.slots.values()):
-            self.check_slot(slot, hbs.get(slot.id))
-        self.reap_doomed()
+            step(f"check {slot.id}", lambda: self.check_slot(slot, self.hbs.get(slot.id)))
+        step("reap", self.reap_doomed)
+        step("orphans", self._kill_foster_orphans)
+        step("revoke", lambda: self.revoke_orphans(self.hbs))
+        step("take in dropped files", self.take_in_dropped_files)
+        step("clock", self.watch_clock)
+        step("promote", self.promote)
+        step("scale", self.scale)
+        step("read events", self.watch_events)
+        step("budget", lambda: self.guards.check_budget(self.stats))
+        step("merge", self.merges.step)
+        step("resume", self.auto_resume)
+        step("write run.json", self.publish_stats)
+        self.faults.tick_done()
+
+    def _kill_foster_orphans(self) -> None:
         foster = self._foster_children()
         self.kill_orphans(orphans.marked(self.ws.root, foster), "its worker is gone")
         orphans.reap(foster)  # killed now or earlier, or ended by themselves
-        self.revoke_orphans(hbs)
-        self.take_in_dropped_files()
-        self.queue.promote()
-        self.scale()
-        self.watch_events()
-        self.guards.check_budget(self.stats)
-        self.merges.step()
-        self.auto_resume()
-        self.publish_stats()
 
     def finished(self) -> bool:
         """The batch is over: nothing live, no worker still recording, nothing left to merge.
@@ -480,10 +497,35 @@ class Coordinator:
                            durable=False)
         write_prometheus(self.ws.metrics_file, snap)
 
+    def promote(self) -> None:
+        self.queue.promote()
+        self.waiting_seen = self.queue.waiting_seen
+
+    def watch_clock(self) -> None:
+        """Follow a step of the wall clock (settimeofday, a VM resumed from a snapshot).
+
+        Due times in waiting/ and a quota pause's resume time are wall-clock; a step
+        of the clock would stall them (back) or skip them (forward). The offset
+        between the wall clock and this process's monotonic clock is watched; when
+        it jumps by more than CLOCK_STEP_TOLERANCE, the due times the last promote
+        saw and the resume time move by the same amount. Slow drift (NTP slewing)
+        is followed, never treated as a step.
+        """
+        offset = self.wall() - self.clock()
+        step, self.clock_offset = offset - self.clock_offset, offset
+        if abs(step) <= CLOCK_STEP_TOLERANCE:
+            return
+        shifted = self.queue.shift_due(self.waiting_seen, step)
+        resume_at = self.ws.resume_at()
+        if resume_at is not None:
+            self.ws.shift_resume_at(step)
+        self.event("clock-step", seconds=round(step, 3), shifted=shifted,
+                   resume_at_moved=resume_at is not None)
+
     def auto_resume(self) -> None:
         """Lift a quota pause at the reset time the agent reported."""
         resume_at = self.ws.resume_at()
-        if resume_at is not None and time.time() >= resume_at and self.ws.resume():
+        if resume_at is not None and self.wall() >= resume_at and self.ws.resume():
             self.event("resumed", why="rate-limit reset time reached")
 
     # -- shutdown --------------------------------------------------------------
@@ -530,4 +572,7 @@ class Coordinator:
     # -- helpers ---------------------------------------------------------------
 
     def event(self, kind: str, /, **fields: Any) -> None:
-        self.ws.log_event(kind, source="coordinator", **fields)
+        try:
+            self.ws.log_event(kind, source="coordinator", **fields)
+        except OSError:
+            self.faults.lost_event()  # counted in the write-fault event once writes work

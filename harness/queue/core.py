@@ -139,6 +139,7 @@ class Queue:
     relist_interval: float = 0.25
     on_junk: Callable[[str], None] | None = field(default=None, repr=False)
     stuck: set[str] = field(default_factory=set, repr=False)  # "state/entry" junk left in place
+    waiting_seen: list[ItemName] = field(default_factory=list, repr=False)  # by promote()
     _cache: list[str] = field(default_factory=list, repr=False)
     _cache_at: float = field(default=-1e9, repr=False)
 
@@ -478,6 +479,7 @@ class Queue:
         """
         now_ms = int((self.clock() if now is None else now) * 1000)
         waiting = [n for n in map(names.try_parse, names.entries(self.dir("waiting"))) if n]
+        self.waiting_seen = waiting
         terminal = self._terminal_states() if any(n.due == names.DEP for n in waiting) else {}
         promoted = []
         for name in waiting:
@@ -501,6 +503,23 @@ class Queue:
         if promoted:
             self._sync("waiting", "pending")
         return promoted
+
+    def shift_due(self, seen: list[ItemName], seconds: float) -> int:
+        """Move the due time of each of ``seen`` still in waiting/ by ``seconds`` (the wall
+        clock stepped); one rename each, within waiting/. Returns how many moved."""
+        moved = 0
+        for name in seen:
+            if not isinstance(name.due, int):
+                continue
+            new = replace(name, due=max(0, name.due + int(seconds * 1000)))
+            try:
+                os.rename(self.dir("waiting") / str(name), self.dir("waiting") / str(new))
+            except FileNotFoundError:
+                continue  # promoted or revoked meanwhile
+            moved += 1
+        if moved:
+            self._sync("waiting")
+        return moved
 
     def _terminal_states(self) -> dict[str, str]:
         states = {}
