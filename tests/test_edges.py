@@ -531,3 +531,43 @@ def test_the_pool_pauses_itself_while_its_writes_fail_and_resumes_after(ws):
         kill_all(ws, proc)
     fault = [e for e in events(ws) if e["event"] == "write-fault"]
     assert fault and fault[0]["resumed"] is True
+
+
+# -- 10: a step of the wall clock neither stalls nor skips a delay ----------------------------
+
+
+@pytest.mark.parametrize("step", [-3600.0, 3600.0])
+def test_a_wall_clock_step_moves_retries_and_the_quota_pause_with_it(ws, step):
+    """The coordinator in-process with injected clocks: the wall clock steps by an hour
+    between two ticks, the monotonic clock does not."""
+    from harness import config
+    from harness.pool.coordinator import Coordinator
+    from tests.conftest import FakeClock
+
+    cfg = config.load(ws.config_file, {"run": {"agents": 0, "backoff_base": 60.0,
+                                               "backoff_max": 60.0}})
+    wall, mono = FakeClock(1_800_000_000.0), FakeClock(5_000.0)
+    coord = Coordinator(ws, cfg, forever=True, clock=mono, wall=wall)
+    coord.start()
+    try:
+        coord.queue.enqueue({"id": "retry-me", "command": "false"})
+        coord.queue.claim().fail("failed once")  # waiting/, due in 60 s (wall)
+        ws.pause("rate limited", resume_at=wall() + 100)
+        coord.tick()
+        wall.advance(step)
+        coord.tick()
+        step_events = [e for e in events(ws) if e["event"] == "clock-step"]
+        assert len(step_events) == 1 and step_events[0]["seconds"] == step
+        assert step_events[0]["shifted"] == 1
+        assert abs(ws.resume_at() - (wall() + 100)) < 1
+        for clock in (wall, mono):
+            clock.advance(55)
+        coord.tick()
+        assert in_state(ws, "waiting") == ["retry-me"], "promoted early: the step skipped it"
+        for clock in (wall, mono):
+            clock.advance(10)
+        coord.tick()
+        assert in_state(ws, "pending") == ["retry-me"], "not promoted: the step stalled it"
+    finally:
+        coord.shutdown()
+        coord._finish()
