@@ -51,6 +51,7 @@ class RunConfig(_Section):
     restart_backoff_max: float = Field(30.0, ge=0, description="cap on the delay before restarting a worker that keeps dying")
     log_cap_mb: int = Field(50, ge=1, description="cap per attempt on events.jsonl and on stderr.log")
     durable: bool = Field(False, description="fsync files and directories on every queue transition")
+    shared_queue: bool = Field(False, description="queue/ group-readable and -writable (dirs 2770, files 0660) for a team sharing it; logs and state stay private (0700/0600)")
     fault_pause_after: float = Field(5.0, ge=0, description="writes failing this long (disk full, read-only) pause the pool until they succeed")
 
 
@@ -188,7 +189,7 @@ def effective(cfg: Config, path: Path) -> list[dict[str, Any]]:
 def queue_options(cfg: Config) -> dict[str, Any]:
     """The Queue keyword arguments [run] sets (one place, for coordinator, worker and CLI)."""
     run = cfg.run
-    return {"durable": run.durable, "max_attempts": run.max_attempts,
+    return {"durable": run.durable, "max_attempts": run.max_attempts, "shared": run.shared_queue,
             "backoff_base": run.backoff_base, "backoff_max": run.backoff_max}
 
 

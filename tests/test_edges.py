@@ -571,3 +571,64 @@ def test_a_wall_clock_step_moves_retries_and_the_quota_pause_with_it(ws, step):
     finally:
         coord.shutdown()
         coord._finish()
+
+
+# -- 12: the files the harness writes are private --------------------------------------------
+
+
+def modes(root: Path) -> dict[str, int]:
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            if not path.is_symlink():
+                out[str(path.relative_to(root))] = path.stat().st_mode & 0o7777
+    return out
+
+
+def run_under_umask_022(ws) -> int:
+    log = open(ws.root / "coordinator.out", "ab")
+    with log:
+        proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "--root", str(ws.root),
+                                 "run", "--agents", "1"], stdout=log, stderr=log,
+                                start_new_session=True, umask=0o022)
+    try:
+        return proc.wait(timeout=60)
+    finally:
+        kill_all(ws, proc)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_logs_and_state_are_private_under_umask_022(tmp_path, shared):
+    root = tmp_path / "ws"
+    root.mkdir(mode=0o755)
+    ws = make_workspace(root)
+    for d in (ws.state_dir, ws.logs_dir, ws.queue_dir, ws.worktrees_dir):
+        subprocess.run(["rm", "-rf", str(d)], check=True)  # made by the test; make them anew
+    extra = "shared_queue = true\n" if shared else ""
+    (root / "harness.toml").write_text((root / "harness.toml").read_text().replace(
+        "[run]\n", "[run]\n" + extra) + '\n[agent]\npreset = "sim"\n')
+    enqueue = subprocess.run([sys.executable, "-m", "harness.cli", "--root", str(root),
+                              "enqueue", "--id", "secret", "--prompt", "the token is hunter2"],
+                             capture_output=True, text=True, umask=0o022)
+    assert enqueue.returncode == 0, enqueue.stderr
+    assert run_under_umask_022(ws) == 0, (root / "coordinator.out").read_text()
+    found = modes(root)
+    for path, mode in found.items():
+        top = path.split("/")[0]
+        if top in ("logs", "state"):
+            wanted = 0o700 if (root / path).is_dir() else 0o600
+            assert mode & 0o077 == 0, f"{path} is {oct(mode)}"
+            assert mode == wanted or not (root / path).is_dir(), f"{path} is {oct(mode)}"
+        elif top == "queue":
+            if shared:
+                want = 0o2770 if (root / path).is_dir() else 0o660
+                assert mode == want, f"{path} is {oct(mode)}, want {oct(want)}"
+            else:
+                assert mode & 0o077 == 0, f"{path} is {oct(mode)}"
+    assert found["logs/secret/1/prompt.md"] == 0o600
+    assert found["state/events.jsonl"] == 0o600
+    # The agent's and git's files in the worktree keep the user's umask.
+    wt_files = [m for p, m in found.items() if p.startswith("worktrees/w1/")
+                and not p.startswith("worktrees/w1/.git") and (root / p).is_file()]
+    assert wt_files and all(m & 0o044 == 0o044 for m in wt_files)

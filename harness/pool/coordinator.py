@@ -38,7 +38,7 @@ from harness.queue import fsops, names
 from harness.config import Config, queue_options
 from harness.repo.integration import MergeQueue, reconcile_branches
 from harness.liveness.process import ProcessIdentity, lock_is_held
-from harness.paths import is_unsafe
+from harness.paths import is_unsafe, user_umask
 from harness.queue.core import Queue
 from harness.queue.names import ItemName
 from harness.queue.recovery import adopt_dropped, recover
@@ -446,7 +446,8 @@ class Coordinator:
             slot.proc = subprocess.Popen(
                 [sys.executable, "-m", "harness.pool.worker", "--root", str(self.ws.root),
                  "--id", slot.id, "--generation", slot.generation],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                umask=user_umask())
         slot.started = self.clock()
         slot.identity = None
         self.event("worker-spawn", worker=slot.id, generation=slot.generation, pid=slot.proc.pid)

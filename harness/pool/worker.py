@@ -38,7 +38,7 @@ from harness.config import Config
 from harness.repo.integration import attempt_branch, item_branch
 from harness.liveness.process import ProcessIdentity, hold_lock
 from harness.pool.faults import Backoff
-from harness.paths import UnsafePath, check_inside, is_unsafe
+from harness.paths import UnsafePath, check_inside, is_unsafe, private_files
 from harness.queue.names import ItemName
 from harness.queue.core import Claim, Fenced, Queue
 from harness.workspace import Workspace
@@ -539,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--id", required=True, help="worker slot, e.g. w1")
     parser.add_argument("--generation", default=os.urandom(4).hex())
     args = parser.parse_args(argv)
+    private_files()  # started with the user's umask (see Coordinator.spawn)
     ws = Workspace.at(args.root)
     try:
         cfg = config_mod.load(ws.config_file)

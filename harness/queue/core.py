@@ -137,6 +137,7 @@ class Queue:
     backoff_max: float = 300.0
     clock: Callable[[], float] = time.time
     relist_interval: float = 0.25
+    shared: bool = False  # a team's queue: directories 2770, files 0660 (else 0700 / 0600)
     on_junk: Callable[[str], None] | None = field(default=None, repr=False)
     stuck: set[str] = field(default_factory=set, repr=False)  # "state/entry" junk left in place
     waiting_seen: list[ItemName] = field(default_factory=list, repr=False)  # by promote()
@@ -145,8 +146,15 @@ class Queue:
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
-        for d in DIRS:
-            (self.root / d).mkdir(parents=True, exist_ok=True)
+        self.file_mode = 0o660 if self.shared else 0o600
+        for d in ("", *DIRS):
+            path = self.root / d
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if self.shared:
+                try:
+                    os.chmod(path, 0o2770)  # setgid: new entries keep the group
+                except PermissionError:
+                    pass  # another member's directory: its owner set it up
         # Plain strings for the claim path: building Path objects cost a quarter of a claim.
         self._pending, self._claimed = f"{self.root}/pending/", f"{self.root}/claimed/"
 
@@ -179,7 +187,8 @@ class Queue:
         # rolls a staged file forward only once it can take the lock, i.e. once this
         # enqueuer is gone, and never sees a file that is not yet locked or complete.
         hidden = staged.with_name(f".{staged.name}")
-        fd = fsops.write_new(hidden, item.to_json(), durable=self.durable, lock=True)
+        fd = fsops.write_new(hidden, item.to_json(), durable=self.durable, lock=True,
+                             mode=self.file_mode)
         try:
             os.rename(hidden, staged)
             _fp_enqueue_staged()
@@ -560,7 +569,7 @@ class Queue:
         """
         fsops.write_atomic(failed_path.with_name(failed_path.name + names.REASON_SUFFIX),
                            reason.encode() + b"\n", tmp_dir=self.root / "tmp",
-                           durable=self.durable, replace=replace)
+                           durable=self.durable, replace=replace, mode=self.file_mode)
 
     def failure_reason(self, item_id: str) -> str:
         for entry in names.entries(self.dir("failed")):
@@ -635,7 +644,7 @@ class Queue:
         self._sync(path.parent.name, JUNK)
         fsops.write_atomic(dst.with_name(dst.name + names.REASON_SUFFIX),
                            f"{where}: {why}\n".encode(), tmp_dir=self.root / "tmp",
-                           durable=self.durable)
+                           durable=self.durable, mode=self.file_mode)
         self._report_junk(f"moved {where} to {JUNK}/{dst.name}: {why}")
         return True
 

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import filelock
 
-from harness.paths import UnsafePath, check_inside
+from harness.paths import UnsafePath, check_inside, user_umask
 from harness.repo import locks
 from harness.repo.gitenv import git_env
 
@@ -106,7 +106,7 @@ def _git(args: Sequence[str], cwd: Path, *, check: bool = True,
     cmd = ["git", *args]
     try:
         proc = subprocess.run(cmd, cwd=cwd, env=git_env(), capture_output=True,
-                              encoding="utf-8", errors="surrogateescape")
+                              encoding="utf-8", errors="surrogateescape", umask=user_umask())
     except OSError as exc:  # cwd vanished, git not installed
         raise GitError(f"{what or 'git'}: {exc}", cmd=cmd, path=cwd) from exc
     if check and proc.returncode != 0:
