@@ -108,11 +108,17 @@ class PathsConfig(_Section):
     bootstrap: str = Field("prompts/bootstrap.md", description="prompt template (relative to the workspace)")
 
 
+class RetentionConfig(_Section):
+    days: float = Field(30.0, ge=0, description="`gc` prunes the logs and branches of items that ended longer ago than this (days)")
+    include_failed: bool = Field(False, description="`gc` prunes failed items too (their logs and attempt branches are the evidence of why)")
+
+
 class Config(_Section):
     run: RunConfig = Field(default_factory=RunConfig)
     git: GitConfig = Field(default_factory=GitConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)
 
     def error(self, key: str, reason: str) -> ConfigError:

@@ -632,3 +632,47 @@ def test_logs_and_state_are_private_under_umask_022(tmp_path, shared):
     wt_files = [m for p, m in found.items() if p.startswith("worktrees/w1/")
                 and not p.startswith("worktrees/w1/.git") and (root / p).is_file()]
     assert wt_files and all(m & 0o044 == 0o044 for m in wt_files)
+
+
+# -- 13: retention --------------------------------------------------------------------------
+
+
+def age_results(ws, item_id: str, days: float) -> None:
+    import orjson
+    for d in (ws.logs_dir / item_id).iterdir():
+        result = orjson.loads((d / "result.json").read_bytes())
+        result["ended_at"] = result["ended_at"] - days * 86400
+        (d / "result.json").write_bytes(orjson.dumps(result))
+
+
+def test_gc_prunes_old_items_logs_and_branches_but_no_unmerged_result_or_failure(ws):
+    (ws.root / "harness.toml").write_text((ws.root / "harness.toml").read_text()
+                                          + '\n[agent]\npreset = "shell"\n')
+    queue = Queue(ws.queue_dir)
+    queue.enqueue({"id": "merged", "command": "echo merged > merged.txt"})
+    queue.enqueue({"id": "unmerged", "command": "echo unmerged > unmerged.txt"})
+    queue.enqueue({"id": "broken", "command": "exit 3", "max_attempts": 2})
+    queue.enqueue({"id": "recent", "command": "echo recent > recent.txt"})
+    assert run_pool(ws, "--agents", "1") == 1  # "broken" fails
+    git(ws.root, "merge", "-q", "--no-edit", "harness/merged")
+    for item_id in ("merged", "unmerged", "broken"):
+        age_results(ws, item_id, 40)
+    branches = set(git(ws.root, "for-each-ref", "--format=%(refname:short)",
+                       "refs/heads/harness/", "refs/heads/harness-attempts/").split())
+    dry = cli(ws, "gc", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    assert set(git(ws.root, "for-each-ref", "--format=%(refname:short)", "refs/heads/harness/",
+                   "refs/heads/harness-attempts/").split()) == branches
+    result = cli(ws, "gc")
+    assert result.returncode == 0, result.stderr
+    left = set(git(ws.root, "for-each-ref", "--format=%(refname:short)", "refs/heads/harness/",
+                   "refs/heads/harness-attempts/").split())
+    assert left == {"harness/unmerged", "harness/recent", "harness-attempts/recent/1",
+                    "harness-attempts/broken/1", "harness-attempts/broken/2"}, left
+    assert not (ws.logs_dir / "merged").exists() and not (ws.logs_dir / "unmerged").exists()
+    assert (ws.logs_dir / "broken").exists() and (ws.logs_dir / "recent").exists()
+    assert "harness/merged" in result.stdout and "merged into main" in result.stdout
+    asked = cli(ws, "gc", "--include-failed")
+    assert asked.returncode == 0
+    assert not (ws.logs_dir / "broken").exists()
+    assert "harness-attempts/broken/1" not in git(ws.root, "branch", "--list", "harness-*")
