@@ -131,13 +131,13 @@ class Coordinator:
                                   started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z")).beat()
         # A pool size set by `scale` belongs to the run that was scaled, not to this one.
         self.ws.desired_workers_file.unlink(missing_ok=True)
+        self.tail = EventTail(self.ws.events_file)  # from here on: run prints what it reads
         for action in recover(self.queue):
             self.event("recovered", action=action)
         # Names, not ids: an item retried and failed again has a new name.
         self.failed_at_start = set(names.entries(self.queue.dir("failed")))
         self.done_at_start = set(names.entries(self.queue.dir("done")))
         self.stats.baseline(len(self.done_at_start), len(self.failed_at_start))
-        self.tail = EventTail(self.ws.events_file)
         self._adopt()
         orphans.become_subreaper()  # a dead worker's agent comes back to us, not to init
         self.hbs = heartbeat.read_all(self.ws.heartbeats_dir)
