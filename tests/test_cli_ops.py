@@ -100,7 +100,8 @@ def test_doctor_all_pass_on_good_workspace(tmp_path, roomy):
     assert res.exit_code == 0, res.output
     checks = doctor_lines(res.output)
     assert set(checks) == {"workspace", "config", "git", "worktrees", "target-branch", "agent",
-                           "agent-env", "queue-fs", "disk", "memory", "open-files", "prompt"}
+                           "agent-env", "queue-fs", "disk", "memory", "open-files", "prompt",
+                           "private"}
     not_pass = {k: v for k, v in checks.items() if v[0] != "PASS"}
     if not_pass.keys() <= {"git", "open-files"}:  # depend on the host's git and ulimit
         assert all(v[0] == "WARN" for v in not_pass.values()), not_pass
@@ -108,6 +109,13 @@ def test_doctor_all_pass_on_good_workspace(tmp_path, roomy):
         pytest.fail(f"unexpected non-PASS checks: {not_pass}")
     assert "preset sim" in checks["agent"][1]
     assert res.output.rstrip().endswith("0 failed")
+
+
+def test_doctor_warns_about_logs_others_can_read(tmp_path, roomy):
+    ws = make_ws(tmp_path / "ws")
+    ws.logs_dir.chmod(0o755)
+    checks = doctor_lines(invoke(ws.root, "doctor").output)
+    assert checks["private"][0] == "WARN" and "chmod 700" in checks["private"][1]
 
 
 def test_doctor_json(tmp_path, roomy):

@@ -247,13 +247,29 @@ def _check_workspace(ws) -> tuple[str, str, str]:
                                " `parallel-harness init` makes one")
 
 
+def _check_private(ws) -> tuple[str, str, str]:
+    """logs/ and state/ hold prompts, transcripts and agent output: not for other users."""
+    open_to = []
+    for d in (ws.logs_dir, ws.state_dir):
+        try:
+            mode = d.stat().st_mode
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            open_to.append(f"{d.name}/ is {oct(mode & 0o777)}")
+    if open_to:
+        return WARN, "private", (f"{', '.join(open_to)} (made by an older version?): others can"
+                                 f" read prompts and transcripts; chmod 700"
+                                 f" {ws.logs_dir} {ws.state_dir}")
+    return PASS, "private", "logs/ and state/ are readable by their owner only"
+
+
 def run_checks(ws) -> list[tuple[str, str, str]]:
     """Every doctor check as (PASS|WARN|FAIL, name, detail), in display order."""
     config_check, cfg = _check_config(ws)
-    checks = [_check_workspace(ws), config_check, _check_git(cfg), *_check_worktrees(ws, cfg), _check_agent(cfg),
-              _check_env(), _check_queue_fs(ws), _check_disk(ws), _check_memory(cfg),
-              _check_nofile(cfg), _check_prompt(ws, cfg)]
-    return checks
+    return [_check_workspace(ws), config_check, _check_git(cfg), *_check_worktrees(ws, cfg),
+            _check_agent(cfg), _check_env(), _check_queue_fs(ws), _check_disk(ws),
+            _check_memory(cfg), _check_nofile(cfg), _check_prompt(ws, cfg), _check_private(ws)]
 
 
 @click.command()
