@@ -60,7 +60,13 @@ class GitConfig(_Section):
     target_branch: str = Field("main", description="every attempt starts from this branch; merges go here")
     verify: str | list[str] = Field("", description="command run in the worktree after the agent; failure = verify_failed")
     verify_timeout: float = Field(900.0, gt=0, description="seconds before verify is killed")
-    integrate: Literal["none", "merge"] = Field("none", description="merge done items into target_branch, one at a time")
+    integrate: Literal["none", "merge", "push", "merge-push", "pr"] = Field("none", description="none: results stay on harness/<id>; merge: into target_branch here; push: harness/<id> to the remote; merge-push: merged into the remote's target_branch; pr: pushed, then pr_command")
+    remote: str = Field("", description="git remote (a name such as origin, or a URL) for push, merge-push and pr; also the base every attempt starts from")
+    push_prefix: str = Field("harness/", description="a done item's branch on the remote is this prefix + its id")
+    pr_command: list[str] = Field(default_factory=list, description="integrate = pr: argv run after the push; {{BRANCH}} {{TITLE}} {{ID}} {{SUMMARY}} are filled in; the last URL it prints is recorded")
+    fetch_interval: float = Field(30.0, ge=0, description="with a remote: attempts start from its target fetched at most this many seconds ago")
+    push_retries: int = Field(5, ge=0, le=100, description="merge-push: merge onto a moved remote target again this many times, with jittered backoff")
+    remote_wait: float = Field(300.0, ge=0, description="a batch run waits this long for an unreachable remote, then ends (exit 1) leaving the items in done/ to deliver next run")
 
 
 PLACEHOLDERS = frozenset({"prompt", "session_id", "system_prompt_file", "prompt_file",

@@ -229,6 +229,12 @@ def render_item(report: dict[str, Any]) -> str:
     for a in report["attempts"]:
         lines.append(f"  attempt {a['attempt']:<3} {a['reason']:<16} {a['tokens']:>8} tok"
                      f"  ${a['cost_usd'] or 0:.4f}  {clip(a.get('detail') or '', 70)}")
+        pushed = a.get("pushed")
+        if isinstance(pushed, dict):
+            lines.append(f"              pushed {str(pushed.get('sha'))[:12]} to"
+                         f" {pushed.get('branch')} on {pushed.get('remote')}")
+        if a.get("pr_url"):
+            lines.append(f"              pull request {a['pr_url']}")
         lines.append(f"              {a['log_dir']}")
     return "\n".join(lines)
 

@@ -183,7 +183,15 @@ def _closing(ws: Any, coordinator: Any, mode: str) -> None:
     report = coordinator.run_report()
     if coordinator.budget_hit and mode != "json":
         click.echo(f"parallel-harness: stopped: {coordinator.budget_hit}", err=True)
+    if coordinator.undelivered and mode != "json":
+        from harness.repo.remote import redact
+
+        click.echo(f"parallel-harness: {coordinator.undelivered} done item(s) not delivered:"
+                   f" the remote {redact(coordinator.cfg.git.remote)!r} did not answer for"
+                   f" {coordinator.cfg.git.remote_wait:g}s; they stay in done/ and the next"
+                   " `parallel-harness run` delivers them", err=True)
     if mode == "json":
-        echo_json({**report, "root": str(ws.root), "budget_hit": coordinator.budget_hit})
+        echo_json({**report, "root": str(ws.root), "budget_hit": coordinator.budget_hit,
+                   "undelivered": coordinator.undelivered})
     elif mode != "quiet":
         click.echo(render_run_summary(report, str(ws.root)))

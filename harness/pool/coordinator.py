@@ -36,12 +36,13 @@ from harness.agents import orphans, runner
 from harness.liveness import heartbeat
 from harness.queue import fsops, names
 from harness.config import Config, queue_options
-from harness.repo.integration import MergeQueue, reconcile_branches
+from harness.repo.integration import IntegrationQueue, reconcile_branches
 from harness.liveness.process import ProcessIdentity, lock_is_held
 from harness.paths import is_unsafe, user_umask
 from harness.queue.core import Queue
 from harness.queue.names import ItemName
 from harness.queue.recovery import adopt_dropped, recover
+from harness.pool import delivery
 from harness.pool.faults import FaultWatch
 from harness.pool.guards import Guards
 from harness.pool.worker import EXIT_SLOT_UNSAFE
@@ -100,8 +101,10 @@ class Coordinator:
         self.memory_held = False
         self.guards = Guards(self.ws, self.cfg.run, self.event)
         self.repo = (self.ws.root / self.cfg.git.repo).resolve()
-        self.merges = MergeQueue(self.repo, self.cfg.git.target_branch, self.queue,
-                                 self.ws.logs_dir, self.event)
+        mode = delivery.build(self.ws, self.cfg, self.queue, self.repo, self.event)
+        self.merges = (IntegrationQueue(mode, self.ws, self.queue, self.event, self.clock)
+                       if mode is not None else None)
+        self.undelivered = 0  # done items a batch run ended without delivering
         self.stats = RunStats()
         self.lock = FileLock(str(self.ws.coordinator_lock))
         self.doomed: list[tuple[ProcessIdentity, float]] = []
@@ -143,8 +146,8 @@ class Coordinator:
         self.hbs = heartbeat.read_all(self.ws.heartbeats_dir)
         self.kill_orphans(orphans.marked(self.ws.root), "left by an earlier run")
         reconcile_branches(self.repo, self.queue, self.event)
-        if self.cfg.git.integrate == "merge":
-            self.merges.load_unmerged()
+        if self.merges is not None:
+            self.merges.load_pending()
         self.event("coordinator-start", agents=self.desired_workers(), forever=self.forever)
 
     def _adopt(self) -> None:
@@ -175,13 +178,13 @@ class Coordinator:
             self._finish()
         failed = set(names.entries(self.queue.dir("failed"))) - self.failed_at_start
         self.event("coordinator-exit", reason=self.stop_requested or "batch finished",
-                   failed=len(failed))
+                   failed=len(failed), undelivered=self.undelivered)
         if self.stop_requested:
             return 128 + signal.Signals[self.stop_requested].value
         if self.budget_hit:
             self.guards.lift_budget_pause()
             return 1
-        return 1 if failed else 0
+        return 1 if failed or self.undelivered else 0
 
     def _finish(self) -> None:
         """Show the last tick's events, write the final run.json, give up the singleton.
@@ -229,7 +232,8 @@ class Coordinator:
         step("scale", self.scale)
         step("read events", self.watch_events)
         step("budget", lambda: self.guards.check_budget(self.stats))
-        step("merge", self.merges.step)
+        if self.merges is not None:
+            step("integrate", self.merges.step)
         step("resume", self.auto_resume)
         step("write run.json", self.publish_stats)
         self.faults.tick_done()
@@ -250,7 +254,19 @@ class Coordinator:
         if counts["claimed"] or (not self.budget_hit and counts["pending"] + counts["waiting"]):
             return False
         working = any(hb.get("state") == "working" for hb in self.hbs.values())
-        return not working and not self.merges
+        return not working and not self._integration_pending()
+
+    def _integration_pending(self) -> bool:
+        """Done items still to deliver; a remote unreachable for ``[git] remote_wait`` ends
+        a batch run anyway (exit 1): they stay in done/ for the next run to deliver."""
+        merges = self.merges
+        if not merges:
+            return False
+        since = merges.unreachable_since
+        if since is not None and self.clock() - since > self.cfg.git.remote_wait:
+            self.undelivered = len(merges.pending)
+            return False
+        return True
 
     # -- worker health ---------------------------------------------------------
 
@@ -479,7 +495,7 @@ class Coordinator:
         for ev in self.read_events():
             if ev.get("event") != "attempt-end":
                 continue
-            if ev.get("queue") == "done" and self.cfg.git.integrate == "merge":
+            if ev.get("queue") == "done" and self.merges is not None:
                 self.merges.add(ev["item"])
             self.guards.attempt_ended(ev)
 
@@ -494,6 +510,8 @@ class Coordinator:
         self.counts = self.queue.counts()
         snap = self.stats.snapshot(self.counts, alive, self.desired_workers() if running else 0,
                                    self.ws.interrupt_file.exists(), running=running)
+        snap["integration_lag"] = len(self.merges.pending) if self.merges else 0
+        snap["push_retries_total"] = self.merges.retries if self.merges else 0
         fsops.write_atomic(self.ws.run_file, orjson.dumps(snap), tmp_dir=self.ws.tmp_dir,
                            durable=False)
         write_prometheus(self.ws.metrics_file, snap)

@@ -32,7 +32,7 @@ import psutil
 
 from harness.agents import orphans, presets, prompts, runner, session
 from harness.liveness import heartbeat
-from harness.repo import worktrees
+from harness.repo import remote, worktrees
 from harness import config as config_mod
 from harness.config import Config
 from harness.repo.integration import attempt_branch, item_branch
@@ -57,6 +57,7 @@ class Attempt:
     def __init__(self) -> None:
         self.reason, self.detail = "failed", ""
         self.sha: str | None = None
+        self.base: str | None = None  # the commit the attempt started from
         self.stream = session.StreamState()
         self.resets_at: float | None = None
 
@@ -281,7 +282,8 @@ class Worker:
         result = {"item": claim.id, "attempt": claim.attempt, "worker": self.id,
                   "generation": self.generation, "reason": att.reason, "detail": att.detail,
                   "queue": queue_state, "branch": attempt_branch(claim.id, claim.attempt),
-                  "commit": att.sha, "started_at": started, "ended_at": time.time()}
+                  "commit": att.sha, "base": att.base, "started_at": started,
+                  "ended_at": time.time()}
         try:
             _write_json(log_dir / "metrics.json", metrics)
             _write_json(log_dir / "result.json", result)
@@ -326,8 +328,8 @@ class Worker:
             wt = worktrees.ensure_worktree(self.repo, self.ws.worktree(self.id), target,
                                            within=self.ws.root)
             clean, self._committed_clean = self._committed_clean, False
-            worktrees.start_attempt(wt, target, attempt_branch(claim.id, claim.attempt),
-                                    assume_clean=clean)
+            att.base = worktrees.start_attempt(wt, self._base(), attempt_branch(
+                claim.id, claim.attempt), assume_clean=clean)
         except (presets.AgentError, prompts.PromptError) as exc:
             return att.end("failed", str(exc))
         except worktrees.GitError as exc:
@@ -357,6 +359,19 @@ class Worker:
         self.refused = exc.reason
         self.stopping = True
         return Attempt().end("released", f"slot refused: {exc}")
+
+    def _base(self) -> str:
+        """What the attempt starts from: the remote's target as fetched at most
+        ``fetch_interval`` ago (one fetch shared by every worker), else the local target."""
+        git = self.cfg.git
+        if not git.remote:
+            return git.target_branch
+        self.beat(force=True, doing=f"fetching {git.target_branch} from the remote")
+        sha, note = remote.fresh_base(remote.Remote(self.repo, git.remote), git.target_branch,
+                                      git.fetch_interval)
+        if note:
+            self.log("stale-base", note=note)
+        return sha or git.target_branch
 
     def _argv(self, claim: Claim, log_dir: Path, session_id: str) -> list[str]:
         item = claim.item

@@ -165,6 +165,11 @@ def _is_ancestor(repo: Path, ancestor: str, descendant: str) -> bool:
 # ------------------------------------------------------------------------ public
 
 
+def is_ancestor(repo: Path, ancestor: str, descendant: str) -> bool:
+    """True when commit ``ancestor`` is in the history of ``descendant``."""
+    return _is_ancestor(Path(repo), ancestor, descendant)
+
+
 def is_merged(repo: Path, target: str, branch: str) -> bool:
     """True when every commit of ``branch`` is already in ``target``."""
     repo = Path(repo)
