@@ -193,6 +193,11 @@ def test_an_unreachable_remote_pauses_delivery_and_it_resumes_when_the_remote_is
                  "the pause")
         assert "integration paused" in (ws.interrupt_reason() or "")
         assert in_state(ws, "done") == ["before", "during"]
+        wait_for(lambda: "harness_integration_lag 1" in ws.metrics_file.read_text(), 30,
+                 "metrics.prom to show the item not yet on the remote")
+        status = subprocess.run([sys.executable, "-m", "harness.cli", "--root", str(ws.root),
+                                 "status"], capture_output=True, text=True).stdout
+        assert "1 done item(s) not yet integrated" in status, status
         hidden.rename(remote)
         wait_for(lambda: "remote-reachable" in [e["event"] for e in events(ws)], 60,
                  "the remote to be seen again")

@@ -39,6 +39,9 @@ def render_text(s: dict[str, Any]) -> str:
                      f"  tokens {tokens}  cost ${run.get('cost_usd_total') or 0:.2f}"
                      f"  reclaims {run.get('reclaims_total') or 0}"
                      f"  restarts {run.get('restarts_total') or 0}")
+        if run.get("integration_lag") or run.get("push_retries_total"):
+            lines.append(f"deliver  {run.get('integration_lag') or 0} done item(s) not yet"
+                         f" integrated  push retries {run.get('push_retries_total') or 0}")
     if s["paused"]:
         lines.append("PAUSED   " + paused_text(s))
     for c in s.get("corrupt_heartbeats") or []:
