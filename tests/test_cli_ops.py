@@ -101,7 +101,7 @@ def test_doctor_all_pass_on_good_workspace(tmp_path, roomy):
     checks = doctor_lines(res.output)
     assert set(checks) == {"workspace", "config", "git", "worktrees", "target-branch", "agent",
                            "agent-env", "queue-fs", "disk", "memory", "open-files", "prompt",
-                           "private"}
+                           "private", "remote"}
     not_pass = {k: v for k, v in checks.items() if v[0] != "PASS"}
     if not_pass.keys() <= {"git", "open-files"}:  # depend on the host's git and ulimit
         assert all(v[0] == "WARN" for v in not_pass.values()), not_pass

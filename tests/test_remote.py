@@ -267,3 +267,17 @@ def test_a_failing_pr_command_is_pr_failed_with_its_message(tmp_path, remote):
     assert run(ws, "--agents", "1") == 1
     reason = next((ws.queue_dir / "failed").glob("*.reason")).read_text()
     assert reason.startswith("pr_failed:") and "no forge here" in reason and "exited 4" in reason
+
+
+def test_doctor_checks_the_remote_answers(tmp_path, remote):
+    ws = remote_workspace(tmp_path / "ws", str(remote), "merge-push")
+    ok = subprocess.run([sys.executable, "-m", "harness.cli", "--root", str(ws.root), "doctor"],
+                        capture_output=True, text=True).stdout
+    assert any(line.startswith("PASS") and "remote" in line and "answers" in line
+               for line in ok.splitlines()), ok
+    gone = remote_workspace(tmp_path / "ws2", str(tmp_path / "no-such.git"), "push")
+    bad = subprocess.run([sys.executable, "-m", "harness.cli", "--root", str(gone.root),
+                          "doctor"], capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert any(line.startswith("FAIL") and "remote" in line and "unreachable" in line
+               for line in bad.stdout.splitlines()), bad.stdout

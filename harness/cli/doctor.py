@@ -247,6 +247,24 @@ def _check_workspace(ws) -> tuple[str, str, str]:
                                " `parallel-harness init` makes one")
 
 
+def _check_remote(ws, cfg) -> tuple[str, str, str]:
+    """With [git] remote: it answers and has the target branch (one ls-remote)."""
+    from harness.repo.remote import Remote, RemoteError, redact
+
+    git = cfg.git
+    if not git.remote:
+        return PASS, "remote", f"no remote: results stay in the repository (integrate = {git.integrate})"
+    repo = (ws.root / git.repo).resolve()
+    try:
+        sha = Remote(repo, git.remote).remote_sha(git.target_branch)
+    except RemoteError as exc:
+        return FAIL, "remote", f"{redact(git.remote)}: {exc}"
+    if sha is None:
+        return WARN, "remote", (f"{redact(git.remote)} answers but has no {git.target_branch};"
+                                " the first delivery creates it")
+    return PASS, "remote", f"{redact(git.remote)} answers: {git.target_branch} at {sha[:12]}"
+
+
 def _check_private(ws) -> tuple[str, str, str]:
     """logs/ and state/ hold prompts, transcripts and agent output: not for other users."""
     open_to = []
@@ -269,7 +287,8 @@ def run_checks(ws) -> list[tuple[str, str, str]]:
     config_check, cfg = _check_config(ws)
     return [_check_workspace(ws), config_check, _check_git(cfg), *_check_worktrees(ws, cfg),
             _check_agent(cfg), _check_env(), _check_queue_fs(ws), _check_disk(ws),
-            _check_memory(cfg), _check_nofile(cfg), _check_prompt(ws, cfg), _check_private(ws)]
+            _check_memory(cfg), _check_nofile(cfg), _check_prompt(ws, cfg), _check_private(ws),
+            _check_remote(ws, cfg)]
 
 
 @click.command()
