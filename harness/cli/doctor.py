@@ -253,7 +253,8 @@ def _check_remote(ws, cfg) -> tuple[str, str, str]:
 
     git = cfg.git
     if not git.remote:
-        return PASS, "remote", f"no remote: results stay in the repository (integrate = {git.integrate})"
+        return PASS, "remote", ("no remote: results stay in the repository"
+                                f" (integrate = {git.integrate})")
     repo = (ws.root / git.repo).resolve()
     try:
         sha = Remote(repo, git.remote).remote_sha(git.target_branch)
