@@ -27,6 +27,24 @@ def bare_remote(path: Path, seed: Path) -> Path:
     return path
 
 
+def clone_workspace(root: Path, url: str, config: str):
+    """A workspace in a fresh clone of ``url`` (as each host has its own): harness.toml is
+    ``config``, the runtime directories are excluded from git."""
+    from harness.agents.prompts import DEFAULT_BOOTSTRAP
+    from harness.workspace import Workspace
+
+    git(root.parent, "clone", "-q", url, str(root))
+    with open(root / ".git" / "info" / "exclude", "a") as f:
+        f.write("/harness.toml\n/prompts/\n/queue/\n/state/\n/worktrees/\n/logs/\n"
+                "/coordinator.out\n")
+    (root / "harness.toml").write_text(config)
+    (root / "prompts").mkdir()
+    (root / "prompts" / "bootstrap.md").write_text(DEFAULT_BOOTSTRAP)
+    ws = Workspace.at(root)
+    ws.make_dirs()
+    return ws
+
+
 def log_of(remote: Path, branch: str = "main") -> list[str]:
     return git(remote, "rev-list", branch).stdout.split()
 

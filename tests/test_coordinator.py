@@ -348,3 +348,48 @@ def test_circuit_breaker_pauses_after_consecutive_failures(tmp_path):
 def finish_after_signal(coord):
     coord.send_signal(signal.SIGTERM)
     return finish(coord, 30)
+
+
+def test_a_batch_run_waits_for_an_item_that_ended_during_the_integration_step(tmp_path):
+    """An attempt can start and end while one tick's integration step runs (a push takes
+    longer than an attempt): the run must read the heartbeats, the events and the queue
+    afresh before it ends, or that item is left undelivered with exit 0."""
+    from harness import config
+    from harness.pool.coordinator import Coordinator
+    from tests.remotes import git as git_
+
+    ws = make_workspace(tmp_path / "ws")
+    cfg = config.load(ws.config_file, {"run": {"agents": 0}, "git": {"integrate": "merge"}})
+    coord = Coordinator(ws, cfg, forever=False)
+    coord.start()
+    try:
+        queue = coord.queue
+        for item_id in ("first", "second"):
+            queue.enqueue({"id": item_id, "command": "true"})
+
+        def finish(item_id):
+            claim = queue.claim()
+            assert claim.id == item_id
+            git_(ws.root, "branch", f"harness/{item_id}", "main")
+            claim.complete()
+            ws.log_event("attempt-end", worker="w1", item=item_id, attempt=1,
+                         reason="succeeded", queue="done", metrics={})
+
+        finish("first")
+        real = coord.merges.mode.integrate
+
+        def integrate_while_second_ends(item_id):
+            if item_id == "first":
+                finish("second")  # a whole attempt, inside this tick's integration step
+            return real(item_id)
+
+        coord.merges.mode.integrate = integrate_while_second_ends
+        coord.tick()
+        assert not coord.finished(), "the run would end with 'second' never integrated"
+        coord.tick()
+        assert coord.finished()
+        merged = [e["item"] for e in events(ws) if e["event"] == "merged"]
+        assert merged == ["first", "second"]
+    finally:
+        coord.shutdown()
+        coord._finish()

@@ -13,19 +13,24 @@ import pytest
 
 from harness.queue import names
 from harness.queue.core import Queue
-from tests.remotes import Daemon, bare_remote, contains, git, log_of, start_human
-from tests.wsutil import events, kill_all, make_workspace, start_coordinator, wait_for
+from tests.remotes import Daemon, bare_remote, clone_workspace, contains, git, start_human
+from tests.wsutil import (FAST_CONFIG, events, kill_all, make_workspace, start_coordinator,
+                          wait_for)
 
 pytestmark = pytest.mark.timeout(180)
 
 
 def remote_workspace(root: Path, remote: str, integrate: str, extra: str = "") -> object:
-    ws = make_workspace(root)
-    (root / "harness.toml").write_text(
-        (root / "harness.toml").read_text()
-        + f'\n[agent]\npreset = "shell"\n\n[git]\nremote = "{remote}"\nintegrate = "{integrate}"\n'
-        f"fetch_interval = 0\n{extra}")
-    return ws
+    """A workspace in its own clone of ``remote`` (a plain repo when it is not reachable)."""
+    config = (FAST_CONFIG.format(stale_after=2.0, stale_kill_grace=30.0, shutdown_grace=2.0,
+                                 coordinator_gone_after=30.0, max_attempts=3)
+              + f'\n[agent]\npreset = "shell"\n\n[git]\nremote = "{remote}"\n'
+              f'integrate = "{integrate}"\nfetch_interval = 0\n{extra}')
+    if git(root.parent, "ls-remote", remote, check=False).returncode != 0:
+        ws = make_workspace(root)
+        (root / "harness.toml").write_text(config)
+        return ws
+    return clone_workspace(root, remote, config)
 
 
 def add_items(ws, ids, command="echo {id} > {id}.txt"):
@@ -68,7 +73,6 @@ def remote(tmp_path):
 
 def test_push_delivers_each_branch_and_confirms_it(tmp_path, remote):
     ws = remote_workspace(tmp_path / "ws", str(remote), "push")
-    git(ws.root, "fetch", "-q", str(remote), "main:main", check=False)
     add_items(ws, ["a", "b", "c"])
     assert run(ws, "--agents", "2") == 0, (ws.root / "coordinator.out").read_text()
     for item_id in "abc":

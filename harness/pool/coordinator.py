@@ -244,17 +244,23 @@ class Coordinator:
         orphans.reap(foster)  # killed now or earlier, or ended by themselves
 
     def finished(self) -> bool:
-        """The batch is over: nothing live, no worker still recording, nothing left to merge.
+        """The batch is over: nothing live, no worker still recording, nothing left to deliver.
 
-        Judged on the readings of the tick just run. A worker moves its item to
-        done/ before it logs the attempt's end, so an empty queue alone could end
-        the run before the last merge is queued: a "working" heartbeat holds it.
+        Read afresh, in this order: heartbeats, then events, then the queue. A worker
+        logs an attempt's end before its heartbeat goes idle, so an idle heartbeat read
+        first means that attempt-end is in the events read next, and its item reaches
+        the integration queue. (The tick's own readings are too old: a whole attempt can
+        start and end while the tick's integration step pushes.)
         """
-        counts = {state: n - self.queue.stuck_in(state) for state, n in self.counts.items()}
+        hbs = heartbeat.read_all(self.ws.heartbeats_dir)
+        if any(hb.get("state") == "working" for hb in hbs.values()):
+            return False
+        self.watch_events()
+        counts = {state: len(names.entries(self.queue.dir(state))) - self.queue.stuck_in(state)
+                  for state in ("pending", "claimed", "waiting")}
         if counts["claimed"] or (not self.budget_hit and counts["pending"] + counts["waiting"]):
             return False
-        working = any(hb.get("state") == "working" for hb in self.hbs.values())
-        return not working and not self._integration_pending()
+        return not self._integration_pending()
 
     def _integration_pending(self) -> bool:
         """Done items still to deliver; a remote unreachable for ``[git] remote_wait`` ends
