@@ -51,6 +51,9 @@ class RunConfig(_Section):
     restart_backoff_max: float = Field(30.0, ge=0, description="cap on the delay before restarting a worker that keeps dying")
     log_cap_mb: int = Field(50, ge=1, description="cap per attempt on events.jsonl and on stderr.log")
     durable: bool = Field(False, description="fsync files and directories on every queue transition")
+    multi_host: bool = Field(False, description="several hosts run on this workspace (a shared NFSv4.1+ directory): per-host names, leases, event logs; see docs/multi-host.md")
+    host_stale_after: float = Field(300.0, gt=0, description="multi_host: a host whose lease counter has not moved this long is dead and its claims are taken back (keep it above 2 x the NFS lease + acdirmax)")
+    trust_filesystem: bool = Field(False, description="multi_host: run on a network filesystem the harness does not know to be safe (it refuses otherwise)")
     shared_queue: bool = Field(False, description="queue/ group-readable and -writable (dirs 2770, files 0660) for a team sharing it; logs and state stay private (0700/0600)")
     fault_pause_after: float = Field(5.0, ge=0, description="writes failing this long (disk full, read-only) pause the pool until they succeed")
 

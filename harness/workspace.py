@@ -4,6 +4,12 @@ Every other module gets its paths from here, so the layout in DESIGN.md is
 written down once::
 
     harness.toml  prompts/  queue/  state/  worktrees/  logs/
+
+With several hosts on one workspace (``[run] multi_host``) a Workspace has a
+``host``: what one host's coordinator owns is per host, one writer per file
+(``state/hosts/<host>.json`` its lease, ``.lock``, ``.run.json``, ``.prom``,
+``.desired``; ``state/events/<host>.jsonl``; workers ``<host>.w1``); the queue,
+heartbeats, logs and the interrupt file are shared.
 """
 
 from __future__ import annotations
@@ -20,10 +26,38 @@ import orjson
 @dataclass(frozen=True)
 class Workspace:
     root: Path
+    host: str | None = None  # this host's id in a multi-host workspace, else None
 
     @classmethod
-    def at(cls, root: str | os.PathLike[str]) -> Workspace:
-        return cls(Path(root).resolve())
+    def at(cls, root: str | os.PathLike[str], host: str | None = None) -> Workspace:
+        return cls(Path(root).resolve(), host)
+
+    def for_host(self, host: str | None) -> Workspace:
+        return Workspace(self.root, host)
+
+    def _per_host(self, single: str, suffix: str) -> Path:
+        return self.hosts_dir / f"{self.host}{suffix}" if self.host else self.state_dir / single
+
+    @property
+    def hosts_dir(self) -> Path:
+        return self.state_dir / "hosts"
+
+    def tombstone(self, host: str) -> Path:
+        """Present = ``host`` was declared dead by another (its claims were taken back)."""
+        return self.hosts_dir / f"{host}.dead"
+
+    def worker_name(self, n: int) -> str:
+        return f"{self.host}.w{n}" if self.host else f"w{n}"
+
+    def event_files(self) -> list[Path]:
+        """Every event log: the single-host one and one per host (readers merge them)."""
+        found = [self.state_dir / "events.jsonl"]
+        try:
+            found += sorted(p for p in (self.state_dir / "events").iterdir()
+                            if p.suffix == ".jsonl")
+        except FileNotFoundError:
+            pass
+        return [p for p in found if p.exists()]
 
     def exists(self) -> bool:
         """A workspace has a harness.toml or a queue/ (a fresh clone of a project that
@@ -56,6 +90,10 @@ class Workspace:
 
     @property
     def events_file(self) -> Path:
+        """This process's event log (one writer per file across hosts: O_APPEND is not
+        atomic between NFS clients)."""
+        if self.host:
+            return self.state_dir / "events" / f"{self.host}.jsonl"
         return self.state_dir / "events.jsonl"
 
     @property
@@ -64,15 +102,16 @@ class Workspace:
 
     @property
     def desired_workers_file(self) -> Path:
-        return self.state_dir / "desired-workers"
+        return self._per_host("desired-workers", ".desired")
 
     @property
     def coordinator_file(self) -> Path:
-        return self.state_dir / "coordinator.json"
+        """The coordinator's record; with a host, its lease (the counter advances every tick)."""
+        return self._per_host("coordinator.json", ".json")
 
     @property
     def coordinator_lock(self) -> Path:
-        return self.state_dir / "coordinator.lock"
+        return self._per_host("coordinator.lock", ".lock")
 
     @property
     def worktrees_dir(self) -> Path:
@@ -88,11 +127,11 @@ class Workspace:
 
     @property
     def run_file(self) -> Path:
-        return self.state_dir / "run.json"
+        return self._per_host("run.json", ".run.json")
 
     @property
     def metrics_file(self) -> Path:
-        return self.state_dir / "metrics.prom"
+        return self._per_host("metrics.prom", ".prom")
 
     def cancel_requested(self, item_id: str) -> bool:
         return (self.cancel_dir / item_id).exists()
@@ -112,8 +151,9 @@ class Workspace:
     def make_dirs(self) -> None:
         """Create the runtime directories; new ones are 0700 (prompts, transcripts and agent
         output are private; a shared queue sets its own mode, see Queue)."""
+        extra = (self.hosts_dir, self.events_file.parent) if self.host else ()
         for d in (self.queue_dir, self.heartbeats_dir, self.locks_dir, self.tmp_dir,
-                  self.cancel_dir, self.worktrees_dir, self.logs_dir):
+                  self.cancel_dir, self.worktrees_dir, self.logs_dir, *extra):
             for parent in reversed([d, *d.parents]):
                 if parent == self.root or not parent.is_relative_to(self.root):
                     continue

@@ -123,6 +123,11 @@ def test_merge_push_lands_every_item_on_the_remote_target_and_attempts_start_fre
 
 def test_merge_push_conflict_fails_the_item_and_pushes_its_branch(tmp_path, remote):
     ws = remote_workspace(tmp_path / "ws", str(remote), "merge-push")
+    # Both attempts start from the same commit (no fetch before them), so whichever is
+    # delivered second conflicts with the first.
+    text = (ws.root / "harness.toml").read_text()
+    (ws.root / "harness.toml").write_text(text.replace("fetch_interval = 0", "fetch_interval = 3600"))
+    (ws.root / ".git" / "harness-fetch.stamp").touch()
     add_items(ws, ["left", "right"], command="echo {id} > shared.txt")
     assert run(ws, "--agents", "2") == 1
     failed = in_state(ws, "failed")

@@ -63,11 +63,13 @@ def start_coordinator(ws: Workspace, *args: str) -> subprocess.Popen[bytes]:
 
 
 def events(ws: Workspace) -> list[dict[str, Any]]:
-    try:
-        raw = ws.events_file.read_bytes()
-    except FileNotFoundError:
-        return []
-    return [orjson.loads(line) for line in raw.splitlines() if line.strip()]
+    """Every event of the workspace, all hosts' logs merged in time order (a line that is
+    not JSON fails the test: no writer may tear another's line)."""
+    logs = [[orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+            for path in ws.event_files()]
+    if len(logs) == 1:
+        return logs[0]  # one file: its own order, which is the order of the writes
+    return sorted((e for log in logs for e in log), key=lambda e: e["ts"])
 
 
 def recorded_pids(ws: Workspace) -> set[tuple[int, float | None]]:

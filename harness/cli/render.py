@@ -27,9 +27,15 @@ def render_text(s: dict[str, Any]) -> str:
     lines = [f"queue    pending {c['pending']}  claimed {c['claimed']}  waiting {c['waiting']}"
              f"  done {c['done']}  failed {c['failed']}"]
     coord = s["coordinator"]
+    for h in s.get("hosts") or []:
+        state = (f"DEAD (declared by {h['dead_by']})" if h["dead_by"] else
+                 f"pid {h['pid']} on {h['machine']}, last tick {h['tick_age']}s ago"
+                 if h["alive"] else "not running")
+        lines.append(f"host     {h['host']}  {state}")
     if coord and coord["alive"]:
-        lines.append(f"coordinator  pid {coord['pid']} on {coord['host']} since {coord['started_at']}")
-    else:
+        lines.append(f"coordinator  pid {coord['pid']} on {coord['host']} since"
+                     f" {coord['started_at']}")
+    elif not s.get("hosts"):
         lines.append("coordinator  not running")
     run = s.get("run")
     if run:

@@ -67,6 +67,7 @@ def run_pool(ws: Any, overrides: dict[str, dict[str, Any]], *, forever: bool,
             UnsupportedFilesystem, PromptError) as exc:
         click.echo(f"error: {exc}", err=True)
         return EXIT_USAGE
+    ws = coordinator.ws  # with several hosts: this host's files (run.json, events)
     with _screen(ws, mode) as echo:
         coordinator.on_event = _event_printer(echo) if mode in ("tty", "plain") else None
         if mode in ("tty", "plain"):
@@ -181,6 +182,8 @@ def _closing(ws: Any, coordinator: Any, mode: str) -> None:
     from harness.cli.render import render_run_summary
 
     report = coordinator.run_report()
+    if coordinator.fenced is not None:
+        click.echo(f"error: {coordinator.fenced}", err=True)
     if coordinator.budget_hit and mode != "json":
         click.echo(f"parallel-harness: stopped: {coordinator.budget_hit}", err=True)
     if coordinator.undelivered and mode != "json":

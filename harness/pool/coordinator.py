@@ -33,7 +33,7 @@ import psutil
 from filelock import FileLock, Timeout
 
 from harness.agents import orphans, runner
-from harness.liveness import heartbeat
+from harness.liveness import heartbeat, hosts
 from harness.queue import fsops, names
 from harness.config import Config, queue_options
 from harness.repo.integration import IntegrationQueue, reconcile_branches
@@ -45,11 +45,13 @@ from harness.queue.recovery import adopt_dropped, recover
 from harness.pool import delivery
 from harness.pool.faults import FaultWatch
 from harness.pool.guards import Guards
+from harness.pool.hostwatch import DuplicateHost, HostFenced, HostWatch
 from harness.pool.worker import EXIT_SLOT_UNSAFE
 from harness.pool.runstats import RunStats
 from harness.workspace import EventTail, Workspace
 
 DROP_SCAN_INTERVAL = 2.0  # seconds between looks for hand-dropped files
+EXIT_FENCED = 3  # another host declared this one dead (see pool.hostwatch)
 CLOCK_STEP_TOLERANCE = 1.0  # seconds the wall clock may move against the monotonic one per tick
 QUICK_DEATH = 10.0  # a worker that dies sooner than this after start counts as crash-looping
 
@@ -89,6 +91,11 @@ class Coordinator:
     wall: Callable[[], float] = time.time  # due times are wall-clock (see watch_clock)
 
     def __post_init__(self) -> None:
+        if self.cfg.run.multi_host and self.ws.host is None:
+            self.ws = self.ws.for_host(hosts.host_id())
+        self.hostwatch = (HostWatch(self.ws, self.cfg.run.host_stale_after, self.event,
+                                    self.clock) if self.ws.host else None)
+        self.fenced: HostFenced | None = None
         self.faults = FaultWatch(self.ws, self.event, self.on_fault,
                                  self.cfg.run.fault_pause_after, self.clock)
         self.queue = Queue(self.ws.queue_dir, **queue_options(self.cfg), clock=self.wall,
@@ -129,9 +136,17 @@ class Coordinator:
                 f" on {other.get('host', '?')}, started {other.get('started_at', '?')}"
                 f" (lock {self.ws.coordinator_lock})") from None
         self.queue.probe()
-        me = ProcessIdentity.of()
-        heartbeat.HeartbeatWriter(self.ws.coordinator_file, self.ws.tmp_dir, **me.as_record(),
-                                  started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z")).beat()
+        if self.hostwatch is not None:
+            try:
+                self.hostwatch.start()
+            except DuplicateHost as exc:
+                self.lock.release()
+                raise CoordinatorError(str(exc)) from None
+        else:
+            me = ProcessIdentity.of()
+            heartbeat.HeartbeatWriter(self.ws.coordinator_file, self.ws.tmp_dir,
+                                      **me.as_record(),
+                                      started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z")).beat()
         # A pool size set by `scale` belongs to the run that was scaled, not to this one.
         self.ws.desired_workers_file.unlink(missing_ok=True)
         self.tail = EventTail(self.ws.events_file)  # from here on: run prints what it reads
@@ -150,8 +165,16 @@ class Coordinator:
             self.merges.load_pending()
         self.event("coordinator-start", agents=self.desired_workers(), forever=self.forever)
 
+    def _mine(self, worker: str) -> bool:
+        """A worker of this host: ``<host>.w<N>`` with a host, ``w<N>`` without."""
+        if self.ws.host:
+            return bool(hosts.workers_of(self.ws.host, [worker]))
+        return worker[:1] == "w" and worker[1:].isdigit()
+
     def _adopt(self) -> None:
         for worker, hb in heartbeat.read_all(self.ws.heartbeats_dir).items():
+            if not self._mine(worker):
+                continue
             ident = ProcessIdentity.from_record(hb)
             if lock_is_held(self.ws.worker_lock(worker)) and ident and ident.is_running() is not False:
                 self.slots[worker] = Slot(worker, str(hb.get("generation")), None, ident,
@@ -167,11 +190,16 @@ class Coordinator:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             while not self.stop_requested:
-                self.tick()
+                try:
+                    self.tick()
+                except HostFenced as exc:
+                    self._stop_fenced(exc)
+                    break
                 if not self.forever and self.finished():
                     break
                 time.sleep(self.cfg.run.tick)
-            self.shutdown()
+            if not self.fenced:
+                self.shutdown()
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
@@ -179,6 +207,8 @@ class Coordinator:
         failed = set(names.entries(self.queue.dir("failed"))) - self.failed_at_start
         self.event("coordinator-exit", reason=self.stop_requested or "batch finished",
                    failed=len(failed), undelivered=self.undelivered)
+        if self.fenced:
+            return EXIT_FENCED
         if self.stop_requested:
             return 128 + signal.Signals[self.stop_requested].value
         if self.budget_hit:
@@ -220,6 +250,8 @@ class Coordinator:
         """One pass of supervision. Each step that hits a fault of the machine (OSError) is
         reported and retried next tick; the others still run (pool.faults)."""
         step = self.faults.step
+        if self.hostwatch is not None:
+            step("hosts", self.watch_hosts)  # HostFenced passes through: it is no fault
         self.hbs = heartbeat.read_all(self.ws.heartbeats_dir)
         for slot in list(self.slots.values()):
             step(f"check {slot.id}", lambda: self.check_slot(slot, self.hbs.get(slot.id)))
@@ -232,7 +264,7 @@ class Coordinator:
         step("scale", self.scale)
         step("read events", self.watch_events)
         step("budget", lambda: self.guards.check_budget(self.stats))
-        if self.merges is not None:
+        if self.merges is not None and not (self.hostwatch and self.hostwatch.fenced()):
             step("integrate", self.merges.step)
         step("resume", self.auto_resume)
         step("write run.json", self.publish_stats)
@@ -423,7 +455,7 @@ class Coordinator:
 
     def scale(self) -> None:
         want = self.desired_workers()
-        ids = [f"w{i}" for i in range(1, want + 1)]
+        ids = [self.ws.worker_name(i) for i in range(1, want + 1)]
         for worker, slot in self.slots.items():
             if worker not in ids and slot.running and not slot.retiring:
                 slot.retiring = True
@@ -467,12 +499,52 @@ class Coordinator:
         with log:
             slot.proc = subprocess.Popen(
                 [sys.executable, "-m", "harness.pool.worker", "--root", str(self.ws.root),
-                 "--id", slot.id, "--generation", slot.generation],
+                 "--id", slot.id, "--generation", slot.generation, *self._host_args()],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                 umask=user_umask())
         slot.started = self.clock()
         slot.identity = None
         self.event("worker-spawn", worker=slot.id, generation=slot.generation, pid=slot.proc.pid)
+
+    def _host_args(self) -> list[str]:
+        if self.hostwatch is None:
+            return []
+        return ["--host", self.hostwatch.host, "--host-generation", self.hostwatch.generation]
+
+    # -- other hosts -------------------------------------------------------------
+
+    def watch_hosts(self) -> None:
+        """Advance this host's lease; take back the claims of hosts that stopped ticking."""
+        assert self.hostwatch is not None
+        for lease in self.hostwatch.tick():
+            self._take_over(lease.host)
+
+    def _take_over(self, host: str) -> None:
+        """A buried host's claims go back to the queue (its workers, if they wake, are
+        fenced by the rename); its undelivered done items join this host's integration."""
+        hbs = heartbeat.read_all(self.ws.heartbeats_dir)
+        for worker in hosts.workers_of(host, hbs):
+            hb = hbs[worker]
+            if hb.get("item"):
+                outcome = self.queue.revoke(hb["item"], f"host {host} stopped ticking")
+                self.event("revoke", worker=worker, item=hb["item"], outcome=outcome,
+                           why=f"host {host} dead")
+            self.ws.heartbeat_file(worker).unlink(missing_ok=True)
+        if self.merges is not None:
+            pending = list(self.merges.pending)
+            self.merges.load_pending()
+            self.merges.pending = pending + [i for i in self.merges.pending if i not in pending]
+
+    def _stop_fenced(self, exc: HostFenced) -> None:
+        """Buried by another host: kill this host's workers now, revoke nothing (the other
+        host did), record nothing."""
+        self.fenced = exc
+        self.event("host-fenced", host=exc.host, by=exc.by)
+        hbs = heartbeat.read_all(self.ws.heartbeats_dir)
+        for slot in list(self.slots.values()):
+            if slot.running:
+                self._kill_now(slot, hbs.get(slot.id))
+                slot.generation = ""
 
     def _signal(self, slot: Slot, signum: int) -> None:
         pid = slot.proc.pid if slot.proc else slot.identity.pid if slot.identity else None

@@ -30,6 +30,26 @@ def check(ws: Workspace, cfg: Config) -> None:
         raise PreflightError(f"{ws.config_file}: agent.command: preset 'custom' needs an"
                              " argv template")
     _check_remote(cfg)
+    if cfg.run.multi_host:
+        _check_multi_host(ws, cfg)
+
+
+def _check_multi_host(ws: Workspace, cfg: Config) -> None:
+    """Several hosts need a filesystem whose rename and flock hold across them, and a host
+    id each."""
+    from harness.liveness.hosts import HostIdError, host_id
+    from harness.queue.mounts import mount_of, multi_host_problem
+
+    try:
+        host_id()
+    except HostIdError as exc:
+        raise PreflightError(str(exc)) from None
+    if cfg.run.trust_filesystem:
+        return
+    for path in (ws.queue_dir, ws.state_dir):
+        problem = multi_host_problem(mount_of(path if path.exists() else ws.root))
+        if problem:
+            raise cfg.error("run.multi_host", problem)
 
 
 def _check_remote(cfg: Config) -> None:

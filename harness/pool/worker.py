@@ -31,7 +31,7 @@ import orjson
 import psutil
 
 from harness.agents import orphans, presets, prompts, runner, session
-from harness.liveness import heartbeat
+from harness.liveness import heartbeat, hosts
 from harness.repo import remote, worktrees
 from harness import config as config_mod
 from harness.config import Config
@@ -67,8 +67,10 @@ class Attempt:
 
 
 class Worker:
-    def __init__(self, ws: Workspace, cfg: Config, worker_id: str, generation: str) -> None:
+    def __init__(self, ws: Workspace, cfg: Config, worker_id: str, generation: str,
+                 host_generation: str = "") -> None:
         self.ws, self.cfg, self.id, self.generation = ws, cfg, worker_id, generation
+        self.host_generation = host_generation  # with a host: buried -> stop
         self.queue = Queue(ws.queue_dir, **config_mod.queue_options(cfg),
                            on_junk=lambda text: self.log("junk", action=text))
         self.hb = heartbeat.HeartbeatWriter(
@@ -81,6 +83,7 @@ class Worker:
         self._last_beat = 0.0
         self._coordinator_gone_since: float | None = None
         self._coordinator_checked = -1e9
+        self._buried_checked = -1e9
         self.refused: str | None = None  # why this slot may not be used, once found
         self.faults: dict[str, str] = {}  # operation -> its last error, until it works again
         self.events_lost = 0
@@ -107,6 +110,9 @@ class Worker:
         while not self.stopping:
             if self.coordinator_gone():
                 reason = "coordinator gone"
+                break
+            if self.buried():
+                reason = "host declared dead by another host"
                 break
             if not self._slot_is_safe():
                 return self._refuse()
@@ -234,6 +240,17 @@ class Worker:
                 except OSError:
                     pass  # the coordinator revokes it as an orphan
             return None
+
+    def buried(self) -> bool:
+        """True once another host has declared this host dead (liveness.hosts): claim
+        nothing more. Checked at most once per heartbeat interval."""
+        if not self.ws.host:
+            return False
+        now = time.monotonic()
+        if now - self._buried_checked < self.cfg.run.heartbeat_interval:
+            return False
+        self._buried_checked = now
+        return hosts.buried(self.ws, self.ws.host, self.host_generation) is not None
 
     def _record_claim(self, name: ItemName) -> None:
         self._claiming = name
@@ -468,7 +485,7 @@ class Worker:
                   tokens=m.input_tokens + m.output_tokens + m.cache_creation_tokens
                   + m.cache_read_tokens, cost_usd=round(m.cost_usd, 6),
                   progress_at=time.time())
-        if not claim.is_live():
+        if not claim.is_live() or self.buried():
             return "fenced"
         return "cancelled" if self.ws.cancel_requested(claim.id) else None
 
@@ -553,9 +570,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=os.environ.get("HARNESS_ROOT", "."))
     parser.add_argument("--id", required=True, help="worker slot, e.g. w1")
     parser.add_argument("--generation", default=os.urandom(4).hex())
+    parser.add_argument("--host", default=None, help="this host's id (multi-host workspaces)")
+    parser.add_argument("--host-generation", default="", help="its coordinator's generation")
     args = parser.parse_args(argv)
     private_files()  # started with the user's umask (see Coordinator.spawn)
-    ws = Workspace.at(args.root)
+    ws = Workspace.at(args.root, args.host)
     try:
         cfg = config_mod.load(ws.config_file)
     except config_mod.ConfigError as exc:
@@ -567,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"worker {args.id}: slot is held by another live worker"
               f" ({ws.worker_lock(args.id)})", file=sys.stderr)
         return EXIT_SLOT_TAKEN
-    return Worker(ws, cfg, args.id, args.generation).run()
+    return Worker(ws, cfg, args.id, args.generation, args.host_generation).run()
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import os
 import time
 from typing import Any
 
-from harness.liveness import heartbeat
+from harness.liveness import heartbeat, hosts
 from harness.queue import fsops, names
 from harness.liveness.process import lock_is_held
 from harness.workspace import Workspace
@@ -45,6 +45,9 @@ def collect(ws: Workspace) -> dict[str, Any]:
     coordinator = heartbeat.read(ws.coordinator_file)
     coordinator_alive = lock_is_held(ws.coordinator_lock)
     run = heartbeat.read(ws.run_file) if coordinator_alive else None
+    host_list = _hosts(ws, now)
+    if run is None and host_list:
+        run = _sum_runs(ws, [h["host"] for h in host_list if h["alive"]])
     return {
         "run": {k: run.get(k) for k in ("throughput_per_min", "eta_s", "tokens_total",
                                         "cost_usd_total", "attempts", "reclaims_total",
@@ -55,11 +58,43 @@ def collect(ws: Workspace) -> dict[str, Any]:
         "coordinator": {"pid": coordinator.get("pid"), "host": coordinator.get("host"),
                         "started_at": coordinator.get("started_at"),
                         "alive": coordinator_alive} if coordinator else None,
+        "hosts": host_list,
         "recent_failures": failures(ws, failed, last=RECENT_FAILURES)[::-1],
         "corrupt_heartbeats": [
             {"worker": w, "path": str(ws.heartbeat_file(w).relative_to(ws.root)), "error": e,
              "alive": lock_is_held(ws.worker_lock(w))} for w, e in sorted(corrupt.items())],
     }
+
+
+def _hosts(ws: Workspace, now: float) -> list[dict[str, Any]]:
+    """Each host of a multi-host workspace: its coordinator, its last tick, dead or alive."""
+    out = []
+    for host, lease in sorted(hosts.leases(ws).items()):
+        r = lease.record
+        tomb = hosts.buried(ws, host, lease.generation)
+        out.append({"host": host, "pid": r.get("pid"), "machine": r.get("host"),
+                    "started_at": r.get("started_at"), "generation": lease.generation,
+                    "alive": tomb is None and lock_is_held(ws.hosts_dir / f"{host}.lock"),
+                    "dead_by": tomb.get("by") if tomb else None,
+                    "tick_age": round(now - r.get("written_at", now), 1)})
+    return out
+
+
+def _sum_runs(ws: Workspace, live: list[str]) -> dict[str, Any] | None:
+    """The run counters of every live host, added up (throughput and tokens are per host)."""
+    total: dict[str, Any] = {}
+    for host in live:
+        run = heartbeat.read(ws.hosts_dir / f"{host}.run.json") or {}
+        for key, value in run.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                total[key] = total.get(key, 0) + value
+            elif isinstance(value, dict) and key == "tokens_total":
+                sub_total = total.setdefault(key, {})
+                for k, v in value.items():
+                    sub_total[k] = sub_total.get(k, 0) + (v or 0)
+    if total:
+        total["eta_s"] = None  # the hosts' ETAs do not add up
+    return total or None
 
 
 def failures(ws: Workspace, failed: list[str] | None = None, last: int | None = None

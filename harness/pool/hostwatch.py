@@ -1,0 +1,105 @@
+"""A coordinator among several hosts: its lease, its fence, and the burial of dead hosts.
+
+Used only with ``[run] multi_host`` (see liveness.hosts for the rules). Each
+tick the coordinator calls :meth:`HostWatch.tick`, which
+
+1. advances this host's lease counter;
+2. raises :class:`HostFenced` if another host has buried this host's generation
+   (the coordinator then stops at once and records nothing);
+3. observes every other host's counter on this process's monotonic clock and
+   buries the ones silent for ``host_stale_after``, returning them so that the
+   coordinator takes their claims back.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from harness.liveness import heartbeat, hosts
+from harness.liveness.process import ProcessIdentity
+from harness.workspace import Workspace
+
+DUPLICATE_PROBE = 1.5  # seconds to watch our own lease for another writer at start
+
+
+class HostFenced(Exception):
+    """Another host declared this one dead: its claims were taken back."""
+
+    def __init__(self, host: str, by: str) -> None:
+        self.host, self.by = host, by
+        super().__init__(f"host {host} was declared dead by host {by} (its lease stopped"
+                         " advancing): its claims were taken back; it stops without recording"
+                         " anything")
+
+
+class DuplicateHost(Exception):
+    """A live coordinator elsewhere writes this host id's lease."""
+
+
+class HostWatch:
+    def __init__(self, ws: Workspace, stale_after: float, event: Callable[..., None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        assert ws.host is not None
+        self.ws, self.host, self.stale_after = ws, ws.host, stale_after
+        self.event, self.clock = event, clock
+        self.generation = secrets.token_hex(6)
+        self.staleness = heartbeat.Staleness(clock)
+        self.writer: heartbeat.HeartbeatWriter | None = None
+
+    def start(self) -> None:
+        """Refuse a host id another live coordinator uses; then take the lease."""
+        self._refuse_duplicate()
+        hosts.rise(self.ws, self.host)
+        me = ProcessIdentity.of()
+        self.writer = heartbeat.HeartbeatWriter(
+            self.ws.coordinator_file, self.ws.tmp_dir, **me.as_record(), host_id=self.host,
+            generation=self.generation, started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        self.writer.beat()
+
+    def _refuse_duplicate(self) -> None:
+        """The host lock is per host and NFS may lose it (two clients with one hostname look
+        like one client rebooting): a lease whose counter still moves is the proof."""
+        first = hosts.leases(self.ws).get(self.host)
+        if first is None:
+            return
+        deadline = self.clock() + DUPLICATE_PROBE
+        while self.clock() < deadline:
+            time.sleep(0.1)
+            now = hosts.leases(self.ws).get(self.host)
+            if now is not None and now.counter != first.counter:
+                raise DuplicateHost(
+                    f"host id {self.host!r} is in use: its lease {hosts.path_of(self.ws, self.host)}"
+                    f" is being written by pid {now.record.get('pid')} on"
+                    f" {now.record.get('host')} (boot {str(now.record.get('boot_id'))[:8]});"
+                    " give each host its own id (HARNESS_HOST_ID), and each cloned VM its own"
+                    " hostname and nfs4_unique_id")
+
+    def tick(self) -> list[hosts.Lease]:
+        """Advance the lease; HostFenced if buried; the hosts this call buried."""
+        assert self.writer is not None
+        tomb = hosts.buried(self.ws, self.host, self.generation)
+        if tomb is not None:
+            raise HostFenced(self.host, str(tomb.get("by")))
+        self.writer.beat()
+        dead = []
+        for lease in hosts.leases(self.ws).values():
+            if lease.host == self.host:
+                continue
+            silent = self.staleness.observe(lease.host, lease.generation, lease.counter)
+            if silent <= self.stale_after or hosts.buried(self.ws, lease.host, lease.generation):
+                continue
+            if hosts.bury(self.ws, lease.host, lease.generation, by=self.host):
+                self.event("host-dead", host=lease.host, generation=lease.generation,
+                           silent_s=round(silent, 1), stale_after=self.stale_after)
+                dead.append(lease)
+        return dead
+
+    def fenced(self) -> bool:
+        """Checked before a transition outside the tick (a late merge): buried meanwhile?"""
+        return hosts.buried(self.ws, self.host, self.generation) is not None
+
+    def record(self) -> dict[str, Any]:
+        return dict(self.writer.record) if self.writer else {}

@@ -1,0 +1,245 @@
+"""Several hosts, one queue (issue 14), on one machine: coordinators with different
+HARNESS_HOST_IDs share one workspace; whole "hosts" (coordinator, workers, agents) are
+SIGKILLed and SIGSTOPped past their lease."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from harness.liveness import hosts
+from harness.queue import names
+from harness.queue.core import Queue
+from harness.queue.invariants import check
+from harness.queue.mounts import Mount, mount_of, multi_host_problem
+from harness.workspace import Workspace
+from tests.wsutil import events, heartbeat_of, kill_all, make_workspace, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+
+MULTI = "multi_host = true\nhost_stale_after = 3.0\n"
+
+
+@pytest.fixture
+def ws(tmp_path):
+    ws = make_workspace(tmp_path / "ws")
+    text = (ws.root / "harness.toml").read_text().replace("[run]\n", "[run]\n" + MULTI)
+    (ws.root / "harness.toml").write_text(text + '\n[agent]\npreset = "shell"\n')
+    yield ws
+    kill_all(ws)
+
+
+def start_host(ws, host: str, *args: str) -> subprocess.Popen[bytes]:
+    log = open(ws.root / f"{host}.out", "ab")
+    with log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "harness.cli", "--root", str(ws.root), "run", *args],
+            stdout=log, stderr=log, start_new_session=True,
+            env={**os.environ, hosts.HOST_ID_ENV: host})
+
+
+def host_processes(ws, host: str) -> list[int]:
+    """The pids of a host's coordinator, workers and agents, from its own event log."""
+    pids = set()
+    for ev in events(ws):
+        if ev.get("event") == "worker-spawn" and ev["worker"].startswith(host + "."):
+            pids.add(ev["pid"])
+        if ev.get("event") == "agent-start" and ev["worker"].startswith(host + "."):
+            pids.add(ev["agent_pid"])
+    return sorted(pids)
+
+
+def signal_host(ws, proc, host: str, sig: int) -> None:
+    for pid in [proc.pid, *host_processes(ws, host)]:
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def done_once(ws, ids) -> None:
+    done = Counter(names.parse(e).id for e in names.entries(ws.queue_dir / "done"))
+    assert sorted(done) == sorted(ids) and set(done.values()) == {1}
+    ends = Counter(e["item"] for e in events(ws) if e.get("event") == "attempt-end"
+                   and e.get("queue") == "done")
+    assert ends == Counter({i: 1 for i in ids}), "an item was recorded done twice"
+    assert check(ws.queue_dir) == []
+
+
+def enqueue(ws, n, seconds=0.0):
+    queue = Queue(ws.queue_dir)
+    ids = [f"item-{i:02d}" for i in range(n)]
+    for item_id in ids:
+        queue.enqueue({"id": item_id, "command": f"sleep {seconds}; echo {item_id} > {item_id}"})
+    return ids
+
+
+def test_two_hosts_share_the_queue_each_item_once_and_no_name_collides(ws):
+    ids = enqueue(ws, 30)
+    a, b = start_host(ws, "hostA", "--agents", "2"), start_host(ws, "hostB", "--agents", "2")
+    try:
+        assert a.wait(timeout=120) == 0, (ws.root / "hostA.out").read_text()
+        assert b.wait(timeout=120) == 0, (ws.root / "hostB.out").read_text()
+    finally:
+        kill_all(ws, a)
+        kill_all(ws, b)
+    done_once(ws, ids)
+    workers = {e["worker"] for e in events(ws) if e.get("event") == "attempt-end"}
+    assert workers <= {"hostA.w1", "hostA.w2", "hostB.w1", "hostB.w2"}
+    assert {w.split(".")[0] for w in workers} == {"hostA", "hostB"}, "one host did all"
+    logs = sorted(p.name for p in (ws.state_dir / "events").iterdir())
+    assert logs == ["hostA.jsonl", "hostB.jsonl"] and not ws.events_file.exists()
+    for host in ("hostA", "hostB"):
+        starts = [e for e in events(ws) if e.get("event") == "worker-start"
+                  and e["worker"].startswith(host)]
+        assert all(e["pid"] in host_processes(ws, host) for e in starts)
+
+
+def test_a_sigkilled_host_is_buried_and_its_claims_run_elsewhere(ws):
+    ids = enqueue(ws, 12, seconds=0.5)
+    a = start_host(ws, "hostA", "--agents", "2", "--forever")
+    b = None
+    try:
+        wait_for(lambda: any((heartbeat_of(ws, f"hostA.w{n}") or {}).get("agent_pid")
+                             for n in (1, 2)), 30, "host A to be working")
+        b = start_host(ws, "hostB", "--agents", "2")
+        wait_for(lambda: (ws.hosts_dir / "hostB.json").exists(), 30, "host B to start")
+        signal_host(ws, a, "hostA", signal.SIGKILL)
+        assert b.wait(timeout=120) == 0, (ws.root / "hostB.out").read_text()
+    finally:
+        kill_all(ws, a)
+        if b is not None:
+            kill_all(ws, b)
+    dead = [e for e in events(ws) if e.get("event") == "host-dead"]
+    assert [e["host"] for e in dead] == ["hostA"] and dead[0]["source"] == "coordinator"
+    assert (ws.hosts_dir / "hostA.dead").exists()
+    done_once(ws, ids)
+    status = subprocess.run([sys.executable, "-m", "harness.cli", "--root", str(ws.root),
+                             "status"], capture_output=True, text=True).stdout
+    assert "host     hostA  DEAD (declared by hostB)" in status, status
+    assert "host     hostB" not in status  # it ended cleanly: its lease is gone
+
+
+def test_a_frozen_host_that_wakes_after_its_burial_stops_and_records_nothing(ws):
+    ids = enqueue(ws, 10, seconds=1.0)
+    a = start_host(ws, "hostA", "--agents", "2", "--forever")
+    b = None
+    try:
+        wait_for(lambda: all((heartbeat_of(ws, f"hostA.w{n}") or {}).get("agent_pid")
+                             for n in (1, 2)), 30, "both of host A's workers to be working")
+        frozen = {heartbeat_of(ws, f"hostA.w{n}")["item_id"] for n in (1, 2)}
+        signal_host(ws, a, "hostA", signal.SIGSTOP)
+        b = start_host(ws, "hostB", "--agents", "2", "--forever")
+        wait_for(lambda: any(e.get("event") == "host-dead" for e in events(ws)), 60,
+                 "host B to bury host A")
+        buried_at = next(e["ts"] for e in events(ws) if e.get("event") == "host-dead")
+        wait_for(lambda: all((ws.queue_dir / "done").glob(f"*.{i}~*") for i in frozen), 60,
+                 "host B to run what host A held")
+        signal_host(ws, a, "hostA", signal.SIGCONT)
+        assert a.wait(timeout=60) == 3, (ws.root / "hostA.out").read_text()
+        assert "declared dead by host hostB" in (ws.root / "hostA.out").read_text()
+        wait_for(lambda: len(names.entries(ws.queue_dir / "done")) == len(ids), 90,
+                 "every item to be done")
+        b.terminate()
+        assert b.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        kill_all(ws, a)
+        if b is not None:
+            kill_all(ws, b)
+    late = [e for e in events(ws) if e.get("event") == "attempt-end" and e["ts"] > buried_at
+            and str(e.get("worker")).startswith("hostA.") and e.get("queue") != "none"]
+    assert late == [], f"host A recorded after its burial: {late}"
+    done_once(ws, ids)
+    assert any(e.get("event") == "host-fenced" for e in events(ws))
+
+
+def test_a_second_coordinator_with_the_same_host_id_is_refused(ws):
+    a = start_host(ws, "hostA", "--agents", "1", "--forever")
+    try:
+        wait_for(lambda: (ws.hosts_dir / "hostA.json").exists(), 30, "host A to start")
+        twin = subprocess.run([sys.executable, "-m", "harness.cli", "--root", str(ws.root),
+                               "run", "--agents", "1"], capture_output=True, text=True,
+                              timeout=60, env={**os.environ, hosts.HOST_ID_ENV: "hostA"})
+        assert twin.returncode == 2 and "hostA" in twin.stderr, twin.stderr
+    finally:
+        kill_all(ws, a)
+
+
+def test_a_lease_written_by_someone_else_refuses_the_host_id(tmp_path):
+    """Where the host lock is lost (two NFS clients with one hostname), the lease's moving
+    counter is the proof that another coordinator owns the id."""
+    import threading
+
+    from harness.pool.hostwatch import DuplicateHost, HostWatch
+
+    ws = Workspace.at(tmp_path, host="twin")
+    ws.make_dirs()
+    other = HostWatch(ws, 60.0, lambda *a, **k: None)
+    other.start()
+    stop = threading.Event()
+    beating = threading.Thread(target=lambda: [other.writer.beat() for _ in iter(
+        lambda: stop.wait(0.05), True)])
+    beating.start()
+    try:
+        with pytest.raises(DuplicateHost, match="twin"):
+            HostWatch(ws, 60.0, lambda *a, **k: None).start()
+    finally:
+        stop.set()
+        beating.join()
+
+
+MOUNTINFO = """\
+22 1 8:1 / / rw,relatime - ext4 /dev/vda rw
+40 22 0:40 / /mnt/nolock rw,relatime - nfs4 srv:/x rw,vers=4.2,local_lock=all,addr=10.0.0.1
+41 22 0:41 / /mnt/v3 rw,relatime - nfs srv:/y rw,vers=3,addr=10.0.0.1
+42 22 0:42 / /mnt/v40 rw,relatime - nfs4 srv:/z rw,vers=4.0,addr=10.0.0.1
+43 22 0:43 / /mnt/good rw,relatime - nfs4 srv:/w rw,vers=4.2,local_lock=none,addr=10.0.0.1
+44 22 0:44 / /mnt/smb rw,relatime - cifs //srv/share rw,vers=3.0
+45 22 0:45 / /mnt/v3nolock rw,relatime - nfs srv:/v rw,vers=3,nolock,addr=10.0.0.1
+"""
+
+
+@pytest.mark.parametrize("path, refused", [
+    ("/work/x", None), ("/mnt/nolock/q", "per-host locks"), ("/mnt/v3/q", "NFSv4.1"),
+    ("/mnt/v40/q", "NFSv4.1"), ("/mnt/good/q", None), ("/mnt/smb/q", "not a filesystem known"),
+    ("/mnt/v3nolock/q", "per-host locks")])
+def test_filesystems_that_do_not_hold_across_hosts_are_refused(tmp_path, path, refused):
+    info = tmp_path / "mountinfo"
+    info.write_text(MOUNTINFO)
+    mount = mount_of(path, str(info))
+    assert isinstance(mount, Mount)
+    problem = multi_host_problem(mount)
+    assert (problem is None) if refused is None else (refused in problem), problem
+
+
+def test_this_machines_workspace_filesystem_passes(tmp_path):
+    assert multi_host_problem(mount_of(tmp_path)) is None
+
+
+def test_run_refuses_a_bad_host_id(ws):
+    bad = subprocess.run([sys.executable, "-m", "harness.cli", "--root", str(ws.root), "run"],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, hosts.HOST_ID_ENV: "a/b"})
+    assert bad.returncode == 2 and "HARNESS_HOST_ID" in bad.stderr, bad.stderr
+
+
+def test_hosts_ids_default_to_hostname_and_boot_id():
+    ident = hosts.host_id({})
+    assert "." not in ident and len(ident.rsplit("-", 1)[1]) == 8
+    assert hosts.host_id({hosts.HOST_ID_ENV: "rack2-node7"}) == "rack2-node7"
+
+
+def test_workspace_names_are_per_host(tmp_path):
+    ws = Workspace.at(tmp_path, host="hostA")
+    assert ws.worker_name(3) == "hostA.w3"
+    assert ws.events_file == tmp_path.resolve() / "state" / "events" / "hostA.jsonl"
+    assert ws.coordinator_lock.name == "hostA.lock" and ws.run_file.name == "hostA.run.json"
+    single = Workspace.at(tmp_path)
+    assert single.worker_name(3) == "w3" and single.events_file.name == "events.jsonl"
+    assert Path(single.coordinator_lock).name == "coordinator.lock"
