@@ -1,8 +1,8 @@
 """Replay an attempt's agent output into timeline records, tool calls and errors.
 
 :class:`Transcript` feeds each line of events.jsonl to
-:class:`harness.agents.session.StreamState` (the parser the worker uses, so derived
-metrics agree with metrics.json), describes each event in one line, and on the
+:class:`harness.agents.streams.AnyStream` (the handlers the worker uses for Claude's
+and Codex's streams, so derived metrics agree with metrics.json), describes each event in one line, and on the
 way collects the tool calls and everything that went wrong. A shell agent's
 stdout.log is replayed as text. Pure: no I/O, no click.
 """
@@ -14,7 +14,8 @@ from datetime import datetime
 
 import orjson
 
-from harness.agents.session import StreamState, _short, _text
+from harness.agents.session import short as _short, text_of as _text
+from harness.agents.streams import AnyStream
 
 PREVIEW_CHARS = 100
 ARG_KEYS = ("command", "file_path", "path", "pattern", "description", "url", "query", "prompt")
@@ -83,7 +84,7 @@ class Transcript:
 
     def __init__(self, text_mode: bool = False) -> None:
         self.text_mode = text_mode
-        self.state = StreamState()
+        self.state = AnyStream()
         self.lineno = 0
         self.records: list[dict] = []
         self.events: list[object] = []  # every JSON value, in order
