@@ -105,9 +105,11 @@ def toml_value(value: Any) -> str:
 
 
 def claude_env(binary: Path, api_url: str, home: Path, **extra: str) -> dict[str, str]:
-    """[agent] env for claude against the fake: its own HOME, the fake's URL and key."""
-    return {"PATH": f"{binary.parent}:{BASE_PATH}", "HOME": str(home),
-            "ANTHROPIC_BASE_URL": api_url, "ANTHROPIC_API_KEY": "test-key", **extra}
+    """[agent] env for claude against the fake: its own HOME, the fake's URL and key
+    (``extra`` adds variables; one given as "" is left out)."""
+    env = {"PATH": f"{binary.parent}:{BASE_PATH}", "HOME": str(home),
+           "ANTHROPIC_BASE_URL": api_url, "ANTHROPIC_API_KEY": "test-key", **extra}
+    return {k: v for k, v in env.items() if v != ""}
 
 
 def codex_env(binary: Path, api_url: str, home: Path, provider: dict[str, Any] | None = None,

@@ -11,6 +11,7 @@ CLIs' own knobs and the fake's parameters, never from sleeping.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -113,3 +114,202 @@ def test_bash(tmp_path, api, cli):
     m = metrics(ws, "it")
     assert m["tool_calls"] == ({"Bash": 1} if cli == "claude" else {"shell": 1})
     assert m["turns"] == 2
+
+
+@BOTH
+def test_max_turns(tmp_path, api, cli):
+    ws = WORKSPACES[cli](tmp_path, api, max_turns=3)
+    code, run = run_one(ws, "[[fake:max_turns]]")
+    r, m = result(ws, "it"), metrics(ws, "it")
+    assert (code, r["reason"], r["queue"]) == (1, "failed", "failed"), run.output()
+    assert "max_turns" in r["detail"] and "3" in r["detail"], r["detail"]
+    assert sum(m["tool_calls"].values()) == 3  # the third tool call is the last one run
+
+
+@BOTH
+def test_long_tool_is_not_a_stall(tmp_path, api, cli):
+    # stall_after is shorter than the tool: the open tool call is allowed its timeout.
+    ws = WORKSPACES[cli](tmp_path, api, stall_after=1.5)
+    code, run = run_one(ws, "[[fake:long_tool secs=4]]")
+    assert (code, result(ws, "it")["reason"]) == (0, "succeeded"), run.output()
+    tool = "tool Bash: sleep 4" if cli == "claude" else "tool shell: sleep 4"
+    assert any(a.startswith(tool) for a in run.activities), run.activities
+
+
+@BOTH
+def test_background_task(tmp_path, api, cli):
+    ws = WORKSPACES[cli](tmp_path, api, stall_after=1.5)
+    code, run = run_one(ws, "[[fake:background secs=3]]")
+    r, m = result(ws, "it"), metrics(ws, "it")
+    assert (code, r["reason"]) == (0, "succeeded"), run.output()
+    if cli == "claude":  # claude waits for the task, then a second turn reads its output
+        assert m["turns"] == 3
+        assert git(ws, "show", "harness/it:fake_background.txt").strip() == "background done"
+    else:  # codex ends its background command when it exits
+        assert m["turns"] == 1
+
+
+@BOTH
+def test_rate_limit_retries_are_shown_and_allowed(tmp_path, api, cli):
+    # The CLI waits retry-after between its retries; stall_after is shorter than that wait.
+    after, stall = (2, 1.5) if cli == "claude" else (1, 5)
+    provider = {"stream_max_retries": 5} if cli == "codex" else None
+    kw = {"provider": provider} if cli == "codex" else {}
+    ws = WORKSPACES[cli](tmp_path, api, stall_after=stall, **kw)
+    code, run = run_one(ws, f"[[fake:rate_429 retries=2 after={after}]]")
+    assert (code, result(ws, "it")["reason"]) == (0, "succeeded"), run.output()
+    shown = [a for a in run.activities if a.startswith("retrying ")]
+    expect = "retrying 1/10 (rate_limit, 2 s)" if cli == "claude" else "retrying 1/5 (rate_limit)"
+    assert expect in shown, run.activities
+
+
+@BOTH
+def test_bad_request_fails_the_item(tmp_path, api, cli):
+    ws = WORKSPACES[cli](tmp_path, api)
+    code, run = run_one(ws, "[[fake:bad_400]]")
+    r = result(ws, "it")
+    assert (code, r["reason"], r["queue"]) == (1, "failed", "failed"), run.output()
+    assert "fakeapi: bad request" in r["detail"]
+
+
+@BOTH
+@pytest.mark.parametrize("marker", ["hang_after_first_delta", "no_response"])
+def test_a_hung_endpoint_is_a_stall(tmp_path, api, cli, marker):
+    ws = WORKSPACES[cli](tmp_path, api, stall_after=2)
+    code, run = run_one(ws, f"[[fake:{marker}]]")
+    r, m = result(ws, "it"), metrics(ws, "it")
+    assert (code, r["reason"], r["queue"]) == (1, "stalled", "failed"), run.output()
+    assert m["partial"] is True, "killed before its totals: counted from the stream, marked"
+
+
+# --- the API's trouble: transient, limits, logins ------------------------------------
+
+
+def first_attempt_ended(ws, reason):
+    return wait_for(lambda: [e for e in events(ws) if e["event"] == "attempt-end"
+                             and e["reason"] == reason], 60, f"an attempt ending {reason}")
+
+
+SWITCHABLE = "{{PROMPT}}\n"  # the template; a marker after it overrides the prompt's
+# claude retries an overloaded API 10 times (minutes of backoff) unless told otherwise
+FEW_RETRIES = {"claude": {"env": {"CLAUDE_CODE_MAX_RETRIES": "2"}}, "codex": {}}
+
+
+@BOTH
+def test_overload_is_retried_free_and_not_counted_by_the_breaker(tmp_path, api, cli):
+    # The marker in the template overloads the first attempt; once that attempt is over
+    # the template loses it, and the retry (after the backoff) succeeds.
+    ws = WORKSPACES[cli](tmp_path, api, backoff=3.0, breaker=1, max_attempts=1,
+                         **FEW_RETRIES[cli], template=SWITCHABLE + "[[fake:overload_529]]\n")
+    Queue(ws.queue_dir).enqueue({"id": "it", "title": "it", "prompt": "[[fake:text]]"})
+    with AgentRun(ws) as run:
+        first_attempt_ended(ws, "overloaded")
+        (ws.root / "prompts" / "bootstrap.md").write_text(SWITCHABLE)
+        assert run.wait() == 0, run.output()
+    nothing_left(ws)
+    r1 = result(ws, "it", 1)
+    assert (r1["reason"], r1["queue"]) == ("overloaded", "waiting"), r1
+    assert "529" in r1["detail"] or "Overloaded" in r1["detail"]
+    assert result(ws, "it", 2)["reason"] == "succeeded"
+    state, name = state_of(ws, "it")
+    assert (state, name.attempt, name.free) == ("done", 2, 1), "the overloaded attempt was free"
+    assert not [e for e in events(ws) if e["event"] == "circuit-open"]
+    if cli == "claude":
+        assert any(a.startswith("retrying 1/2 (overloaded, ") for a in run.activities), \
+            run.activities
+
+
+@BOTH
+def test_a_mid_stream_error_with_no_retries_left_fails_as_overloaded(tmp_path, api, cli):
+    ws = WORKSPACES[cli](tmp_path, api, transient_retries=0, **FEW_RETRIES[cli])
+    code, run = run_one(ws, "[[fake:sse_error]]")
+    r = result(ws, "it")
+    assert (code, r["reason"], r["queue"]) == (1, "overloaded", "failed"), run.output()
+    assert "transient_retries" in (ws.queue_dir / "failed").joinpath(
+        str(state_of(ws, "it")[1]) + ".reason").read_text()
+
+
+@BOTH
+def test_bad_credentials_end_the_session_at_once_and_pause_the_pool(tmp_path, api, cli):
+    # claude with its default 10 retries (3 minutes of them) and codex with its default
+    # request retries: the first retry that says 401 ends the session.
+    provider = {"request_max_retries": 4, "stream_max_retries": 5}
+    ws = claude_ws(tmp_path, api) if cli == "claude" else codex_ws(tmp_path, api, provider)
+    Queue(ws.queue_dir).enqueue({"id": "it", "title": "it", "prompt": "[[fake:auth_401]]"})
+    with AgentRun(ws) as run:
+        first_attempt_ended(ws, "auth_failed")
+        assert run.interrupt() == 130
+    nothing_left(ws)
+    r = result(ws, "it")
+    assert (r["reason"], r["queue"]) == ("auth_failed", "waiting"), r
+    assert len(api.main_requests) <= 2, "stopped at the first retry, not after all of them"
+    pause = ws.interrupt_file.read_text()
+    assert pause.startswith("auth_failed:") and "doctor --check-auth" in pause
+    assert "parallel-harness resume" in pause
+    state, name = state_of(ws, "it")
+    assert (state, name.attempt, name.free) == ("waiting", 2, 1), "no attempt burned"
+    assert "authentication failed" in run.activities
+
+
+def test_codex_quota_pauses_the_pool_with_the_fix(tmp_path, api):
+    ws = codex_ws(tmp_path, api)
+    Queue(ws.queue_dir).enqueue({"id": "it", "title": "it", "prompt": "[[fake:quota]]"})
+    with AgentRun(ws) as run:
+        first_attempt_ended(ws, "quota")
+        assert run.interrupt() == 130
+    nothing_left(ws)
+    assert result(ws, "it")["detail"].startswith("Quota exceeded")
+    assert "add credits" in ws.interrupt_file.read_text()
+    assert state_of(ws, "it")[1].free == 1
+
+
+@BOTH
+def test_a_usage_limit_with_a_reset_time_pauses_until_then(tmp_path, api, cli):
+    reset = int(time.time()) + 7200
+    oauth = {"ANTHROPIC_API_KEY": "", "CLAUDE_CODE_OAUTH_TOKEN": "fake-oauth-token"}
+    ws = claude_ws(tmp_path, api, env=oauth) if cli == "claude" else codex_ws(tmp_path, api)
+    Queue(ws.queue_dir).enqueue({"id": "it", "title": "it",
+                                 "prompt": f"[[fake:usage_limit reset={reset}]]"})
+    with AgentRun(ws) as run:
+        first_attempt_ended(ws, "rate_limited")
+        assert run.interrupt() == 130
+    nothing_left(ws)
+    assert abs(ws.resume_at() - reset) <= 60  # codex says the minute only
+    assert "limit reached; resets at" in result(ws, "it")["detail"]
+    assert state_of(ws, "it")[1].free == 1
+
+
+def test_claude_per_minute_rate_limit_backs_off_by_retry_after(tmp_path, api):
+    # An API key gets no rate_limit_event: the exhausted 429 is a rate limit, backed off
+    # by the CLI's announced delay (retry-after), not the long usage-limit pause.
+    ws = claude_ws(tmp_path, api, env={"CLAUDE_CODE_MAX_RETRIES": "1"},
+                   template=SWITCHABLE + "[[fake:rate_429 retries=9 after=3]]\n")
+    Queue(ws.queue_dir).enqueue({"id": "it", "title": "it", "prompt": "[[fake:text]]"})
+    with AgentRun(ws) as run:
+        wait_for(lambda: [e for e in events(ws) if e["event"] == "rate-limited"], 60,
+                 "the rate-limit pause")
+        (ws.root / "prompts" / "bootstrap.md").write_text(SWITCHABLE)
+        assert run.wait() == 0, run.output()
+    nothing_left(ws)
+    r1 = result(ws, "it", 1)
+    assert r1["reason"] == "rate_limited", r1
+    assert re.search(r"rate limit \(429\); backing off [34] s", r1["detail"]), r1["detail"]
+    assert result(ws, "it", 2)["reason"] == "succeeded"
+    assert [e["why"] for e in events(ws) if e["event"] == "resumed"] == [
+        "rate-limit reset time reached"]
+
+
+# --- resume ----------------------------------------------------------------------------
+
+
+@BOTH
+def test_resume_continues_the_session_after_a_stall(tmp_path, api, cli):
+    ws = WORKSPACES[cli](tmp_path, api, stall_after=2, max_attempts=2, resume=True,
+                         resume_prompt="Go on ({{REASON}}). [[fake:write_commit]]")
+    code, run = run_one(ws, "[[fake:hang_after_first_delta]]")
+    r1, r2 = result(ws, "it", 1), result(ws, "it", 2)
+    assert (code, r1["reason"], r2["reason"]) == (0, "stalled", "succeeded"), run.output()
+    assert r2["resumed_from"]["session_id"] == r1["session_id"] == r2["session_id"]
+    assert r2["resumed_from"]["attempt"] == 1
+    assert (ws.attempt_dir("it", 2) / "prompt.md").read_text().startswith("Go on (stalled).")
+    assert git(ws, "show", "harness/it:fake_commit.txt") == "written by fakeapi\n"

@@ -115,7 +115,6 @@ class ClaudeStream(StreamState):
             self._msg_usage[key] = _usage(usage, _USAGE_KEYS)
             self._set_tokens(self._msg_usage.values())
             self.metrics.turns = self._turns_before + len(self._msg_usage)
-            self.metrics.partial = True
         for block in as_(msg.get("content"), list, []):
             self._block(as_(block, dict, {}))
         if ev.get("error") == "rate_limit":  # the CLI's own message after a rejected request
@@ -169,7 +168,6 @@ class ClaudeStream(StreamState):
             self._set_tokens(_usage(u, _MODEL_USAGE_KEYS) for u in model_usage)
         elif isinstance(ev.get("usage"), dict) and not self._msg_usage:
             self._set_tokens([_usage(ev["usage"], _USAGE_KEYS)])
-        m.partial = False
         m.cost_usd = num(ev.get("total_cost_usd"), m.cost_usd)
         m.turns = self._turns_before + int(num(ev.get("num_turns"), m.turns - self._turns_before))
         m.duration_s = num(ev.get("duration_ms"), m.duration_s * 1000) / 1000

@@ -21,6 +21,7 @@ session itself past ``[agent] max_turns``, and leaves ``cost_usd`` at 0.
 from __future__ import annotations
 
 import re
+import shlex
 from typing import Any, Final
 
 from harness.agents.session import (
@@ -64,7 +65,6 @@ class CodexStream(StreamState):
     def _turn_started(self, ev: dict) -> None:
         self._started_turns += 1
         self._count_turns()
-        self.metrics.partial = True
         self.activity = "thinking"
 
     def _count_turns(self) -> None:
@@ -113,7 +113,7 @@ class CodexStream(StreamState):
             return
         why = match.group(3)
         status = _status(why)
-        self.retry = Retry(int(match.group(1)), int(match.group(2)), 0.0,
+        self.retry = Retry(int(match.group(1)), int(match.group(2)), None,
                            _why(status, why), status)
         self.activity = short(self.retry.describe())
         if api_problem(status, why) == "auth_failed":
@@ -128,7 +128,6 @@ class CodexStream(StreamState):
         m.cache_read_tokens += cached
         m.cache_creation_tokens += written
         m.output_tokens += int(num(usage.get("output_tokens")))
-        m.partial = False
         self.result, self.result_is_error = ev, False
         self.open_tools.clear()
         self.activity = "finished"
@@ -172,13 +171,24 @@ def knows(kind: str) -> bool:
 def _tool(kind: str, item: dict) -> tuple[str, str]:
     """(tool name for the metrics, its telling argument) of a tool item."""
     if kind == "command_execution":
-        return "shell", _SHELL_PREFIX_RE.sub("", as_(item.get("command"), str, ""))
+        return "shell", _command(as_(item.get("command"), str, ""))
     if kind == "file_change":
         paths = [c.get("path") for c in as_(item.get("changes"), list, []) if isinstance(c, dict)]
         return "patch", " ".join(p for p in paths if isinstance(p, str))
     if kind == "mcp_tool_call":
         return f"mcp {item.get('server')}.{item.get('tool')}", ""
     return "web_search", as_(item.get("query"), str, "")
+
+
+def _command(command: str) -> str:
+    """The script of ``/bin/bash -lc '<script>'`` (how codex reports each command)."""
+    if not _SHELL_PREFIX_RE.match(command):
+        return command
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return _SHELL_PREFIX_RE.sub("", command)
+    return words[2] if len(words) == 3 else _SHELL_PREFIX_RE.sub("", command)
 
 
 def _status(text: str) -> int | None:

@@ -46,7 +46,7 @@ _OVERLOAD_RE = re.compile(r"overloaded|\b(?:50[0-4]|529)\b|at capacity|server[_ 
                           r"internal server error|service unavailable|timed out|"
                           r"idle timeout|stream disconnected|high demand|temporar(?:y|ily)", re.I)
 _PIPE_EPOCH_RE = re.compile(r"\|\s*(\d{9,11})\b")
-_CLOCK_RE = re.compile(r"resets?(?: at)? (1[0-2]|0?[1-9])(?::([0-5]\d))?\s*(am|pm)"
+_CLOCK_RE = re.compile(r"(?:resets?(?: at)?|try again at) (1[0-2]|0?[1-9])(?::([0-5]\d))?\s*(am|pm)"
                        r"(?:\s*\(([\w/+-]+)\))?", re.I)
 # Codex: "Try again at Mar 17th, 2030 5:46 PM." (local time of the machine running codex)
 _DATE_RE = re.compile(r"(?:try again|resets?) (?:at|on) ([A-Z][a-z]{2,8}) (\d{1,2})(?:st|nd|rd|th)?"
@@ -101,13 +101,14 @@ class Retry:
 
     attempt: int
     max_retries: int | None
-    delay_s: float
+    delay_s: float | None  # None: the CLI did not say
     why: str
     status: int | None = None
 
     def describe(self) -> str:
         of = f"/{self.max_retries}" if self.max_retries else ""
-        return f"retrying {self.attempt}{of} ({self.why}, {self.delay_s:.0f} s)"
+        wait = f", {self.delay_s:.0f} s" if self.delay_s is not None else ""
+        return f"retrying {self.attempt}{of} ({self.why}{wait})"
 
 
 class StreamState:
@@ -180,12 +181,13 @@ class StreamState:
             handler(self, event)
         except Exception as exc:  # a known type in an unexpected shape
             self.metrics.note_error(f"malformed {event['type']} event: {exc!r}")
+        self.metrics.partial = self.result is None  # no totals of the session's own yet
         return event
 
     def quiet_allowance(self) -> float:
         """Seconds of silence allowed beyond ``stall_after`` from the last line: the
         announced retry delay, or the longest timeout of a tool call still running."""
-        waits = [self.retry.delay_s if self.retry else 0.0, *self.open_tools.values()]
+        waits = [(self.retry.delay_s or 0.0) if self.retry else 0.0, *self.open_tools.values()]
         return max(waits)
 
     def result_text(self) -> str:
@@ -324,8 +326,8 @@ def parse_reset(text: str, now: float) -> float | None:
     """The reset time in a limit message as epoch seconds, or None if it names none.
 
     Forms: ``...usage limit reached|1763800000``, ``resets 3pm (Europe/Berlin)`` or
-    ``reset at 9:30am`` (the next such time after ``now``; the local zone if none),
-    and Codex's ``Try again at Mar 17th, 2030 5:46 PM`` (local time).
+    ``reset at 9:30am`` or Codex's ``Try again at 11:33 AM`` (the next such time after
+    ``now``; the local zone if none), and ``Try again at Mar 17th, 2030 5:46 PM`` (local).
     """
     if match := _PIPE_EPOCH_RE.search(text):
         return float(match.group(1))

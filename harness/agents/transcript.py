@@ -1,9 +1,9 @@
 """Replay an attempt's agent output into timeline records, tool calls and errors.
 
 :class:`Transcript` feeds each line of events.jsonl to
-:class:`harness.agents.streams.AnyStream` (the handlers the worker uses for Claude's
-and Codex's streams, so derived metrics agree with metrics.json), describes each event in one line, and on the
-way collects the tool calls and everything that went wrong. A shell agent's
+:class:`harness.agents.streams.AnyStream` (the handlers the worker uses for Claude's and
+Codex's streams, so derived metrics agree with metrics.json), describes each event in
+one line, and on the way collects the tool calls and everything that went wrong. A shell agent's
 stdout.log is replayed as text. Pure: no I/O, no click.
 """
 

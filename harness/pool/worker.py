@@ -409,7 +409,10 @@ class Worker:
             return "fenced"
         if self.ws.cancel_requested(claim.id):
             return "cancelled"
-        return STOP if att.stream.stop_now else None
+        if att.stream.stop_now:
+            self.beat(force=True, doing=att.stream.activity)  # why it ends, for the operator
+            return STOP
+        return None
 
     def record(self, claim: Claim, att: Attempt) -> str:
         """Move the claim to its outcome; return the queue state it went to."""
