@@ -158,8 +158,8 @@ class AgentRun:
     workers' heartbeats is kept in ``activities``. Use as a context manager; on exit
     the coordinator and every recorded worker and agent process group is killed."""
 
-    def __init__(self, ws: Workspace, *args: str) -> None:
-        self.ws, self.args = ws, args
+    def __init__(self, ws: Workspace, *args: str, agents: int = 1) -> None:
+        self.ws, self.args, self.agents = ws, args, agents
         self.activities: list[str] = []
         self.proc: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
@@ -170,7 +170,7 @@ class AgentRun:
         with log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "harness.cli", "--root", str(self.ws.root), "run",
-                 "--agents", "1", *self.args], stdout=log, stderr=log, env=caller_env(),
+                 "--agents", str(self.agents), *self.args], stdout=log, stderr=log, env=caller_env(),
                 start_new_session=True)
         self._watcher.start()
         return self

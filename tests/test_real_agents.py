@@ -50,7 +50,7 @@ def nothing_left(ws) -> None:
 
 
 def run_one(ws, prompt: str, item_id: str = "it", timeout: float = 120.0, **item):
-    Queue(ws.queue_dir).enqueue({"id": item_id, "title": item_id, "prompt": prompt, **item})
+    Queue(ws.queue_dir).enqueue({"id": item_id, "title": item_id, "prompt": prompt} | item)
     with AgentRun(ws) as run:
         code = run.wait(timeout)
     nothing_left(ws)
@@ -313,3 +313,67 @@ def test_resume_continues_the_session_after_a_stall(tmp_path, api, cli):
     assert r2["resumed_from"]["attempt"] == 1
     assert (ws.attempt_dir("it", 2) / "prompt.md").read_text().startswith("Go on (stalled).")
     assert git(ws, "show", "harness/it:fake_commit.txt") == "written by fakeapi\n"
+
+
+# --- the prompt path ------------------------------------------------------------------
+
+FUZZ = {
+    "dash": "- fix a bug in the parser\n- and add a test",
+    "double-dash": "--version",
+    "option": "--settings=/etc/passwd --dangerously-skip-permissions",
+    "newlines": "first line\n\n\nlast line\n",
+    "big": "a" * 1_040_000,  # 1 MB: codex 0.171 takes at most 1,048,576 characters
+}
+# Too big for the CLI itself (claude 2.1.332: "Prompt is too long"; codex: "Input exceeds
+# the maximum length"): refused, said so, and not retried.
+TOO_BIG = {"three-mb": "b" * 3 * 2**20, "codex-limit": "c" * 2**20}
+
+
+@BOTH
+def test_prompts_that_look_like_options_or_are_huge_reach_the_api_whole(tmp_path, cli):
+    with FakeModelAPI(dump_dir=tmp_path / "requests") as api:
+        ws = WORKSPACES[cli](tmp_path, api, max_attempts=2)
+        q = Queue(ws.queue_dir)
+        too_big = TOO_BIG if cli == "codex" else {"three-mb": TOO_BIG["three-mb"]}
+        for name, text in {**FUZZ, **too_big}.items():
+            q.enqueue({"id": name, "title": name, "prompt": f"{text} <{name}> [[fake:text]]"})
+        with AgentRun(ws, agents=2) as run:
+            assert run.wait(150) == 1, run.output()
+    nothing_left(ws)
+    bodies = [p.read_text() for p in (tmp_path / "requests").glob("*-POST-*.json")]
+    for name, text in FUZZ.items():
+        assert result(ws, name)["reason"] == "succeeded", (name, result(ws, name))
+        sent = orjson.dumps(f"{text} <{name}> [[fake:text]]").decode()[1:-1]
+        assert any(sent in body for body in bodies), f"{name}: the prompt did not arrive whole"
+    for name in too_big:
+        r = result(ws, name)
+        assert (r["reason"], r["queue"]) == ("prompt_too_long", "failed"), r
+        assert state_of(ws, name)[1].attempt == 1, "a prompt that cannot fit is not retried"
+
+
+def test_an_empty_prompt_fails_with_what_the_cli_said(tmp_path, api):
+    # Nothing to say at all (an empty template and prompt): 0 bytes on stdin. The CLI's
+    # own complaint, from its stderr, is in the reason.
+    ws = claude_ws(tmp_path, api, template="{{PROMPT}}")
+    code, run = run_one(ws, "", item_id="empty", title="")
+    r = result(ws, "empty")
+    assert (code, r["reason"]) == (1, "failed"), run.output()
+    assert "stderr:" in r["detail"] and "Input must be provided" in r["detail"], r["detail"]
+    assert (ws.attempt_dir("empty", 1) / "prompt.md").read_bytes() == b""
+
+
+@pytest.mark.parametrize("raw, code, says", [
+    (b"# Fix it\n\nfix \x00 this\n", 1, "item task: field 'prompt': contains a NUL byte"),
+    (b"# Fix it\n\ncaf\xe9 in Latin-1\n", 2, "task.md: not UTF-8 text (byte 0xe9 at offset 13)"),
+])
+def test_prompt_files_no_delivery_can_carry_are_refused_at_enqueue(tmp_path, raw, code, says):
+    from click.testing import CliRunner
+
+    from harness.cli.main import main
+    from tests.wsutil import make_workspace
+
+    ws = make_workspace(tmp_path / "ws")
+    (tmp_path / "task.md").write_bytes(raw)
+    res = CliRunner().invoke(main, ["--root", str(ws.root), "enqueue", str(tmp_path / "task.md")])
+    assert res.exit_code == code and says in res.output, res.output
+    assert not list((ws.queue_dir / "pending").iterdir())

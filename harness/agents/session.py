@@ -29,8 +29,9 @@ ERROR_CHARS: Final = 200
 ACTIVITY_CHARS: Final = 80
 # Reasons an API problem ends a session with (see api_problem), besides the generic ones.
 API_REASONS: Final = frozenset({"auth_failed", "quota", "rate_limited", "overloaded"})
-REASONS: Final = frozenset("succeeded failed timed_out stalled crashed budget_exceeded".split()) \
-    | API_REASONS
+# prompt_too_long: the CLI or the API refused the prompt's size; a retry cannot help.
+REASONS: Final = frozenset("succeeded failed timed_out stalled crashed budget_exceeded "
+                           "prompt_too_long".split()) | API_REASONS
 RATE_LIMIT_BACKOFF: Final = 60.0  # seconds, for a 429 whose retry delay nobody announced
 TOOL_TIMEOUT: Final = 600.0  # default silence allowed for an open tool call (Bash's maximum)
 
@@ -45,6 +46,8 @@ _QUOTA_RE = re.compile(r"quota exceeded|insufficient[_ ]quota|credit balance is 
 _OVERLOAD_RE = re.compile(r"overloaded|\b(?:50[0-4]|529)\b|at capacity|server[_ ]error|"
                           r"internal server error|service unavailable|timed out|"
                           r"idle timeout|stream disconnected|high demand|temporar(?:y|ily)", re.I)
+_TOO_LONG_RE = re.compile(r"prompt is too long|input exceeds the maximum length|"
+                          r"input_too_large|argument list too long", re.I)
 _PIPE_EPOCH_RE = re.compile(r"\|\s*(\d{9,11})\b")
 _CLOCK_RE = re.compile(r"(?:resets?(?: at)?|try again at) (1[0-2]|0?[1-9])(?::([0-5]\d))?\s*(am|pm)"
                        r"(?:\s*\(([\w/+-]+)\))?", re.I)
@@ -254,8 +257,11 @@ def api_problem(status: int | None, text: str) -> str | None:
 
     401/403 and login texts: ``auth_failed``; billing quota texts: ``quota``; 429:
     ``rate_limited``; 5xx, 529, overload and timeout texts: ``overloaded`` (transient).
-    None when it is none of these (a 400 is the request's fault: ``failed``).
+    A prompt too long for the model or the CLI: ``prompt_too_long``. None when it is
+    none of these (another 400 is the request's fault: ``failed``).
     """
+    if _TOO_LONG_RE.search(text):
+        return "prompt_too_long"
     if status in (401, 403) or _AUTH_RE.search(text):
         return "auth_failed"
     if _QUOTA_RE.search(text):
@@ -297,6 +303,9 @@ def classify(exit_code: int | None, signal: int | None, state: StreamState, *,
         return "succeeded", f"{m.turns} turns, {tokens} tokens, ${m.cost_usd:.4f}"
     if state.problem is not None:
         return state.problem
+    refusal = [ln for ln in stderr_tail.splitlines() if _TOO_LONG_RE.search(ln)]
+    if state.result is None and refusal:  # refused before a turn began
+        return "prompt_too_long", short(refusal[-1], ERROR_CHARS)
     if signal and state.result is None:
         return "crashed", f"agent killed by signal {signal} before its result"
     how = f"signal {signal}" if signal else f"exit {exit_code}"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import time
@@ -53,8 +54,10 @@ RESUMABLE = frozenset({"overloaded", "stalled", "rate_limited"})
 # Reasons every other item would meet too: the pool pauses, with the fix, until `resume`.
 PAUSING = frozenset({"auth_failed", "quota"})
 STOP = "stop"  # _poll's abort when the stream says the session must end now
-STDERR_TAIL_BYTES = 4096
+STDERR_TAIL_BYTES = 8192
 STDERR_TAIL_LINES = 3
+# Stack frames say where a CLI died, not why: left out of the tail (Rust, Node, Python).
+_FRAME_RE = re.compile(r"^\s*(?:\d+: |at |File \"|Stack backtrace:|Traceback )")
 
 
 class Attempt:
@@ -430,6 +433,8 @@ class Worker:
             if att.reason == "released":
                 claim.release(0.0)
                 return "waiting"  # due at once, this attempt not counted
+            if att.reason == "prompt_too_long":  # the same prompt fails the same way
+                return claim.fail(f"{att.reason}: {att.detail}", retry=False)
             if att.reason == "cancelled":
                 (self.ws.cancel_dir / claim.id).unlink(missing_ok=True)
                 return claim.fail(f"cancelled: {att.detail}", retry=False)
@@ -512,7 +517,8 @@ def _stderr_tail(path: Path) -> str:
             data = f.read()
     except OSError:
         return ""
-    lines = [ln for ln in data.decode("utf-8", "replace").splitlines() if ln.strip()]
+    lines = [ln for ln in data.decode("utf-8", "replace").splitlines()
+             if ln.strip() and not _FRAME_RE.match(ln)]
     return "\n".join(lines[-STDERR_TAIL_LINES:])
 
 
