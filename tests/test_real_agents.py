@@ -376,4 +376,5 @@ def test_prompt_files_no_delivery_can_carry_are_refused_at_enqueue(tmp_path, raw
     (tmp_path / "task.md").write_bytes(raw)
     res = CliRunner().invoke(main, ["--root", str(ws.root), "enqueue", str(tmp_path / "task.md")])
     assert res.exit_code == code and says in res.output, res.output
-    assert not list((ws.queue_dir / "pending").iterdir())
+    pending = ws.queue_dir / "pending"
+    assert not pending.exists() or not list(pending.iterdir())
