@@ -45,8 +45,11 @@ def git(ws, *args):
 
 
 def nothing_left(ws) -> None:
+    """No process is left, and every attempt's stream was understood, event by event."""
     assert live_recorded(ws) == []
     assert processes_in(ws.root) == []
+    for path in ws.logs_dir.glob("*/*/metrics.json"):
+        assert orjson.loads(path.read_bytes())["unknown_events"] == 0, path
 
 
 def run_one(ws, prompt: str, item_id: str = "it", timeout: float = 120.0, **item):
