@@ -381,3 +381,55 @@ def test_prompt_files_no_delivery_can_carry_are_refused_at_enqueue(tmp_path, raw
     assert res.exit_code == code and says in res.output, res.output
     pending = ws.queue_dir / "pending"
     assert not pending.exists() or not list(pending.iterdir())
+
+
+# --- doctor ------------------------------------------------------------------------------
+
+
+def doctor(ws, *args):
+    import sys
+
+    from tests.agentclis import caller_env
+
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "--root", str(ws.root), "doctor",
+                           "--json", *args], capture_output=True, text=True, timeout=180,
+                          env=caller_env())
+    return proc.returncode, {c["name"]: (c["status"], c["detail"])
+                             for c in orjson.loads(proc.stdout)["checks"]}
+
+
+@BOTH
+def test_doctor_checks_the_version_the_login_and_a_real_request(tmp_path, cli):
+    with FakeModelAPI(default_behaviour="auth_401") as api:
+        ws = WORKSPACES[cli](tmp_path, api)
+        code, checks = doctor(ws)
+        assert checks["agent"][0] == "PASS" and "a tested version" in checks["agent"][1]
+        assert checks["agent-login"][0] == "PASS", checks["agent-login"]
+        assert "agent-auth" not in checks, "no request unless asked"
+        code, checks = doctor(ws, "--check-auth")
+        assert code == 1 and checks["agent-auth"][0] == "FAIL", checks
+        assert "--check-auth" in checks["agent-auth"][1], "the fix is named"
+        assert len(api.main_requests) <= 2, "the CLI's own retries are off for the check"
+    with FakeModelAPI() as api:
+        ws = WORKSPACES[cli](tmp_path / "good", api)
+        code, checks = doctor(ws, "--check-auth")
+        assert checks["agent-auth"][0] == "PASS", checks["agent-auth"]
+
+
+def test_doctor_fails_a_codex_without_provider_or_login(tmp_path, api):
+    binary = need("codex")
+    env = codex_env(binary, api.url, tmp_path / "home")
+    ws = make_agent_workspace(tmp_path / "ws", "codex", {**env, "FAKE_API_KEY": ""})
+    assert "FAKE_API_KEY" in doctor(ws)[1]["agent-login"][1]
+    (Path(env["CODEX_HOME"]) / "config.toml").unlink()  # an empty CODEX_HOME
+    code, checks = doctor(ws)
+    assert code == 1 and checks["agent-login"][0] == "FAIL"
+    assert "not logged in" in checks["agent-login"][1] and "codex login" in checks[
+        "agent-login"][1]
+
+
+def test_doctor_fails_a_claude_without_a_login(tmp_path, api):
+    ws = claude_ws(tmp_path, api, env={"ANTHROPIC_API_KEY": ""})
+    code, checks = doctor(ws)
+    assert code == 1 and checks["agent-login"][0] == "FAIL"
+    assert "CLAUDE_CODE_OAUTH_TOKEN" in checks["agent-login"][1]

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import tomllib
+from pathlib import Path
 from typing import Any, Final
 
 from harness.agents.session import (
@@ -220,3 +222,26 @@ def sandbox_args(git_dir: str, common_dir: str) -> list[str]:
     listed = ",".join('"' + r.replace("\\", "\\\\").replace('"', '\\"') + '"' for r in roots)
     return ["-c", 'sandbox_mode="workspace-write"',
             "-c", f"sandbox_workspace_write.writable_roots=[{listed}]"]
+
+
+def provider(env: dict[str, str]) -> dict[str, Any]:
+    """The model provider codex will use with ``env``: ``{"id", "config", "base_url",
+    "env_key", "custom"}`` read from ``$CODEX_HOME/config.toml`` (default ``~/.codex``).
+
+    ``id`` is ``openai`` (the built-in one) unless ``model_provider`` names another;
+    ``custom`` says whether ``[model_providers.<id>]`` defines it. Raises ValueError
+    naming the file if it is not valid TOML.
+    """
+    home = Path(env.get("CODEX_HOME") or Path(env.get("HOME", "~")).expanduser() / ".codex")
+    config = home / "config.toml"
+    try:
+        data = tomllib.loads(config.read_text())
+    except FileNotFoundError:
+        data = {}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"{config}: {exc}") from None
+    pid = data.get("model_provider") if isinstance(data.get("model_provider"), str) else "openai"
+    defined = (data.get("model_providers") or {}).get(pid)
+    defined = defined if isinstance(defined, dict) else None
+    return {"id": pid, "config": str(config), "custom": defined is not None,
+            "base_url": (defined or {}).get("base_url"), "env_key": (defined or {}).get("env_key")}
