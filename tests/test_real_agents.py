@@ -52,6 +52,16 @@ def nothing_left(ws) -> None:
         assert orjson.loads(path.read_bytes())["unknown_events"] == 0, path
 
 
+def harness_cli(ws, *args):
+    from click.testing import CliRunner
+
+    from harness.cli.main import main
+
+    res = CliRunner().invoke(main, ["--root", str(ws.root), *args])
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
 def run_one(ws, prompt: str, item_id: str = "it", timeout: float = 120.0, **item):
     Queue(ws.queue_dir).enqueue({"id": item_id, "title": item_id, "prompt": prompt} | item)
     with AgentRun(ws) as run:
@@ -93,6 +103,10 @@ def test_text(tmp_path, api, cli):
                                                    ).read_text()
     assert [q.behaviour for q in api.main_requests] == ["text"]
     assert check(ws.queue_dir, enqueued=["it"], expect_finished=True) == []
+    # visible wherever the operator looks: the run's output, status, show
+    assert "succeeded -> done" in run.output() and "(NO CHANGES)" in run.output()
+    assert "NO CHANGES  1 done item(s) changed nothing: it" in harness_cli(ws, "status")
+    assert "[NO CHANGES]" in harness_cli(ws, "show", "it")
 
 
 @BOTH
@@ -316,6 +330,7 @@ def test_resume_continues_the_session_after_a_stall(tmp_path, api, cli):
     assert r2["resumed_from"]["attempt"] == 1
     assert (ws.attempt_dir("it", 2) / "prompt.md").read_text().startswith("Go on (stalled).")
     assert git(ws, "show", "harness/it:fake_commit.txt") == "written by fakeapi\n"
+    assert "[resumed the session of attempt 1]" in harness_cli(ws, "show", "it")
 
 
 # --- the prompt path ------------------------------------------------------------------
@@ -363,6 +378,8 @@ def test_an_empty_prompt_fails_with_what_the_cli_said(tmp_path, api):
     assert (code, r["reason"]) == (1, "failed"), run.output()
     assert "stderr:" in r["detail"] and "Input must be provided" in r["detail"], r["detail"]
     assert (ws.attempt_dir("empty", 1) / "prompt.md").read_bytes() == b""
+    shown = " ".join(harness_cli(ws, "show", "empty").split())
+    assert "stderr: Error: Input must be provided" in shown, shown
 
 
 @pytest.mark.parametrize("raw, code, says", [
