@@ -327,3 +327,12 @@ def test_run_budget_stops_new_attempts_and_ends_the_run(tmp_path):
     assert len(names.entries(ws.queue_dir / "pending")) == 4 - len(done)
     assert not ws.interrupt_file.exists(), "the budget pause ends with the run"
     assert any(e["event"] == "budget-reached" for e in events(ws))
+
+
+def test_a_bad_resume_prompt_refuses_the_run(tmp_path):
+    extra = SIM + 'resume = true\nresume_prompt = "Go {{RESAON}}"\n'
+    ws = make_workspace(tmp_path / "ws", extra=extra)
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "--root", str(ws.root), "run"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "agent.resume_prompt" in proc.stderr
+    assert "{{RESAON}}" in proc.stderr and "REASON" in proc.stderr
