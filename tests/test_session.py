@@ -340,3 +340,69 @@ def test_synthetic_messages_do_not_change_the_model():
     state = fed(*lines("claude_stream_rate_limited.jsonl"))
     assert state.metrics.model == "claude-sonnet-4-5-20250929"
     assert state.session_id == "a74d2edb-d7df-475f-ad7f-2c89def2ca88"
+
+
+# --- what the pool does with the API's trouble --------------------------------------------
+
+
+def test_the_circuit_breaker_counts_item_failures_not_the_apis_trouble(tmp_path):
+    from harness.config import RunConfig
+    from harness.pool.guards import Guards
+    from harness.workspace import Workspace
+
+    ws = Workspace.at(tmp_path)
+    ws.make_dirs()
+    guards = Guards(ws, RunConfig(max_consecutive_failures=2), lambda *a, **k: None)
+    for reason, queue in [("failed", "retry"), ("overloaded", "waiting"),
+                          ("auth_failed", "waiting"), ("quota", "waiting")]:
+        guards.attempt_ended({"reason": reason, "queue": queue, "item": "x"})
+    assert guards.consecutive_failures == 1 and not ws.interrupt_file.exists()
+    guards.attempt_ended({"reason": "overloaded", "queue": "failed", "item": "x"})  # retries spent
+    assert ws.interrupt_file.exists() and "circuit breaker" in ws.interrupt_reason()
+
+
+@pytest.mark.parametrize("status, text, reason", [
+    (401, "Failed to authenticate", "auth_failed"), (403, "forbidden", "auth_failed"),
+    (None, "Not logged in · Please run /login", "auth_failed"),
+    (None, "Invalid API key · Fix external API key", "auth_failed"),
+    (None, "Quota exceeded. Check your plan and billing details.", "quota"),
+    (400, "Your credit balance is too low to access the Anthropic API", "quota"),
+    (429, "Request rejected (429)", "rate_limited"), (529, "Overloaded", "overloaded"),
+    (500, "internal", "overloaded"), (None, "Request timed out.", "overloaded"),
+    (None, "Selected model is at capacity.", "overloaded"),
+    (400, "Prompt is too long", "prompt_too_long"), (400, "API Error: 400 bad request", None),
+    (None, "boom", None),
+])
+def test_api_problems_map_to_reasons(status, text, reason):
+    from harness.agents.session import api_problem
+
+    assert api_problem(status, text) == reason
+
+
+def test_an_announced_retry_is_shown_and_its_delay_allowed_until_the_next_line():
+    retry = {"type": "system", "subtype": "api_retry", "attempt": 3, "max_retries": 10,
+             "retry_delay_ms": 45000, "error_status": 529, "error": "overloaded"}
+    state = fed(retry)
+    assert state.activity == "retrying 3/10 (overloaded, 45 s)"
+    assert state.quiet_allowance() == 45.0 and state.problem is None
+    state.feed(json.dumps(block(type="text", text="hi")))
+    assert state.quiet_allowance() == 0.0
+
+
+def test_a_401_retry_stops_the_session_now():
+    state = fed({"type": "system", "subtype": "api_retry", "attempt": 1, "max_retries": 10,
+                 "retry_delay_ms": 600, "error_status": 401, "error": "authentication_failed"})
+    assert state.stop_now is not None and state.stop_now[0] == "auth_failed"
+    assert ended(state, None, 15)[0] == "auth_failed"
+
+
+def test_an_open_tool_call_may_be_silent_for_its_timeout():
+    call = block(type="tool_use", id="t1", name="Bash", input={"command": "make", "timeout": 90000})
+    state = fed(call)
+    assert state.quiet_allowance() == 90.0
+    state = StreamState(tool_timeout=600)
+    state.feed(json.dumps(block(type="tool_use", id="t2", name="Read", input={})))
+    assert state.quiet_allowance() == 600.0
+    state.feed(json.dumps({"type": "user", "message": {"content": [
+        {"type": "tool_result", "tool_use_id": "t2", "content": "ok"}]}}))
+    assert state.quiet_allowance() == 0.0
