@@ -64,11 +64,10 @@ class GitConfig(_Section):
 PLACEHOLDERS = frozenset({"prompt", "session_id", "system_prompt_file", "prompt_file",
                           "item_file", "model", "worktree", "attempt", "item_id", "python"})
 Preset = Literal["claude", "codex", "shell", "sim", "custom"]
-DEFAULT_RESUME_PROMPT = """\
-Your previous session on work item {{WORK_ITEM}} was interrupted ({{REASON}}); this is
-attempt {{ITERATION}}. Continue where you left off: your earlier changes are in this
-worktree. Finish the work item and commit.
-"""
+DEFAULT_RESUME_PROMPT = ("Your previous session on work item {{WORK_ITEM}} was interrupted"
+                         " ({{REASON}}); this is attempt {{ITERATION}}. Continue where you left"
+                         " off: your earlier changes are in this worktree. Finish the work"
+                         " item and commit.")
 
 
 class AgentConfig(_Section):
