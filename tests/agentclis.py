@@ -45,28 +45,30 @@ def roots() -> list[Path]:
     return [Path(env)] if env else [REPO / ".agent-clis", Path("/opt/agent-clis")]
 
 
-def latest(cli: str) -> str:
-    return VERSIONS[cli]["tested"][-1]
+def version(cli: str) -> str:
+    """The version under test: ``$HARNESS_AGENT_<CLI>_VERSION`` (bench/agent_versions.py
+    sets it), else the last tested one."""
+    return os.environ.get(f"HARNESS_AGENT_{cli.upper()}_VERSION") or VERSIONS[cli]["tested"][-1]
 
 
-def find(cli: str, version: str | None = None) -> Path | None:
-    version = version or latest(cli)
+def find(cli: str, version_: str | None = None) -> Path | None:
+    version_ = version_ or version(cli)
     for root in roots():
-        path = root / f"{cli}-{version}" / "node_modules" / ".bin" / cli
+        path = root / f"{cli}-{version_}" / "node_modules" / ".bin" / cli
         if os.access(path, os.X_OK):
             return path
     return None
 
 
-def need(cli: str, version: str | None = None) -> Path:
+def need(cli: str) -> Path:
     """The CLI's binary; skip (or, under .ci/run, fail) the test when it is missing."""
-    version = version or latest(cli)
-    path = find(cli, version)
+    wanted = version(cli)
+    path = find(cli, wanted)
     if path is None:
-        where = " or ".join(str(r / f"{cli}-{version}") for r in roots())
-        why = (f"{cli} {version} is not installed (looked in {where}); install it with"
-               f" `npm install --prefix .agent-clis/{cli}-{version}"
-               f" {VERSIONS[cli]['package']}@{version}`")
+        where = " or ".join(str(r / f"{cli}-{wanted}") for r in roots())
+        why = (f"{cli} {wanted} is not installed (looked in {where}); install it with"
+               f" `npm install --prefix .agent-clis/{cli}-{wanted}"
+               f" {VERSIONS[cli]['package']}@{wanted}`")
         if REQUIRE:
             pytest.fail(f"HARNESS_REQUIRE_AGENT_CLIS=1: {why}")
         pytest.skip(why)

@@ -22,7 +22,7 @@ import pytest
 from harness.queue.core import Queue
 from harness.queue.invariants import check
 from tests.agentclis import (
-    AgentRun, claude_env, codex_env, make_agent_workspace, need, processes_in)
+    AgentRun, claude_env, codex_env, make_agent_workspace, need, processes_in, version)
 from tests.fakeapi import FakeModelAPI
 from tests.test_agents import result, state_of
 from tests.wsutil import events, live_recorded, wait_for
@@ -83,6 +83,9 @@ def codex_ws(tmp_path, api, provider=None, **kw):
 
 
 WORKSPACES = {"claude": claude_ws, "codex": codex_ws}
+# A short stall_after for the tests of silence, still well above a CLI's start-up time on
+# a loaded 2-core machine (claude 2.1.332 is a 400 MB binary).
+STALL = 4.0
 BOTH = pytest.mark.parametrize("cli", ["claude", "codex"])
 
 
@@ -146,17 +149,17 @@ def test_max_turns(tmp_path, api, cli):
 @BOTH
 def test_long_tool_is_not_a_stall(tmp_path, api, cli):
     # stall_after is shorter than the tool: the open tool call is allowed its timeout.
-    ws = WORKSPACES[cli](tmp_path, api, stall_after=1.5)
-    code, run = run_one(ws, "[[fake:long_tool secs=4]]")
+    ws = WORKSPACES[cli](tmp_path, api, stall_after=STALL)
+    code, run = run_one(ws, "[[fake:long_tool secs=7]]")
     assert (code, result(ws, "it")["reason"]) == (0, "succeeded"), run.output()
-    tool = "tool Bash: sleep 4" if cli == "claude" else "tool shell: sleep 4"
+    tool = "tool Bash: sleep 7" if cli == "claude" else "tool shell: sleep 7"
     assert any(a.startswith(tool) for a in run.activities), run.activities
 
 
 @BOTH
 def test_background_task(tmp_path, api, cli):
-    ws = WORKSPACES[cli](tmp_path, api, stall_after=1.5)
-    code, run = run_one(ws, "[[fake:background secs=3]]")
+    ws = WORKSPACES[cli](tmp_path, api, stall_after=STALL)
+    code, run = run_one(ws, "[[fake:background secs=6]]")
     r, m = result(ws, "it"), metrics(ws, "it")
     assert (code, r["reason"]) == (0, "succeeded"), run.output()
     if cli == "claude":  # claude waits for the task, then a second turn reads its output
@@ -169,15 +172,15 @@ def test_background_task(tmp_path, api, cli):
 @BOTH
 def test_rate_limit_retries_are_shown_and_allowed(tmp_path, api, cli):
     # The CLI waits retry-after between its retries; stall_after is shorter than that wait.
-    after, stall = (2, 1.5) if cli == "claude" else (1, 5)
+    # (codex announces no delay: its wait stays under stall_after here.)
+    after, stall = (STALL + 3, STALL) if cli == "claude" else (1, STALL)
     provider = {"stream_max_retries": 5} if cli == "codex" else None
     kw = {"provider": provider} if cli == "codex" else {}
     ws = WORKSPACES[cli](tmp_path, api, stall_after=stall, **kw)
-    code, run = run_one(ws, f"[[fake:rate_429 retries=2 after={after}]]")
+    code, run = run_one(ws, f"[[fake:rate_429 retries=1 after={after}]]")
     assert (code, result(ws, "it")["reason"]) == (0, "succeeded"), run.output()
-    shown = [a for a in run.activities if a.startswith("retrying ")]
-    expect = "retrying 1/10 (rate_limit, 2 s)" if cli == "claude" else "retrying 1/5 (rate_limit)"
-    assert expect in shown, run.activities
+    expect = "retrying 1/10 (rate_limit, " if cli == "claude" else "retrying 1/5 (rate_limit)"
+    assert any(a.startswith(expect) for a in run.activities), run.activities
 
 
 @BOTH
@@ -192,7 +195,7 @@ def test_bad_request_fails_the_item(tmp_path, api, cli):
 @BOTH
 @pytest.mark.parametrize("marker", ["hang_after_first_delta", "no_response"])
 def test_a_hung_endpoint_is_a_stall(tmp_path, api, cli, marker):
-    ws = WORKSPACES[cli](tmp_path, api, stall_after=2)
+    ws = WORKSPACES[cli](tmp_path, api, stall_after=STALL)
     code, run = run_one(ws, f"[[fake:{marker}]]")
     r, m = result(ws, "it"), metrics(ws, "it")
     assert (code, r["reason"], r["queue"]) == (1, "stalled", "failed"), run.output()
@@ -321,7 +324,7 @@ def test_claude_per_minute_rate_limit_backs_off_by_retry_after(tmp_path, api):
 
 @BOTH
 def test_resume_continues_the_session_after_a_stall(tmp_path, api, cli):
-    ws = WORKSPACES[cli](tmp_path, api, stall_after=2, max_attempts=2, resume=True,
+    ws = WORKSPACES[cli](tmp_path, api, stall_after=STALL, max_attempts=2, resume=True,
                          resume_prompt="Go on ({{REASON}}). [[fake:write_commit]]")
     code, run = run_one(ws, "[[fake:hang_after_first_delta]]")
     r1, r2 = result(ws, "it", 1), result(ws, "it", 2)
@@ -342,31 +345,36 @@ FUZZ = {
     "newlines": "first line\n\n\nlast line\n",
     "big": "a" * 1_040_000,  # 1 MB: codex 0.171 takes at most 1,048,576 characters
 }
-# Too big for the CLI itself (claude 2.1.332: "Prompt is too long"; codex: "Input exceeds
-# the maximum length"): refused, said so, and not retried.
+# Too big for some CLIs themselves (claude 2.1.332: "Prompt is too long" for 3 MB, which
+# 2.1.197 sends; codex 0.171: "Input exceeds the maximum length of 1048576 characters"):
+# refused, said so, and not retried.
 TOO_BIG = {"three-mb": "b" * 3 * 2**20, "codex-limit": "c" * 2**20}
+REFUSED = {"claude-2.1.197": set(), "claude-2.1.332": {"three-mb"},
+           "codex-0.171.0": {"three-mb", "codex-limit"}}
 
 
 @BOTH
 def test_prompts_that_look_like_options_or_are_huge_reach_the_api_whole(tmp_path, cli):
+    refused = REFUSED[f"{cli}-{version(cli)}"]
+    big = {k: v for k, v in TOO_BIG.items() if cli == "codex" or k == "three-mb"}
     with FakeModelAPI(dump_dir=tmp_path / "requests") as api:
         ws = WORKSPACES[cli](tmp_path, api, max_attempts=2)
         q = Queue(ws.queue_dir)
-        too_big = TOO_BIG if cli == "codex" else {"three-mb": TOO_BIG["three-mb"]}
-        for name, text in {**FUZZ, **too_big}.items():
+        for name, text in {**FUZZ, **big}.items():
             q.enqueue({"id": name, "title": name, "prompt": f"{text} <{name}> [[fake:text]]"})
         with AgentRun(ws, agents=2) as run:
-            assert run.wait(150) == 1, run.output()
+            assert run.wait(150) == (1 if refused else 0), run.output()
     nothing_left(ws)
     bodies = [p.read_text() for p in (tmp_path / "requests").glob("*-POST-*.json")]
-    for name, text in FUZZ.items():
-        assert result(ws, name)["reason"] == "succeeded", (name, result(ws, name))
+    for name, text in {**FUZZ, **big}.items():
+        r = result(ws, name)
+        if name in refused:
+            assert (r["reason"], r["queue"]) == ("prompt_too_long", "failed"), r
+            assert state_of(ws, name)[1].attempt == 1, "a prompt that cannot fit is not retried"
+            continue
+        assert r["reason"] == "succeeded", (name, r)
         sent = orjson.dumps(f"{text} <{name}> [[fake:text]]").decode()[1:-1]
         assert any(sent in body for body in bodies), f"{name}: the prompt did not arrive whole"
-    for name in too_big:
-        r = result(ws, name)
-        assert (r["reason"], r["queue"]) == ("prompt_too_long", "failed"), r
-        assert state_of(ws, name)[1].attempt == 1, "a prompt that cannot fit is not retried"
 
 
 def test_an_empty_prompt_fails_with_what_the_cli_said(tmp_path, api):

@@ -72,6 +72,11 @@ class ClaudeStream(StreamState):
         sub, text = (self.result or {}).get("subtype"), self.result_text()
         return f"{sub}: {text}" if sub and sub != "success" and text else text or (sub or "")
 
+    def is_final(self) -> bool:
+        """A result with no background task running: claude -p waits for its tasks and
+        then starts another turn, so a result before that is not the session's end."""
+        return self.result is not None and not any(k.startswith("task:") for k in self.open_tools)
+
     def _system(self, ev: dict) -> None:
         sub = ev.get("subtype")
         if sub == "init":
@@ -171,7 +176,8 @@ class ClaudeStream(StreamState):
         m.cost_usd = num(ev.get("total_cost_usd"), m.cost_usd)
         m.turns = self._turns_before + int(num(ev.get("num_turns"), m.turns - self._turns_before))
         m.duration_s = num(ev.get("duration_ms"), m.duration_s * 1000) / 1000
-        self.open_tools.clear()
+        # Tool calls end with the turn; background tasks run on, and the session with them.
+        self.open_tools = {k: v for k, v in self.open_tools.items() if k.startswith("task:")}
         if not self.result_is_error:
             self.activity = "finished"
             return
