@@ -172,6 +172,7 @@ def test_merge_queue_integrates_in_order_and_rejects_conflicts(tmp_path):
     ("[run]\nagents = 'many'\n", "run.agents"),
     ("[agent]\npreset = 'custom'\ncommand = ['x', '{nope}']\n", "agent.command"),
     ("[git]\ntarget_branch = 'trunk'\n", "git.target_branch"),
+    ("[agent]\npreset = 'codex'\noutput = 'stream-json'\n", "agent.output"),
 ])
 def test_config_errors_exit_2_naming_file_and_key(tmp_path, toml, key):
     ws = make_workspace(tmp_path / "ws")

@@ -266,8 +266,9 @@ def test_bad_credentials_end_the_session_at_once_and_pause_the_pool(tmp_path, ap
     pause = ws.interrupt_file.read_text()
     assert pause.startswith("auth_failed:") and "doctor --check-auth" in pause
     assert "parallel-harness resume" in pause
-    state, name = state_of(ws, "it")
-    assert (state, name.attempt, name.free) == ("waiting", 2, 1), "no attempt burned"
+    state, name = state_of(ws, "it")  # given back due now: promoted to pending meanwhile or not
+    assert state in ("waiting", "pending") and (name.attempt, name.free) == (2, 1), \
+        "no attempt burned"
     assert "authentication failed" in run.activities
 
 
