@@ -97,6 +97,8 @@ class ClaudeStream(StreamState):
                                                       .get("status"), str)
             if status in _TASK_DONE:
                 self.close_tool(f"task:{as_(ev.get('task_id'), str) or '?'}")
+        elif sub not in SYSTEM_KNOWN:
+            self.metrics.unknown_events += 1  # a subtype this parser was never shown
 
     def _api_retry(self, ev: dict) -> None:
         status = ev.get("error_status") if isinstance(ev.get("error_status"), int) else None

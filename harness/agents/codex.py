@@ -92,6 +92,8 @@ class CodexStream(StreamState):
             self.activity = "thinking"
         elif kind == "error" and done:  # a warning (e.g. no metadata for the model)
             self.metrics.note_error(f"codex: {as_(item.get('message'), str, '?')}")
+        elif kind not in ITEM_TYPES:
+            self.metrics.unknown_events += 1  # an item type this parser was never shown
 
     def _tool_done(self, key: str, kind: str, item: dict) -> None:
         self.close_tool(key)
