@@ -51,6 +51,8 @@ class RunConfig(_Section):
     restart_backoff_max: float = Field(30.0, ge=0, description="cap on the delay before restarting a worker that keeps dying")
     log_cap_mb: int = Field(50, ge=1, description="cap per attempt on events.jsonl and on stderr.log")
     durable: bool = Field(False, description="fsync files and directories on every queue transition")
+    shared_queue: bool = Field(False, description="queue/ group-readable and -writable (dirs 2770, files 0660) for a team sharing it; logs and state stay private (0700/0600)")
+    fault_pause_after: float = Field(5.0, ge=0, description="writes failing this long (disk full, read-only) pause the pool until they succeed")
 
 
 class GitConfig(_Section):
@@ -58,7 +60,13 @@ class GitConfig(_Section):
     target_branch: str = Field("main", description="every attempt starts from this branch; merges go here")
     verify: str | list[str] = Field("", description="command run in the worktree after the agent; failure = verify_failed")
     verify_timeout: float = Field(900.0, gt=0, description="seconds before verify is killed")
-    integrate: Literal["none", "merge"] = Field("none", description="merge done items into target_branch, one at a time")
+    integrate: Literal["none", "merge", "push", "merge-push", "pr"] = Field("none", description="none: results stay on harness/<id>; merge: into target_branch here; push: harness/<id> to the remote; merge-push: merged into the remote's target_branch; pr: pushed, then pr_command")
+    remote: str = Field("", description="git remote (a name such as origin, or a URL) for push, merge-push and pr; also the base every attempt starts from")
+    push_prefix: str = Field("harness/", description="a done item's branch on the remote is this prefix + its id")
+    pr_command: list[str] = Field(default_factory=list, description="integrate = pr: argv run after the push; {{BRANCH}} {{TITLE}} {{ID}} {{SUMMARY}} are filled in; the last URL it prints is recorded")
+    fetch_interval: float = Field(30.0, ge=0, description="with a remote: attempts start from its target fetched at most this many seconds ago")
+    push_retries: int = Field(5, ge=0, le=100, description="merge-push: merge onto a moved remote target again this many times, with jittered backoff")
+    remote_wait: float = Field(300.0, ge=0, description="a batch run waits this long for an unreachable remote, then ends (exit 1) leaving the items in done/ to deliver next run")
 
 
 PLACEHOLDERS = frozenset({"prompt", "session_id", "system_prompt_file", "prompt_file",
@@ -132,11 +140,17 @@ class PathsConfig(_Section):
     bootstrap: str = Field("prompts/bootstrap.md", description="prompt template (relative to the workspace)")
 
 
+class RetentionConfig(_Section):
+    days: float = Field(30.0, ge=0, description="`gc` prunes the logs and branches of items that ended longer ago than this (days)")
+    include_failed: bool = Field(False, description="`gc` prunes failed items too (their logs and attempt branches are the evidence of why)")
+
+
 class Config(_Section):
     run: RunConfig = Field(default_factory=RunConfig)
     git: GitConfig = Field(default_factory=GitConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)
 
     def error(self, key: str, reason: str) -> ConfigError:
@@ -213,7 +227,7 @@ def effective(cfg: Config, path: Path) -> list[dict[str, Any]]:
 def queue_options(cfg: Config) -> dict[str, Any]:
     """The Queue keyword arguments [run] sets (one place, for coordinator, worker and CLI)."""
     run = cfg.run
-    return {"durable": run.durable, "max_attempts": run.max_attempts,
+    return {"durable": run.durable, "max_attempts": run.max_attempts, "shared": run.shared_queue,
             "backoff_base": run.backoff_base, "backoff_max": run.backoff_max}
 
 

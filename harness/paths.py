@@ -59,3 +59,24 @@ def is_unsafe(root: Path | str, path: Path | str) -> str | None:
     except UnsafePath as exc:
         return exc.reason
     return None
+
+
+_user_umask: int | None = None
+
+
+def private_files() -> None:
+    """From now on this process creates its files 0600 and its directories 0700: logs hold
+    prompts, transcripts and whatever the agent printed. Git and the agent, which write the
+    user's own files, run with :func:`user_umask` instead. Idempotent."""
+    global _user_umask
+    if _user_umask is None:
+        _user_umask = os.umask(0o077)
+
+
+def user_umask() -> int:
+    """The umask this process had before :func:`private_files` (its current one if never)."""
+    if _user_umask is not None:
+        return _user_umask
+    current = os.umask(0o077)
+    os.umask(current)
+    return current

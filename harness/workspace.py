@@ -110,9 +110,17 @@ class Workspace:
         return self.logs_dir / item_id / str(attempt)
 
     def make_dirs(self) -> None:
+        """Create the runtime directories; new ones are 0700 (prompts, transcripts and agent
+        output are private; a shared queue sets its own mode, see Queue)."""
         for d in (self.queue_dir, self.heartbeats_dir, self.locks_dir, self.tmp_dir,
                   self.cancel_dir, self.worktrees_dir, self.logs_dir):
-            d.mkdir(parents=True, exist_ok=True)
+            for parent in reversed([d, *d.parents]):
+                if parent == self.root or not parent.is_relative_to(self.root):
+                    continue
+                try:
+                    parent.mkdir(mode=0o700)
+                except FileExistsError:
+                    pass
 
     def interrupt_reason(self) -> str | None:
         """The pause reason if the interrupt file is present, else None."""
@@ -152,6 +160,14 @@ class Workspace:
                     return None
         return None
 
+    def shift_resume_at(self, seconds: float) -> None:
+        """Move the automatic resume time of the pause by ``seconds`` (the clock stepped)."""
+        reason, resume_at = self.interrupt_reason(), self.resume_at()
+        if reason is None or resume_at is None:
+            return
+        kept = "\n".join(line for line in reason.splitlines() if not line.startswith("resume-at: "))
+        self.pause(kept, resume_at + seconds)
+
     def log_event(self, event: str, /, **fields: Any) -> None:
         append_event(self.events_file, event, **fields)
 
@@ -160,7 +176,7 @@ def append_event(log: Path, event: str, /, **fields: Any) -> None:
     """Append one JSON line with a single O_APPEND write (lines from many processes never mix)."""
     line = orjson.dumps({"ts": round(time.time(), 3), "event": event, "pid": os.getpid(),
                          **fields}) + b"\n"
-    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, line)
     finally:

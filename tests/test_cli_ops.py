@@ -100,7 +100,8 @@ def test_doctor_all_pass_on_good_workspace(tmp_path, roomy):
     assert res.exit_code == 0, res.output
     checks = doctor_lines(res.output)
     assert set(checks) == {"workspace", "config", "git", "worktrees", "target-branch", "agent",
-                           "agent-env", "queue-fs", "disk", "memory", "open-files", "prompt"}
+                           "agent-env", "queue-fs", "disk", "memory", "open-files", "prompt",
+                           "private", "remote"}
     not_pass = {k: v for k, v in checks.items() if v[0] != "PASS"}
     if not_pass.keys() <= {"git", "open-files"}:  # depend on the host's git and ulimit
         assert all(v[0] == "WARN" for v in not_pass.values()), not_pass
@@ -108,6 +109,13 @@ def test_doctor_all_pass_on_good_workspace(tmp_path, roomy):
         pytest.fail(f"unexpected non-PASS checks: {not_pass}")
     assert "preset sim" in checks["agent"][1]
     assert res.output.rstrip().endswith("0 failed")
+
+
+def test_doctor_warns_about_logs_others_can_read(tmp_path, roomy):
+    ws = make_ws(tmp_path / "ws")
+    ws.logs_dir.chmod(0o755)
+    checks = doctor_lines(invoke(ws.root, "doctor").output)
+    assert checks["private"][0] == "WARN" and "chmod 700" in checks["private"][1]
 
 
 def test_doctor_json(tmp_path, roomy):
@@ -212,10 +220,9 @@ def test_doctor_disk_thresholds(tmp_path, monkeypatch):
 def _attempt_log(ws: Workspace, item_id: str, attempt: int, age_days: float) -> Path:
     d = ws.attempt_dir(item_id, attempt)
     d.mkdir(parents=True)
-    (d / "result.json").write_text('{"reason": "succeeded"}')
+    ended = time.time() - age_days * 86400
+    (d / "result.json").write_text(f'{{"reason": "succeeded", "ended_at": {ended}}}')
     (d / "events.jsonl").write_text("x" * 1000)
-    old = time.time() - age_days * 86400
-    os.utime(d / "result.json", (old, old))
     return d
 
 
@@ -230,20 +237,22 @@ def _snapshot(root: Path) -> list[tuple[str, int]]:
 
 
 def gc_workspace(tmp_path: Path) -> tuple[Workspace, dict[str, Path]]:
-    """agents=2; stale clean worktree w9, dirty w8, in-pool w1; logs of a done and a pending item."""
+    """agents=2; stale clean worktree w9, dirty w8, in-pool w1; logs of an old and a new done
+    item and of a pending one."""
     ws = make_ws(tmp_path / "ws", agents=2)
     paths = {}
     for w in ("w1", "w8", "w9"):
         paths[w] = worktrees.ensure_worktree(ws.root, ws.worktree(w), "main")
     (paths["w8"] / "notes.txt").write_text("uncommitted work\n")
     queue = Queue(ws.queue_dir)
-    queue.enqueue({"id": "old-done", "command": "true"})
-    queue.enqueue({"id": "old-pending", "command": "true"})
-    claim = queue.claim()
-    assert claim is not None and claim.id == "old-done"
-    claim.complete()
+    for item_id in ("old-done", "new-done", "old-pending"):
+        queue.enqueue({"id": item_id, "command": "true"})
+    for _ in range(2):
+        claim = queue.claim()
+        assert claim is not None and claim.id.endswith("-done")
+        claim.complete()
     paths["done_old"] = _attempt_log(ws, "old-done", 1, age_days=40)
-    paths["done_new"] = _attempt_log(ws, "old-done", 2, age_days=1)
+    paths["done_new"] = _attempt_log(ws, "new-done", 1, age_days=1)
     paths["pending_old"] = _attempt_log(ws, "old-pending", 1, age_days=40)
     ws.heartbeat_file("w7").write_text('{"counter": 3, "item": null}')
     return ws, paths
@@ -278,8 +287,8 @@ def test_gc_dry_run_changes_nothing(tmp_path):
     actions = {e["path"]: e["action"] for e in data["entries"]}
     assert actions["worktrees/w9"] == "would remove"
     assert actions["worktrees/w8"] == "kept"
-    assert actions["logs/old-done/1"] == "would remove"
-    assert "logs/old-done/2" not in actions and "logs/old-pending/1" not in actions
+    assert actions["logs/old-done"] == "would remove"
+    assert "logs/new-done" not in actions and "logs/old-pending" not in actions
     assert data["freed"]["count"] == 3
 
 

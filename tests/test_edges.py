@@ -394,3 +394,285 @@ def test_the_stream_is_on_disk_while_the_agent_runs_and_after_its_worker_is_kill
         assert stream.read_bytes().splitlines()[:len(lines)] == lines
     finally:
         kill_all(ws, proc)
+
+
+# -- 9: faults of the machine are survived, not obeyed ----------------------------------------
+
+
+def chattr(flag: str, path: Path) -> None:
+    if subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode != 0:
+        pytest.skip("chattr is not available here (needs root on ext2/3/4, xfs, btrfs)")
+
+
+def wait_text(path: Path, text: str, timeout: float, what: str) -> None:
+    from tests.wsutil import wait_for
+    wait_for(lambda: path.exists() and text in path.read_text(errors="replace"), timeout, what)
+
+
+@pytest.fixture
+def tmpfs_ws(tmp_path):
+    """A workspace on a 48 MiB tmpfs of its own, so the test can fill the disk for real."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    ws = make_workspace(mnt / "ws", stale_after=60.0)
+    try:
+        yield ws
+    finally:
+        kill_all(ws)
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def fill(path: Path) -> None:
+    """Write zeros into ``path`` until the filesystem is full."""
+    import errno
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 2**20)
+                f.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+
+
+def test_a_full_disk_freed_seconds_later_stops_nothing_and_loses_nothing(tmpfs_ws, tmp_path):
+    ws = tmpfs_ws
+    release = tmp_path / "release"
+    (ws.root / "harness.toml").write_text((ws.root / "harness.toml").read_text()
+                                          + '\n[agent]\npreset = "shell"\n')
+    queue = Queue(ws.queue_dir)
+    for n in range(2):
+        queue.enqueue({"id": f"held-{n}", "command": f"while [ ! -f {release} ]; do sleep 0.05;"
+                                                      f" done; echo {n} > out.txt"})
+    out = tmp_path / "coordinator.out"
+    with open(out, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "--root", str(ws.root),
+                                 "run", "--agents", "2"], stdout=log, stderr=log,
+                                start_new_session=True)
+    try:
+        from tests.wsutil import heartbeat_of, wait_for
+        wait_for(lambda: all((heartbeat_of(ws, w) or {}).get("agent_pid") for w in ("w1", "w2")),
+                 30, "both agents to run")
+        fill(ws.root / "filler")
+        wait_text(out, "the disk is full", 30, "the coordinator to report the full disk")
+        assert proc.poll() is None
+        (ws.root / "filler").unlink()
+        wait_text(out, "writes succeed again", 30, "the coordinator to see the disk freed")
+        release.touch()
+        assert proc.wait(timeout=60) == 0, out.read_text()
+    finally:
+        kill_all(ws, proc)
+    assert in_state(ws, "done") == ["held-0", "held-1"]
+    kinds = [e["event"] for e in events(ws)]
+    assert kinds.count("coordinator-start") == 1
+    assert not [e for e in events(ws) if e["event"] == "worker-dead"], \
+        "\n".join(map(str, events(ws))) + (ws.locks_dir / "w1.log").read_text() + \
+        (ws.locks_dir / "w2.log").read_text()
+    fault = [e for e in events(ws) if e["event"] == "write-fault"]
+    assert fault and any("No space left" in v for v in fault[0]["errors"].values()), fault
+
+
+def test_workers_back_off_while_claimed_is_read_only_and_claim_when_it_is_writable(ws):
+    """claimed/ made immutable under a running pool (chattr +i: every rename into it fails
+    with EPERM, as on a read-only mount): the worker backs off, nothing is burned."""
+    (ws.root / "harness.toml").write_text((ws.root / "harness.toml").read_text()
+                                          + '\n[agent]\npreset = "shell"\n')
+    claimed = ws.queue_dir / "claimed"
+    proc = start_coordinator(ws, "--agents", "1", "--forever")
+    from tests.wsutil import heartbeat_of, wait_for
+    try:
+        wait_for(lambda: (heartbeat_of(ws, "w1") or {}).get("state") == "idle", 30,
+                 "the worker to start")
+        chattr("+i", claimed)
+        try:
+            Queue(ws.queue_dir).enqueue({"id": "real", "command": "echo real"})
+            wait_text(ws.locks_dir / "w1.log", "claim:", 30, "the worker to report the claim")
+            assert "Operation not permitted" in (ws.locks_dir / "w1.log").read_text()
+            assert in_state(ws, "pending") == ["real"] and proc.poll() is None
+        finally:
+            subprocess.run(["chattr", "-i", str(claimed)])
+        wait_for(lambda: in_state(ws, "done") == ["real"], 30, "the item to run")
+        proc.terminate()
+        assert proc.wait(timeout=30) == 128 + 15
+    finally:
+        kill_all(ws, proc)
+    kinds = [e["event"] for e in events(ws)]
+    assert "write-fault-cleared" in kinds and "worker-dead" not in kinds
+
+
+def test_the_pool_pauses_itself_while_its_writes_fail_and_resumes_after(ws):
+    (ws.root / "harness.toml").write_text(
+        (ws.root / "harness.toml").read_text().replace("[run]\n", "[run]\nfault_pause_after = 0.5\n")
+        + '\n[agent]\npreset = "shell"\n')
+    proc = start_coordinator(ws, "--agents", "1", "--forever")
+    from tests.wsutil import heartbeat_of, wait_for
+    try:
+        wait_for(lambda: ws.metrics_file.exists() and (heartbeat_of(ws, "w1") or {}).get("state")
+                 == "idle", 30, "the pool to start")
+        chattr("+i", ws.metrics_file)  # the coordinator's every write of it now fails
+        try:
+            wait_for(lambda: "auto-resume: write-fault" in (ws.interrupt_reason() or ""), 30,
+                     "the pool to pause itself")
+            wait_for(lambda: (heartbeat_of(ws, "w1") or {}).get("state") == "paused", 30,
+                     "the worker to see the pause")
+            Queue(ws.queue_dir).enqueue({"id": "after", "command": "echo after"})
+            assert in_state(ws, "pending") == ["after"]
+        finally:
+            subprocess.run(["chattr", "-i", str(ws.metrics_file)])
+        wait_for(lambda: ws.interrupt_reason() is None, 30, "the pool to resume by itself")
+        wait_for(lambda: in_state(ws, "done") == ["after"], 30, "the item to run")
+        proc.terminate()
+        assert proc.wait(timeout=30) == 128 + 15
+    finally:
+        kill_all(ws, proc)
+    fault = [e for e in events(ws) if e["event"] == "write-fault"]
+    assert fault and fault[0]["resumed"] is True
+
+
+# -- 10: a step of the wall clock neither stalls nor skips a delay ----------------------------
+
+
+@pytest.mark.parametrize("step", [-3600.0, 3600.0])
+def test_a_wall_clock_step_moves_retries_and_the_quota_pause_with_it(ws, step):
+    """The coordinator in-process with injected clocks: the wall clock steps by an hour
+    between two ticks, the monotonic clock does not."""
+    from harness import config
+    from harness.pool.coordinator import Coordinator
+    from tests.conftest import FakeClock
+
+    cfg = config.load(ws.config_file, {"run": {"agents": 0, "backoff_base": 60.0,
+                                               "backoff_max": 60.0}})
+    wall, mono = FakeClock(1_800_000_000.0), FakeClock(5_000.0)
+    coord = Coordinator(ws, cfg, forever=True, clock=mono, wall=wall)
+    coord.start()
+    try:
+        coord.queue.enqueue({"id": "retry-me", "command": "false"})
+        coord.queue.claim().fail("failed once")  # waiting/, due in 60 s (wall)
+        ws.pause("rate limited", resume_at=wall() + 100)
+        coord.tick()
+        wall.advance(step)
+        coord.tick()
+        step_events = [e for e in events(ws) if e["event"] == "clock-step"]
+        assert len(step_events) == 1 and step_events[0]["seconds"] == step
+        assert step_events[0]["shifted"] == 1
+        assert abs(ws.resume_at() - (wall() + 100)) < 1
+        for clock in (wall, mono):
+            clock.advance(55)
+        coord.tick()
+        assert in_state(ws, "waiting") == ["retry-me"], "promoted early: the step skipped it"
+        for clock in (wall, mono):
+            clock.advance(10)
+        coord.tick()
+        assert in_state(ws, "pending") == ["retry-me"], "not promoted: the step stalled it"
+    finally:
+        coord.shutdown()
+        coord._finish()
+
+
+# -- 12: the files the harness writes are private --------------------------------------------
+
+
+def modes(root: Path) -> dict[str, int]:
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            if not path.is_symlink():
+                out[str(path.relative_to(root))] = path.stat().st_mode & 0o7777
+    return out
+
+
+def run_under_umask_022(ws) -> int:
+    log = open(ws.root / "coordinator.out", "ab")
+    with log:
+        proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "--root", str(ws.root),
+                                 "run", "--agents", "1"], stdout=log, stderr=log,
+                                start_new_session=True, umask=0o022)
+    try:
+        return proc.wait(timeout=60)
+    finally:
+        kill_all(ws, proc)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_logs_and_state_are_private_under_umask_022(tmp_path, shared):
+    root = tmp_path / "ws"
+    root.mkdir(mode=0o755)
+    ws = make_workspace(root)
+    for d in (ws.state_dir, ws.logs_dir, ws.queue_dir, ws.worktrees_dir):
+        subprocess.run(["rm", "-rf", str(d)], check=True)  # made by the test; make them anew
+    extra = "shared_queue = true\n" if shared else ""
+    (root / "harness.toml").write_text((root / "harness.toml").read_text().replace(
+        "[run]\n", "[run]\n" + extra) + '\n[agent]\npreset = "sim"\n')
+    enqueue = subprocess.run([sys.executable, "-m", "harness.cli", "--root", str(root),
+                              "enqueue", "--id", "secret", "--prompt", "the token is hunter2"],
+                             capture_output=True, text=True, umask=0o022)
+    assert enqueue.returncode == 0, enqueue.stderr
+    assert run_under_umask_022(ws) == 0, (root / "coordinator.out").read_text()
+    found = modes(root)
+    for path, mode in found.items():
+        top = path.split("/")[0]
+        if top in ("logs", "state"):
+            wanted = 0o700 if (root / path).is_dir() else 0o600
+            assert mode & 0o077 == 0, f"{path} is {oct(mode)}"
+            assert mode == wanted or not (root / path).is_dir(), f"{path} is {oct(mode)}"
+        elif top == "queue":
+            if shared:
+                want = 0o2770 if (root / path).is_dir() else 0o660
+                assert mode == want, f"{path} is {oct(mode)}, want {oct(want)}"
+            else:
+                assert mode & 0o077 == 0, f"{path} is {oct(mode)}"
+    assert found["logs/secret/1/prompt.md"] == 0o600
+    assert found["state/events.jsonl"] == 0o600
+    # The agent's and git's files in the worktree keep the user's umask.
+    wt_files = [m for p, m in found.items() if p.startswith("worktrees/w1/")
+                and not p.startswith("worktrees/w1/.git") and (root / p).is_file()]
+    assert wt_files and all(m & 0o044 == 0o044 for m in wt_files)
+
+
+# -- 13: retention --------------------------------------------------------------------------
+
+
+def age_results(ws, item_id: str, days: float) -> None:
+    import orjson
+    for d in (ws.logs_dir / item_id).iterdir():
+        result = orjson.loads((d / "result.json").read_bytes())
+        result["ended_at"] = result["ended_at"] - days * 86400
+        (d / "result.json").write_bytes(orjson.dumps(result))
+
+
+def test_gc_prunes_old_items_logs_and_branches_but_no_unmerged_result_or_failure(ws):
+    (ws.root / "harness.toml").write_text((ws.root / "harness.toml").read_text()
+                                          + '\n[agent]\npreset = "shell"\n')
+    queue = Queue(ws.queue_dir)
+    queue.enqueue({"id": "merged", "command": "echo merged > merged.txt"})
+    queue.enqueue({"id": "unmerged", "command": "echo unmerged > unmerged.txt"})
+    queue.enqueue({"id": "broken", "command": "exit 3", "max_attempts": 2})
+    queue.enqueue({"id": "recent", "command": "echo recent > recent.txt"})
+    assert run_pool(ws, "--agents", "1") == 1  # "broken" fails
+    git(ws.root, "merge", "-q", "--no-edit", "harness/merged")
+    for item_id in ("merged", "unmerged", "broken"):
+        age_results(ws, item_id, 40)
+    branches = set(git(ws.root, "for-each-ref", "--format=%(refname:short)",
+                       "refs/heads/harness/", "refs/heads/harness-attempts/").split())
+    dry = cli(ws, "gc", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    assert set(git(ws.root, "for-each-ref", "--format=%(refname:short)", "refs/heads/harness/",
+                   "refs/heads/harness-attempts/").split()) == branches
+    result = cli(ws, "gc")
+    assert result.returncode == 0, result.stderr
+    left = set(git(ws.root, "for-each-ref", "--format=%(refname:short)", "refs/heads/harness/",
+                   "refs/heads/harness-attempts/").split())
+    assert left == {"harness/unmerged", "harness/recent", "harness-attempts/recent/1",
+                    "harness-attempts/broken/1", "harness-attempts/broken/2"}, left
+    assert not (ws.logs_dir / "merged").exists() and not (ws.logs_dir / "unmerged").exists()
+    assert (ws.logs_dir / "broken").exists() and (ws.logs_dir / "recent").exists()
+    assert "harness/merged" in result.stdout and "merged into main" in result.stdout
+    asked = cli(ws, "gc", "--include-failed")
+    assert asked.returncode == 0
+    assert not (ws.logs_dir / "broken").exists()
+    assert "harness-attempts/broken/1" not in git(ws.root, "branch", "--list", "harness-*")

@@ -157,12 +157,16 @@ def run_to_failpoint(procs: Procs, q: Queue, point: str, action: str,
 
 
 # Failpoints outside the queue protocol, and the test that drives each.
+KILLED_MID_PUSH = ("test_remote.py::test_a_coordinator_killed_mid_push_delivers_each_item"
+                   "_exactly_once_after_restart")
 ELSEWHERE = {
-    "agent.spawned": "test_edges.py::test_an_agent_cannot_start_before_its_worker_recorded_it"}
+    "agent.spawned": "test_edges.py::test_an_agent_cannot_start_before_its_worker_recorded_it",
+    "fetch.after": KILLED_MID_PUSH, "push.before": KILLED_MID_PUSH, "push.after": KILLED_MID_PUSH}
 
 
 def test_every_failpoint_has_a_scenario():
     import harness.agents.runner  # noqa: F401  (defines agent.spawned)
+    import harness.repo.remote  # noqa: F401  (defines fetch.after, push.before, push.after)
 
     assert REGISTRY, "no failpoints registered: is harness.queue imported?"
     covered = set(SCENARIOS) | set(ELSEWHERE)

@@ -928,8 +928,8 @@ def test_recover_during_enqueue_does_not_break_it(queue, monkeypatch):
     real_write_new = fsops.write_new
     during: list[list[str]] = []
 
-    def write_new_then_recover(path, data, *, durable, lock=False):
-        fd = real_write_new(path, data, durable=durable, lock=lock)
+    def write_new_then_recover(path, data, *, durable, lock=False, mode=0o600):
+        fd = real_write_new(path, data, durable=durable, lock=lock, mode=mode)
         during.append(recover(queue))       # a coordinator starting up right now
         return fd
 

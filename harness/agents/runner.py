@@ -29,6 +29,7 @@ from typing import BinaryIO, Final
 
 import psutil
 
+from harness.paths import user_umask
 from harness.queue import failpoints
 
 TERM_GRACE: Final = 2.0  # seconds between TERM and KILL of an agent's process group
@@ -223,7 +224,8 @@ def _spawn(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str],
         return subprocess.Popen(
             ["/bin/sh", "-c", GATE, "harness-gate", str(stdin or os.devnull), *argv], cwd=cwd,
             env=dict(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, start_new_session=True, preexec_fn=preexec)
+            stderr=subprocess.PIPE, start_new_session=True, preexec_fn=preexec,
+            umask=user_umask())  # the agent writes the user's files, not the harness's
     except (OSError, ValueError) as exc:  # ValueError: "embedded null byte"
         raise SpawnError(program, exc) from exc
 

@@ -12,6 +12,7 @@ import click
 
 EXIT_FAILURES = 1  # items failed, violations found, a follow timed out
 EXIT_USAGE = 2     # bad arguments, configuration, or not a workspace
+EXIT_HARNESS = 3   # the harness itself could not go on (an internal error); nothing is lost
 
 
 def usage_error(message: str) -> NoReturn:

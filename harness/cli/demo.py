@@ -19,6 +19,7 @@ from pathlib import Path
 from harness.queue import names
 from harness.agents.prompts import DEFAULT_BOOTSTRAP
 from harness.queue.core import Queue
+from harness.paths import user_umask
 from harness.workspace import Workspace
 
 DEMO_CONFIG = """\
@@ -54,7 +55,8 @@ def make_repo(root: Path, config: str = "") -> None:
     (root / "shared.txt").write_text("hello\n")
     for args in (["init", "-q", "-b", "main"], ["add", "README.md", "shared.txt"],
                  ["commit", "-q", "-m", "initial commit"]):
-        subprocess.run(["git", *args], cwd=root, env=env, check=True, capture_output=True)
+        subprocess.run(["git", *args], cwd=root, env=env, check=True, capture_output=True,
+                       umask=user_umask())
     exclude = root / ".git" / "info" / "exclude"
     exclude.parent.mkdir(parents=True, exist_ok=True)
     with exclude.open("a") as f:

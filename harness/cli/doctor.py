@@ -179,6 +179,42 @@ def _check_workspace(ws) -> tuple[str, str, str]:
                                " `parallel-harness init` makes one")
 
 
+def _check_remote(ws, cfg) -> tuple[str, str, str]:
+    """With [git] remote: it answers and has the target branch (one ls-remote)."""
+    from harness.repo.remote import Remote, RemoteError, redact
+
+    git = cfg.git
+    if not git.remote:
+        return PASS, "remote", ("no remote: results stay in the repository"
+                                f" (integrate = {git.integrate})")
+    repo = (ws.root / git.repo).resolve()
+    try:
+        sha = Remote(repo, git.remote).remote_sha(git.target_branch)
+    except RemoteError as exc:
+        return FAIL, "remote", f"{redact(git.remote)}: {exc}"
+    if sha is None:
+        return WARN, "remote", (f"{redact(git.remote)} answers but has no {git.target_branch};"
+                                " the first delivery creates it")
+    return PASS, "remote", f"{redact(git.remote)} answers: {git.target_branch} at {sha[:12]}"
+
+
+def _check_private(ws) -> tuple[str, str, str]:
+    """logs/ and state/ hold prompts, transcripts and agent output: not for other users."""
+    open_to = []
+    for d in (ws.logs_dir, ws.state_dir):
+        try:
+            mode = d.stat().st_mode
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            open_to.append(f"{d.name}/ is {oct(mode & 0o777)}")
+    if open_to:
+        return WARN, "private", (f"{', '.join(open_to)} (made by an older version?): others can"
+                                 f" read prompts and transcripts; chmod 700"
+                                 f" {ws.logs_dir} {ws.state_dir}")
+    return PASS, "private", "logs/ and state/ are readable by their owner only"
+
+
 def run_checks(ws, check_auth: bool = False) -> list[tuple[str, str, str]]:
     """Every doctor check as (PASS|WARN|FAIL, name, detail), in display order; with
     ``check_auth`` one real request through the agent as well."""
@@ -189,7 +225,8 @@ def run_checks(ws, check_auth: bool = False) -> list[tuple[str, str, str]]:
         agent += agent_checks.check_auth(cfg)
     return [_check_workspace(ws), config_check, _check_git(cfg), *_check_worktrees(ws, cfg),
             *agent, _check_queue_fs(ws), _check_disk(ws), _check_memory(cfg),
-            _check_nofile(cfg), _check_prompt(ws, cfg)]
+            _check_nofile(cfg), _check_prompt(ws, cfg), _check_private(ws),
+            _check_remote(ws, cfg)]
 
 
 @click.command()

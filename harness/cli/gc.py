@@ -129,58 +129,91 @@ def _ids_in(ws, states: tuple[str, ...]) -> set[str]:
     return ids
 
 
-def _gc_logs(ws, older_than_days: float, dry_run: bool) -> list[dict[str, Any]]:
+def _ended_before(ws, state: str, cutoff: float) -> set[str]:
+    """Ids in done/ or failed/ whose last attempt ended before ``cutoff`` (its result.json
+    ``ended_at``, else the time the item entered the state: a rename sets the ctime)."""
     import os
-    import shutil
+
+    from harness.queue import names
+    from harness.views.attempts import read_json
+
+    out = set()
+    try:
+        entries = names.entries(ws.queue_dir / state)
+    except FileNotFoundError:
+        return out
+    for entry in entries:
+        parsed = names.try_parse(entry)
+        if parsed is None:
+            continue
+        result = read_json(ws.attempt_dir(parsed.id, parsed.attempt) / "result.json") or {}
+        ended = result.get("ended_at")
+        if not isinstance(ended, (int, float)):
+            try:
+                ended = os.stat(ws.queue_dir / state / entry).st_ctime
+            except FileNotFoundError:
+                continue
+        if ended < cutoff:
+            out.add(parsed.id)
+    return out
+
+
+def _old_items(ws, days: float, include_failed: bool) -> set[str]:
+    """Items that ended more than ``days`` ago, still-live ids left out."""
     import time
+
+    cutoff = time.time() - days * 86400
+    old = _ended_before(ws, "done", cutoff)
+    if include_failed:
+        old |= _ended_before(ws, "failed", cutoff)
+    return old - _ids_in(ws, ("pending", "claimed", "waiting"))
+
+
+def _gc_logs(ws, old: set[str], dry_run: bool) -> list[dict[str, Any]]:
+    """logs/<id>/ of the old items, each checked for symlinks at the moment of use."""
+    import shutil
 
     from harness.paths import is_unsafe
 
     out: list[dict[str, Any]] = []
-    if not ws.logs_dir.is_dir():
-        return out
-    terminal = _ids_in(ws, ("done", "failed"))
-    live = _ids_in(ws, ("pending", "claimed", "waiting"))
-    cutoff = time.time() - older_than_days * 86400
-    for item_dir in sorted(ws.logs_dir.iterdir()):
-        if not item_dir.is_dir() or item_dir.is_symlink():
+    for item_id in sorted(old):
+        item_dir = ws.logs_dir / item_id
+        if not item_dir.is_dir():
             continue
-        item_id = item_dir.name
-        if item_id not in terminal or item_id in live:
-            continue  # live, unknown or foreign: never pruned
-        for attempt_dir in sorted(item_dir.iterdir()):
-            if not attempt_dir.name.isdigit() or not attempt_dir.is_dir() \
-                    or attempt_dir.is_symlink():
-                continue
-            try:
-                stamp = (attempt_dir / "result.json").stat().st_mtime
-            except OSError:
-                try:
-                    stamp = attempt_dir.stat().st_mtime
-                except OSError:
-                    continue
-            if stamp >= cutoff:
-                continue
-            unsafe = is_unsafe(ws.root, attempt_dir)
-            if unsafe is not None:
-                out.append({"kind": "logs", "path": str(attempt_dir.relative_to(ws.root)),
-                            "action": "kept", "reason": unsafe, "bytes": 0})
-                continue
-            size = _tree_bytes(attempt_dir)
-            if not dry_run:
-                shutil.rmtree(attempt_dir, ignore_errors=True)
-                if attempt_dir.exists():
-                    out.append({"kind": "logs", "path": str(attempt_dir.relative_to(ws.root)),
-                                "action": "kept", "reason": "could not remove", "bytes": 0})
-                    continue
-            out.append({"kind": "logs", "path": str(attempt_dir.relative_to(ws.root)),
-                        "action": "would remove" if dry_run else "removed", "bytes": size})
+        row: dict[str, Any] = {"kind": "logs", "path": str(item_dir.relative_to(ws.root)),
+                               "bytes": 0}
+        out.append(row)
+        unsafe = is_unsafe(ws.root, item_dir)
+        if unsafe is not None:
+            row.update(action="kept", reason=unsafe)
+            continue
+        size = _tree_bytes(item_dir)
         if not dry_run:
-            try:
-                os.rmdir(item_dir)  # only succeeds once every attempt is gone
-            except OSError:
-                pass
+            shutil.rmtree(item_dir, ignore_errors=True)
+            if item_dir.exists():
+                row.update(action="kept", reason="could not remove")
+                continue
+        row.update(action="would remove" if dry_run else "removed", bytes=size)
     return out
+
+
+def _gc_branches(ws, cfg, old: set[str], dry_run: bool) -> list[dict[str, Any]]:
+    """Attempt branches of the old items, and harness/<id> once the target contains it."""
+    from harness.repo import retention, worktrees
+
+    repo = (ws.root / cfg.git.repo).resolve()
+    if not old or not (repo / ".git").exists():
+        return []
+    try:
+        branches = retention.prunable(repo, cfg.git.target_branch, old)
+        if not dry_run:
+            retention.delete(repo, branches)
+    except worktrees.GitError as exc:
+        return [{"kind": "branch", "path": str(repo), "action": "kept", "bytes": 0,
+                 "reason": f"git error: {exc}"}]
+    verb = "would remove" if dry_run else "removed"
+    return [{"kind": "branch", "path": b.branch, "action": verb, "bytes": 0, "reason": b.why}
+            for b in branches]
 
 
 def _agent_running(hb: dict[str, Any]) -> bool:
@@ -245,31 +278,39 @@ def _gc_heartbeats(ws, dry_run: bool) -> list[dict[str, Any]]:
 
 
 @click.command()
-@click.option("--logs-older-than", "older_than", type=click.FloatRange(min=0), default=30.0,
-              show_default=True, metavar="DAYS",
-              help="Prune attempt logs of done/failed items older than this many days.")
+@click.option("--older-than", "days", type=click.FloatRange(min=0), default=None,
+              metavar="DAYS", help="Prune items that ended longer ago than this"
+              " (default: [retention] days, 30).")
+@click.option("--logs-older-than", "days", type=click.FloatRange(min=0), hidden=True,
+              help="The old name of --older-than.")
+@click.option("--include-failed", is_flag=True, default=None,
+              help="Prune failed items too (default: [retention] include_failed, false).")
 @click.option("--dry-run", is_flag=True, help="Report what would be removed; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def gc(ctx: click.Context, older_than: float, dry_run: bool, as_json: bool) -> None:
-    """Free what dead workers and old attempts left behind.
+def gc(ctx: click.Context, days: float | None, include_failed: bool | None, dry_run: bool,
+       as_json: bool) -> None:
+    """Free what dead workers and old items left behind.
 
     \b
     Removes:
-      worktrees/w<N>   N above the pool size (state/desired-workers while a
-                       coordinator runs, else [run] agents), worker lock free,
-                       no unsaved work
-      logs/<id>/<n>    items in done/ or failed/ only, older than --logs-older-than
-                       (mtime of result.json, else of the directory)
-      heartbeats       of workers whose lock is free (unless they name a live
-                       claim or a running agent: the coordinator needs those)
-    A worktree with uncommitted changes, untracked files or unreachable
-    commits is never removed ("kept: unsaved work").
+      worktrees/w<N>     N above the pool size (state/desired-workers while a
+                         coordinator runs, else [run] agents), worker lock free,
+                         no unsaved work
+      logs/<id>/         items in done/ that ended more than DAYS ago (failed/
+                         too with --include-failed)
+      branches           of those items: harness-attempts/<id>/*, and harness/<id>
+                         once the target branch contains it
+      heartbeats         of workers whose lock is free (unless they name a live
+                         claim or a running agent: the coordinator needs those)
+    Never removed: a worktree with uncommitted changes, untracked files or
+    unreachable commits ("kept: unsaved work"); an unmerged harness/<id>;
+    anything reached through a symbolic link.
 
     \b
     Example:
       parallel-harness gc --dry-run
-      parallel-harness gc --logs-older-than 7
+      parallel-harness gc --older-than 7 --include-failed
     """
     from harness import config as config_mod
 
@@ -278,8 +319,10 @@ def gc(ctx: click.Context, older_than: float, dry_run: bool, as_json: bool) -> N
         cfg = config_mod.load(ws.config_file)
     except config_mod.ConfigError as exc:
         usage_error(str(exc))
-    rows = (_gc_worktrees(ws, cfg, dry_run) + _gc_logs(ws, older_than, dry_run)
-            + _gc_heartbeats(ws, dry_run))
+    old = _old_items(ws, cfg.retention.days if days is None else days,
+                     cfg.retention.include_failed if include_failed is None else include_failed)
+    rows = (_gc_worktrees(ws, cfg, dry_run) + _gc_logs(ws, old, dry_run)
+            + _gc_branches(ws, cfg, old, dry_run) + _gc_heartbeats(ws, dry_run))
     freed = [r for r in rows if r["action"] != "kept"]
     total = sum(r["bytes"] for r in freed)
     if as_json:
@@ -292,7 +335,8 @@ def gc(ctx: click.Context, older_than: float, dry_run: bool, as_json: bool) -> N
                 continue  # the normal case; not worth a line
             click.echo(f"kept          {r['path']}: {r['reason']}")
         else:
-            click.echo(f"{r['action']:<13} {r['path']} ({size(r['bytes'])})")
+            detail = r["reason"] if r["kind"] == "branch" else size(r["bytes"])
+            click.echo(f"{r['action']:<13} {r['path']} ({detail})")
     verb = "would free" if dry_run else "freed"
     click.echo(f"{verb} {len(freed)} entr{'y' if len(freed) == 1 else 'ies'},"
                f" {total} bytes ({size(total)})")

@@ -181,7 +181,8 @@ def show(ctx: click.Context, item_id: str, as_json: bool) -> None:
     for a in report["attempts"]:
         info = attempts.attempt_info(item_id, a["attempt"], ws.attempt_dir(item_id, a["attempt"]),
                                      running=running, parse=False)
-        a.update({k: info[k] for k in ("reason", "detail", "tokens", "cost_usd", "turns")})
+        a.update({k: info[k] for k in ("reason", "detail", "tokens", "cost_usd", "turns",
+                                       "pushed", "pr_url")})
     if as_json:
         echo_json(report)
     else:

@@ -33,6 +33,12 @@ def main(ctx: click.Context, root: str, agents: int | None, forever: bool) -> No
     """
     ctx.ensure_object(dict)
     ctx.obj["root"] = root
+    if ctx.invoked_subcommand not in ("init", "demo"):
+        # Queue items, state and logs hold prompts and agent output: 0600 / 0700. init
+        # writes the user's own files (harness.toml, prompts/) with the user's umask.
+        from harness.paths import private_files
+
+        private_files()
     if ctx.invoked_subcommand is None:
         if agents is None and not forever:
             click.echo(ctx.get_help())

@@ -39,6 +39,9 @@ def render_text(s: dict[str, Any]) -> str:
                      f"  tokens {tokens}  cost ${run.get('cost_usd_total') or 0:.2f}"
                      f"  reclaims {run.get('reclaims_total') or 0}"
                      f"  restarts {run.get('restarts_total') or 0}")
+        if run.get("integration_lag") or run.get("push_retries_total"):
+            lines.append(f"deliver  {run.get('integration_lag') or 0} done item(s) not yet"
+                         f" integrated  push retries {run.get('push_retries_total') or 0}")
     if s["paused"]:
         lines.append("PAUSED   " + paused_text(s))
     for c in s.get("corrupt_heartbeats") or []:
@@ -90,6 +93,24 @@ _MERGE_EVENTS: dict[str, Any] = {
     "checkout-behind": lambda ev: f"checkout {ev.get('checkout')} left behind: {ev.get('why')}",
 }
 
+# The edges: what the harness refused, moved aside, removed or survived.
+_EDGE_EVENTS: dict[str, Any] = {
+    "slot-refused": lambda ev: f"{ev.get('worker')} not started: {ev.get('why')}",
+    "slot-usable": lambda ev: f"{ev.get('worker')} slot usable again",
+    "junk": lambda ev: f"junk: {ev.get('action')}",
+    "stale-lock-removed": lambda ev: f"removed stale git lock {ev.get('lock')}",
+    "merge-waiting": lambda ev: f"merge of {ev.get('item')} waits: {ev.get('lock')} is held",
+    "branch-reconcile-failed": lambda ev: f"branch of {ev.get('item') or '?'} not restored:"
+                                          f" {ev.get('error')}",
+    "result-missing": lambda ev: f"{ev.get('item')} is done but not in git: {ev.get('why')}",
+    "orphans-killed": lambda ev: f"killed {len(ev.get('pids') or [])} leftover process(es) of"
+                                 f" {', '.join(ev.get('owners') or [])} ({ev.get('why')})",
+    "write-fault": lambda ev: f"write fault for {ev.get('seconds')}s: " + "; ".join(
+        f"{k}: {v}" for k, v in (ev.get("errors") or {}).items()),
+    "clock-step": lambda ev: f"wall clock stepped {ev.get('seconds')}s: {ev.get('shifted')}"
+                             " waiting due time(s) moved with it",
+}
+
 
 def render_event(ev: dict[str, Any]) -> str | None:
     """One line for an event an operator watching ``run`` wants to see; None for the rest
@@ -132,6 +153,8 @@ def render_event(ev: dict[str, Any]) -> str | None:
         text = f"operator: purge {len(ev.get('items') or [])} item(s) from {ev.get('state')}/"
     elif kind in _MERGE_EVENTS:
         text = _MERGE_EVENTS[kind](ev)
+    elif kind in _EDGE_EVENTS:
+        text = _EDGE_EVENTS[kind](ev)
     elif kind == "dropped-file":
         text = f"hand-dropped file: {ev.get('action')}"
     elif kind == "memory-floor":
@@ -226,6 +249,12 @@ def render_item(report: dict[str, Any]) -> str:
             lines.append(head)
             lines.append(textwrap.fill(a.get("detail") or "", 100, initial_indent=" " * 14,
                                        subsequent_indent=" " * 14, break_long_words=False))
+        pushed = a.get("pushed")
+        if isinstance(pushed, dict):
+            lines.append(f"              pushed {str(pushed.get('sha'))[:12]} to"
+                         f" {pushed.get('branch')} on {pushed.get('remote')}")
+        if a.get("pr_url"):
+            lines.append(f"              pull request {a['pr_url']}")
         lines.append(f"              {a['log_dir']}")
     return "\n".join(lines)
 

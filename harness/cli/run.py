@@ -8,13 +8,14 @@ with ``--quiet`` nothing, with ``--json`` only the summary as JSON.
 from __future__ import annotations
 
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import click
 
-from harness.cli.common import EXIT_USAGE, workspace
+from harness.cli.common import EXIT_HARNESS, EXIT_USAGE, workspace
 
 
 @click.command()
@@ -60,7 +61,7 @@ def run_pool(ws: Any, overrides: dict[str, dict[str, Any]], *, forever: bool,
         cfg = config_mod.load(ws.config_file, overrides)
         _refuse_empty_pool(cfg, forever)
         preflight.check(ws, cfg)
-        coordinator = Coordinator(ws, cfg, forever=forever)
+        coordinator = Coordinator(ws, cfg, forever=forever, on_fault=_report_fault)
         coordinator.start()
     except (config_mod.ConfigError, CoordinatorError, preflight.PreflightError,
             UnsupportedFilesystem, PromptError) as exc:
@@ -71,9 +72,21 @@ def run_pool(ws: Any, overrides: dict[str, dict[str, Any]], *, forever: bool,
         if mode in ("tty", "plain"):
             for line in _opening(ws, cfg, coordinator, forever):
                 echo(line)
-        code = coordinator.run()
+        try:
+            code = coordinator.run()
+        except Exception:  # noqa: BLE001 -- say it plainly, keep the traceback
+            click.echo(traceback.format_exc(), err=True)
+            click.echo("error: the coordinator stopped on the internal error above; its workers"
+                       " finish their current items on their own and nothing is lost;"
+                       " `parallel-harness run` starts it again", err=True)
+            return EXIT_HARNESS
     _closing(ws, coordinator, mode)
     return code
+
+
+def _report_fault(text: str) -> None:
+    """A fault of the machine, on stderr as it happens (it may not reach the event log)."""
+    click.echo(f"parallel-harness: {text}", err=True)
 
 
 def _refuse_empty_pool(cfg: Any, forever: bool) -> None:
@@ -170,7 +183,15 @@ def _closing(ws: Any, coordinator: Any, mode: str) -> None:
     report = coordinator.run_report()
     if coordinator.budget_hit and mode != "json":
         click.echo(f"parallel-harness: stopped: {coordinator.budget_hit}", err=True)
+    if coordinator.undelivered and mode != "json":
+        from harness.repo.remote import redact
+
+        click.echo(f"parallel-harness: {coordinator.undelivered} done item(s) not delivered:"
+                   f" the remote {redact(coordinator.cfg.git.remote)!r} did not answer for"
+                   f" {coordinator.cfg.git.remote_wait:g}s; they stay in done/ and the next"
+                   " `parallel-harness run` delivers them", err=True)
     if mode == "json":
-        echo_json({**report, "root": str(ws.root), "budget_hit": coordinator.budget_hit})
+        echo_json({**report, "root": str(ws.root), "budget_hit": coordinator.budget_hit,
+                   "undelivered": coordinator.undelivered})
     elif mode != "quiet":
         click.echo(render_run_summary(report, str(ws.root)))

@@ -36,17 +36,21 @@ from harness.agents import orphans, runner
 from harness.liveness import heartbeat
 from harness.queue import fsops, names
 from harness.config import Config, queue_options
-from harness.repo.integration import MergeQueue, reconcile_branches
+from harness.repo.integration import IntegrationQueue, reconcile_branches
 from harness.liveness.process import ProcessIdentity, lock_is_held
-from harness.paths import is_unsafe
+from harness.paths import is_unsafe, user_umask
 from harness.queue.core import Queue
+from harness.queue.names import ItemName
 from harness.queue.recovery import adopt_dropped, recover
+from harness.pool import delivery
+from harness.pool.faults import FaultWatch
 from harness.pool.guards import Guards
 from harness.pool.worker import EXIT_SLOT_UNSAFE
 from harness.pool.runstats import RunStats
 from harness.workspace import EventTail, Workspace
 
 DROP_SCAN_INTERVAL = 2.0  # seconds between looks for hand-dropped files
+CLOCK_STEP_TOLERANCE = 1.0  # seconds the wall clock may move against the monotonic one per tick
 QUICK_DEATH = 10.0  # a worker that dies sooner than this after start counts as crash-looping
 
 
@@ -81,18 +85,26 @@ class Coordinator:
     clock: Any = time.monotonic
     slots: dict[str, Slot] = field(default_factory=dict)
     on_event: Callable[[dict[str, Any]], None] | None = None  # every event, as read back
+    on_fault: Callable[[str], None] = lambda text: None  # a fault of the machine, as it happens
+    wall: Callable[[], float] = time.time  # due times are wall-clock (see watch_clock)
 
     def __post_init__(self) -> None:
-        self.queue = Queue(self.ws.queue_dir, **queue_options(self.cfg),
+        self.faults = FaultWatch(self.ws, self.event, self.on_fault,
+                                 self.cfg.run.fault_pause_after, self.clock)
+        self.queue = Queue(self.ws.queue_dir, **queue_options(self.cfg), clock=self.wall,
                            on_junk=lambda text: self.event("junk", action=text))
+        self.clock_offset = self.wall() - self.clock()
+        self.waiting_seen: list[ItemName] = []  # the waiting names of the last promote
         self.staleness = heartbeat.Staleness(self.clock)
         self.orphans: dict[str, float] = {}
         self.stop_requested: str | None = None
         self.memory_held = False
         self.guards = Guards(self.ws, self.cfg.run, self.event)
         self.repo = (self.ws.root / self.cfg.git.repo).resolve()
-        self.merges = MergeQueue(self.repo, self.cfg.git.target_branch, self.queue,
-                                 self.ws.logs_dir, self.event)
+        mode = delivery.build(self.ws, self.cfg, self.queue, self.repo, self.event)
+        self.merges = (IntegrationQueue(mode, self.ws, self.queue, self.event, self.clock)
+                       if mode is not None else None)
+        self.undelivered = 0  # done items a batch run ended without delivering
         self.stats = RunStats()
         self.lock = FileLock(str(self.ws.coordinator_lock))
         self.doomed: list[tuple[ProcessIdentity, float]] = []
@@ -122,20 +134,20 @@ class Coordinator:
                                   started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z")).beat()
         # A pool size set by `scale` belongs to the run that was scaled, not to this one.
         self.ws.desired_workers_file.unlink(missing_ok=True)
+        self.tail = EventTail(self.ws.events_file)  # from here on: run prints what it reads
         for action in recover(self.queue):
             self.event("recovered", action=action)
         # Names, not ids: an item retried and failed again has a new name.
         self.failed_at_start = set(names.entries(self.queue.dir("failed")))
         self.done_at_start = set(names.entries(self.queue.dir("done")))
         self.stats.baseline(len(self.done_at_start), len(self.failed_at_start))
-        self.tail = EventTail(self.ws.events_file)
         self._adopt()
         orphans.become_subreaper()  # a dead worker's agent comes back to us, not to init
         self.hbs = heartbeat.read_all(self.ws.heartbeats_dir)
         self.kill_orphans(orphans.marked(self.ws.root), "left by an earlier run")
         reconcile_branches(self.repo, self.queue, self.event)
-        if self.cfg.git.integrate == "merge":
-            self.merges.load_unmerged()
+        if self.merges is not None:
+            self.merges.load_pending()
         self.event("coordinator-start", agents=self.desired_workers(), forever=self.forever)
 
     def _adopt(self) -> None:
@@ -166,13 +178,13 @@ class Coordinator:
             self._finish()
         failed = set(names.entries(self.queue.dir("failed"))) - self.failed_at_start
         self.event("coordinator-exit", reason=self.stop_requested or "batch finished",
-                   failed=len(failed))
+                   failed=len(failed), undelivered=self.undelivered)
         if self.stop_requested:
             return 128 + signal.Signals[self.stop_requested].value
         if self.budget_hit:
             self.guards.lift_budget_pause()
             return 1
-        return 1 if failed else 0
+        return 1 if failed or self.undelivered else 0
 
     def _finish(self) -> None:
         """Show the last tick's events, write the final run.json, give up the singleton.
@@ -205,22 +217,31 @@ class Coordinator:
         self.stop_requested = signal.Signals(signum).name
 
     def tick(self) -> None:
-        hbs = self.hbs = heartbeat.read_all(self.ws.heartbeats_dir)
+        """One pass of supervision. Each step that hits a fault of the machine (OSError) is
+        reported and retried next tick; the others still run (pool.faults)."""
+        step = self.faults.step
+        self.hbs = heartbeat.read_all(self.ws.heartbeats_dir)
         for slot in list(self.slots.values()):
-            self.check_slot(slot, hbs.get(slot.id))
-        self.reap_doomed()
+            step(f"check {slot.id}", lambda: self.check_slot(slot, self.hbs.get(slot.id)))
+        step("reap", self.reap_doomed)
+        step("orphans", self._kill_foster_orphans)
+        step("revoke", lambda: self.revoke_orphans(self.hbs))
+        step("take in dropped files", self.take_in_dropped_files)
+        step("clock", self.watch_clock)
+        step("promote", self.promote)
+        step("scale", self.scale)
+        step("read events", self.watch_events)
+        step("budget", lambda: self.guards.check_budget(self.stats))
+        if self.merges is not None:
+            step("integrate", self.merges.step)
+        step("resume", self.auto_resume)
+        step("write run.json", self.publish_stats)
+        self.faults.tick_done()
+
+    def _kill_foster_orphans(self) -> None:
         foster = self._foster_children()
         self.kill_orphans(orphans.marked(self.ws.root, foster), "its worker is gone")
         orphans.reap(foster)  # killed now or earlier, or ended by themselves
-        self.revoke_orphans(hbs)
-        self.take_in_dropped_files()
-        self.queue.promote()
-        self.scale()
-        self.watch_events()
-        self.guards.check_budget(self.stats)
-        self.merges.step()
-        self.auto_resume()
-        self.publish_stats()
 
     def finished(self) -> bool:
         """The batch is over: nothing live, no worker still recording, nothing left to merge.
@@ -233,7 +254,19 @@ class Coordinator:
         if counts["claimed"] or (not self.budget_hit and counts["pending"] + counts["waiting"]):
             return False
         working = any(hb.get("state") == "working" for hb in self.hbs.values())
-        return not working and not self.merges
+        return not working and not self._integration_pending()
+
+    def _integration_pending(self) -> bool:
+        """Done items still to deliver; a remote unreachable for ``[git] remote_wait`` ends
+        a batch run anyway (exit 1): they stay in done/ for the next run to deliver."""
+        merges = self.merges
+        if not merges:
+            return False
+        since = merges.unreachable_since
+        if since is not None and self.clock() - since > self.cfg.git.remote_wait:
+            self.undelivered = len(merges.pending)
+            return False
+        return True
 
     # -- worker health ---------------------------------------------------------
 
@@ -429,7 +462,8 @@ class Coordinator:
             slot.proc = subprocess.Popen(
                 [sys.executable, "-m", "harness.pool.worker", "--root", str(self.ws.root),
                  "--id", slot.id, "--generation", slot.generation],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                umask=user_umask())
         slot.started = self.clock()
         slot.identity = None
         self.event("worker-spawn", worker=slot.id, generation=slot.generation, pid=slot.proc.pid)
@@ -461,7 +495,7 @@ class Coordinator:
         for ev in self.read_events():
             if ev.get("event") != "attempt-end":
                 continue
-            if ev.get("queue") == "done" and self.cfg.git.integrate == "merge":
+            if ev.get("queue") == "done" and self.merges is not None:
                 self.merges.add(ev["item"])
             self.guards.attempt_ended(ev)
 
@@ -476,14 +510,41 @@ class Coordinator:
         self.counts = self.queue.counts()
         snap = self.stats.snapshot(self.counts, alive, self.desired_workers() if running else 0,
                                    self.ws.interrupt_file.exists(), running=running)
+        snap["integration_lag"] = len(self.merges.pending) if self.merges else 0
+        snap["push_retries_total"] = self.merges.retries if self.merges else 0
         fsops.write_atomic(self.ws.run_file, orjson.dumps(snap), tmp_dir=self.ws.tmp_dir,
                            durable=False)
         write_prometheus(self.ws.metrics_file, snap)
 
+    def promote(self) -> None:
+        self.queue.promote()
+        self.waiting_seen = self.queue.waiting_seen
+
+    def watch_clock(self) -> None:
+        """Follow a step of the wall clock (settimeofday, a VM resumed from a snapshot).
+
+        Due times in waiting/ and a quota pause's resume time are wall-clock; a step
+        of the clock would stall them (back) or skip them (forward). The offset
+        between the wall clock and this process's monotonic clock is watched; when
+        it jumps by more than CLOCK_STEP_TOLERANCE, the due times the last promote
+        saw and the resume time move by the same amount. Slow drift (NTP slewing)
+        is followed, never treated as a step.
+        """
+        offset = self.wall() - self.clock()
+        step, self.clock_offset = offset - self.clock_offset, offset
+        if abs(step) <= CLOCK_STEP_TOLERANCE:
+            return
+        shifted = self.queue.shift_due(self.waiting_seen, step)
+        resume_at = self.ws.resume_at()
+        if resume_at is not None:
+            self.ws.shift_resume_at(step)
+        self.event("clock-step", seconds=round(step, 3), shifted=shifted,
+                   resume_at_moved=resume_at is not None)
+
     def auto_resume(self) -> None:
         """Lift a quota pause at the reset time the agent reported."""
         resume_at = self.ws.resume_at()
-        if resume_at is not None and time.time() >= resume_at and self.ws.resume():
+        if resume_at is not None and self.wall() >= resume_at and self.ws.resume():
             self.event("resumed", why="rate-limit reset time reached")
 
     # -- shutdown --------------------------------------------------------------
@@ -530,4 +591,7 @@ class Coordinator:
     # -- helpers ---------------------------------------------------------------
 
     def event(self, kind: str, /, **fields: Any) -> None:
-        self.ws.log_event(kind, source="coordinator", **fields)
+        try:
+            self.ws.log_event(kind, source="coordinator", **fields)
+        except OSError:
+            self.faults.lost_event()  # counted in the write-fault event once writes work

@@ -53,6 +53,10 @@ _FAMILIES: Final = (
      "cost_usd_total", None, ()),
     ("harness_paused", "gauge", "1 while the interrupt file stops new claims, else 0.",
      "paused", None, ()),
+    ("harness_integration_lag", "gauge", "Done items not yet integrated (merged or on the remote).",
+     "integration_lag", None, ()),
+    ("harness_push_retries_total", "counter",
+     "Integrations tried again because the target branch moved.", "push_retries_total", None, ()),
 )
 
 

@@ -31,6 +31,19 @@ def check(ws: Workspace, cfg: Config) -> None:
     if cfg.agent.preset == "custom" and not cfg.agent.command:
         raise PreflightError(f"{ws.config_file}: agent.command: preset 'custom' needs an"
                              " argv template")
+    _check_remote(cfg)
+
+
+def _check_remote(cfg: Config) -> None:
+    """The remote modes need a remote, and ``pr`` its command."""
+    git = cfg.git
+    if git.integrate in ("push", "merge-push", "pr") and not git.remote.strip():
+        raise cfg.error("git.remote", f"integrate = {git.integrate!r} delivers to a git remote:"
+                        " set remote (a remote name such as \"origin\", or a URL)")
+    if git.integrate == "pr" and not git.pr_command:
+        raise cfg.error("git.pr_command", "integrate = \"pr\" runs this command after the push,"
+                        " e.g. [\"gh\", \"pr\", \"create\", \"--head\", \"{{BRANCH}}\","
+                        " \"--title\", \"{{TITLE}}\", \"--body-file\", \"{{SUMMARY}}\"]")
 
 
 def _check_resume_prompt(cfg: Config) -> None:

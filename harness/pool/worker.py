@@ -33,12 +33,13 @@ import psutil
 
 from harness.agents import orphans, presets, prompts, runner, session, streams
 from harness.liveness import heartbeat
-from harness.repo import worktrees
+from harness.repo import remote, worktrees
 from harness import config as config_mod
 from harness.config import Config
 from harness.repo.integration import attempt_branch, item_branch
 from harness.liveness.process import ProcessIdentity, hold_lock
-from harness.paths import UnsafePath, check_inside, is_unsafe
+from harness.pool.faults import Backoff
+from harness.paths import UnsafePath, check_inside, is_unsafe, private_files
 from harness.queue.names import ItemName
 from harness.queue.core import Claim, Fenced, Queue
 from harness.workspace import Workspace
@@ -47,6 +48,7 @@ EXIT_SLOT_TAKEN = 3
 EXIT_SLOT_UNSAFE = 4  # the slot's worktree path is a symlink or outside the workspace
 IDLE_POLL = 0.1
 ORPHAN_DEATH_WAIT = 5.0  # seconds to wait for killed leftovers to be gone
+RECORD_RETRY_FOR = 300.0  # seconds to keep retrying the record of an outcome through a fault
 RATE_LIMIT_DEFAULT_PAUSE = 900.0  # seconds, when the agent does not say when its quota resets
 # Reasons after which a retry may continue the session ([agent] resume): nothing was wrong
 # with what the session had done so far.
@@ -82,8 +84,7 @@ class Worker:
     def __init__(self, ws: Workspace, cfg: Config, worker_id: str, generation: str) -> None:
         self.ws, self.cfg, self.id, self.generation = ws, cfg, worker_id, generation
         self.queue = Queue(ws.queue_dir, **config_mod.queue_options(cfg),
-                           on_junk=lambda text: ws.log_event("junk", worker=worker_id,
-                                                             action=text))
+                           on_junk=lambda text: self.log("junk", action=text))
         self.hb = heartbeat.HeartbeatWriter(
             ws.heartbeat_file(worker_id), ws.tmp_dir, worker=worker_id, generation=generation,
             **ProcessIdentity.of().as_record(), state="starting", item=None)
@@ -95,6 +96,10 @@ class Worker:
         self._coordinator_gone_since: float | None = None
         self._coordinator_checked = -1e9
         self.refused: str | None = None  # why this slot may not be used, once found
+        self.faults: dict[str, str] = {}  # operation -> its last error, until it works again
+        self.events_lost = 0
+        self.backoff = Backoff()
+        self._claiming: ItemName | None = None  # claimed, not yet recorded in the heartbeat
 
     # -- loop ----------------------------------------------------------------
 
@@ -102,7 +107,7 @@ class Worker:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         self.beat(force=True, state="idle")
-        self.ws.log_event("worker-start", worker=self.id, generation=self.generation)
+        self.log("worker-start", generation=self.generation)
         if not self._slot_is_safe():
             return self._refuse()
         orphans.become_subreaper()  # escaped agent processes come back to this worker
@@ -119,8 +124,12 @@ class Worker:
                 break
             if not self._slot_is_safe():
                 return self._refuse()
+            if self.faults:  # our writes fail: wait, then claim only if the heartbeat works
+                time.sleep(self.backoff.next())
+                if not self.beat(force=True):
+                    continue
             paused = self.ws.interrupt_reason()
-            claim = None if paused else self.queue.claim(on_claim=self._record_claim)
+            claim = None if paused else self._claim()
             if claim is None:
                 self.beat(state="paused" if paused else "idle", doing=paused, item=None,
                           item_id=None, attempt=None)
@@ -129,7 +138,7 @@ class Worker:
             self.process(claim)
         if self.refused:
             return self._refuse()
-        self.ws.log_event("worker-exit", worker=self.id, generation=self.generation, reason=reason)
+        self.log("worker-exit", generation=self.generation, reason=reason)
         self.hb.remove()
         return 0
 
@@ -142,7 +151,7 @@ class Worker:
     def _refuse(self) -> int:
         """Stop without claiming: the coordinator starts no worker in this slot until the
         operator fixes the path, so no item is burned on it."""
-        self.ws.log_event("slot-refused", worker=self.id, generation=self.generation,
+        self.log("slot-refused", generation=self.generation,
                           path=str(self.ws.worktree(self.id)), why=self.refused)
         self.beat(force=True, state="refused", doing=self.refused, item=None, item_id=None,
                   attempt=None)
@@ -151,13 +160,54 @@ class Worker:
     def _stop(self, signum: int, frame: Any) -> None:
         self.stopping = True
 
-    def beat(self, force: bool = False, **fields: Any) -> None:
-        """Update the heartbeat record; write it if forced or the interval has passed."""
+    def beat(self, force: bool = False, **fields: Any) -> bool:
+        """Update the heartbeat record; write it if forced or the interval has passed.
+
+        False if the write failed (a full disk, a read-only state/): the worker then
+        claims nothing until a write succeeds (see run), and an attempt in flight goes on.
+        """
         self.hb.record.update(fields)
         now = time.monotonic()
         if force or now - self._last_beat >= self.cfg.run.heartbeat_interval:
-            self.hb.beat()
+            try:
+                self.hb.beat()
+            except OSError as exc:
+                self._fault("heartbeat", exc)
+                return False
             self._last_beat = now
+            self._fault_cleared("heartbeat")
+        return True
+
+    def _fault(self, what: str, exc: OSError) -> None:
+        """A write of this worker failed: remember it, say it once in the worker's log."""
+        text = str(exc)
+        if self.faults.get(what) != text:
+            try:
+                print(f"worker {self.id}: {what}: {text}; backing off", file=sys.stderr,
+                      flush=True)
+            except OSError:
+                pass  # the log file is on the full disk too
+        self.faults[what] = text
+
+    def _fault_cleared(self, what: str) -> None:
+        """``what`` worked again: say so once the last fault is gone."""
+        fault = self.faults.pop(what, None)
+        if fault is not None and not self.faults:
+            self.backoff.reset()
+            self.log("write-fault-cleared", fault=f"{what}: {fault}",
+                     events_lost=self.events_lost)
+            self.events_lost = 0
+
+    def log(self, kind: str, /, **fields: Any) -> None:
+        """An event in state/events.jsonl; one that cannot be written is counted, not fatal."""
+        try:
+            self.ws.log_event(kind, worker=self.id, **fields)
+        except OSError as exc:
+            self.events_lost += 1
+            self._fault("event log", exc)
+            return
+        if self.faults:
+            self._fault_cleared("event log")
 
     def coordinator_gone(self) -> bool:
         """True once the coordinator has been gone for ``coordinator_gone_after``.
@@ -178,25 +228,69 @@ class Worker:
             self._coordinator_gone_since = now
         return now - self._coordinator_gone_since > self.cfg.run.coordinator_gone_after
 
+    def _claim(self) -> Claim | None:
+        """The next claim, or None; a fault of the machine is noted, never raised.
+
+        A claim whose heartbeat record cannot be written is given back at once,
+        uncounted: the coordinator would otherwise revoke it as an orphan, counted.
+        """
+        self._claiming = None
+        try:
+            claim = self.queue.claim(on_claim=self._record_claim)
+            self._fault_cleared("claim")
+            return claim
+        except OSError as exc:
+            self._fault("claim", exc)
+            if self._claiming is not None:
+                try:
+                    self.queue.revoke(self._claiming, f"worker {self.id} could not record the"
+                                      f" claim: {exc}", count=False)
+                except OSError:
+                    pass  # the coordinator revokes it as an orphan
+            return None
+
     def _record_claim(self, name: ItemName) -> None:
-        self.beat(force=True, state="working", item=str(name), item_id=name.id,
-                  attempt=name.attempt, claimed_at=time.time(), doing="claimed")
+        self._claiming = name
+        if not self.beat(force=True, state="working", item=str(name), item_id=name.id,
+                         attempt=name.attempt, claimed_at=time.time(), doing="claimed"):
+            raise OSError(self.faults.get("heartbeat", "the heartbeat could not be written"))
 
     # -- one attempt ---------------------------------------------------------
 
     def process(self, claim: Claim) -> None:
         started = time.time()
         log_dir = self.ws.attempt_dir(claim.id, claim.attempt)
-        log_dir.mkdir(parents=True, exist_ok=True)
-        (log_dir / "item.json").write_bytes(claim.item.to_json())
-        self.ws.log_event("claim", worker=self.id, item=claim.id, attempt=claim.attempt)
+        try:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            (log_dir / "item.json").write_bytes(claim.item.to_json())
+        except OSError as exc:  # the machine's fault, not the item's: give it back uncounted
+            self._fault("attempt logs", exc)
+            self._give_back_now(claim, f"could not write {log_dir}: {exc}")
+            return
+        self.log("claim", item=claim.id, attempt=claim.attempt)
         try:
             att = self.attempt(claim, log_dir)
         except UnsafePath as exc:
             att = self._give_back(claim, exc)
         except Exception as exc:  # noqa: BLE001 -- an item must never kill its worker
             att = Attempt().end("failed", _harness_error(exc, log_dir))
-        queue_state = self.record(claim, att)
+        queue_state = self._record_retrying(claim, att)
+        self._write_results(claim, att, log_dir, started, queue_state)
+        self.beat(force=True, state="idle", item=None, item_id=None, attempt=None,
+                  claimed_at=None, doing=None, agent_pid=None, agent_start=None,
+                  tokens=None, cost_usd=None, turns=None, last_tool=None)
+        # What left the agent's process group and lost its parent is now our child.
+        self._kill_leftovers(f"escaped from {claim.id}~{claim.attempt}",
+                             orphans.marked(self.ws.root, orphans.children()))
+        orphans.reap(orphans.children())  # every subprocess of this worker has been waited for
+
+    def _write_results(self, claim: Claim, att: Attempt, log_dir: Path, started: float,
+                       queue_state: str) -> None:
+        """metrics.json, result.json (last: its presence means the attempt ended), the event.
+
+        Evidence, not state: a write that fails is reported, and the queue already holds
+        the outcome.
+        """
         metrics = att.stream.metrics.as_dict()
         metrics["duration_s"] = round(time.time() - started, 3)
         no_changes = att.reason == "succeeded" and att.sha is not None and att.sha == att.base
@@ -206,20 +300,38 @@ class Worker:
                   "commit": att.sha, "base": att.base, "session_id": att.stream.session_id,
                   "resumed_from": att.resumed, "no_changes": no_changes,
                   "started_at": started, "ended_at": time.time()}
-        _write_json(log_dir / "metrics.json", metrics)
-        _write_json(log_dir / "result.json", result)
-        self.ws.log_event("attempt-end", worker=self.id, item=claim.id, attempt=claim.attempt,
-                          reason=att.reason, queue=queue_state, detail=att.detail[:500],
-                          no_changes=no_changes,
-                          metrics={k: metrics[k] for k in ("input_tokens", "output_tokens",
-                                   "cache_creation_tokens", "cache_read_tokens", "cost_usd")})
-        self.beat(force=True, state="idle", item=None, item_id=None, attempt=None,
-                  claimed_at=None, doing=None, agent_pid=None, agent_start=None,
-                  tokens=None, cost_usd=None, turns=None, last_tool=None)
-        # What left the agent's process group and lost its parent is now our child.
-        self._kill_leftovers(f"escaped from {claim.id}~{claim.attempt}",
-                             orphans.marked(self.ws.root, orphans.children()))
-        orphans.reap(orphans.children())  # every subprocess of this worker has been waited for
+        try:
+            _write_json(log_dir / "metrics.json", metrics)
+            _write_json(log_dir / "result.json", result)
+        except OSError as exc:
+            self._fault("result files", exc)
+        self.log("attempt-end", item=claim.id, attempt=claim.attempt, reason=att.reason,
+                 queue=queue_state, detail=att.detail[:500], no_changes=no_changes,
+                 metrics={k: metrics[k] for k in ("input_tokens", "output_tokens",
+                                                  "cache_creation_tokens", "cache_read_tokens",
+                                                  "cost_usd")})
+
+    def _record_retrying(self, claim: Claim, att: Attempt) -> str:
+        """:meth:`record`, retried with backoff while a fault of the machine stops it and
+        the claim is still ours, for up to RECORD_RETRY_FOR seconds; then the claim is left
+        for the coordinator to revoke (it runs again: nothing is lost)."""
+        deadline = time.monotonic() + RECORD_RETRY_FOR
+        while True:
+            try:
+                return self.record(claim, att)
+            except OSError as exc:
+                self._fault("record the outcome", exc)
+                if time.monotonic() > deadline or not claim.is_live():
+                    att.end(att.reason, f"{att.detail}; the outcome could not be recorded: {exc}")
+                    return "none"
+                time.sleep(self.backoff.next())
+
+    def _give_back_now(self, claim: Claim, why: str) -> None:
+        try:
+            claim.release(self.backoff.next())
+        except (OSError, Fenced):
+            pass  # still in claimed/: the coordinator revokes it as an orphan
+        self.log("released", item=claim.id, attempt=claim.attempt, why=why)
 
     def attempt(self, claim: Claim, log_dir: Path) -> Attempt:
         """Prepare the worktree, run the agent and verify; never raises for agent trouble.
@@ -233,8 +345,8 @@ class Worker:
                                   max_turns=agent.max_turns) if fmt else None)
         att.resumed = self._resume_point(claim)
         session_id = att.resumed["session_id"] if att.resumed else str(uuid.uuid4())
-        start = att.resumed["commit"] if att.resumed else self.cfg.git.target_branch
         try:
+            start = att.resumed["commit"] if att.resumed else self._base()
             self.beat(force=True, doing="preparing worktree")
             wt = worktrees.ensure_worktree(self.repo, self.ws.worktree(self.id),
                                            self.cfg.git.target_branch, within=self.ws.root)
@@ -287,6 +399,19 @@ class Worker:
         self.refused = exc.reason
         self.stopping = True
         return Attempt().end("released", f"slot refused: {exc}")
+
+    def _base(self) -> str:
+        """What the attempt starts from: the remote's target as fetched at most
+        ``fetch_interval`` ago (one fetch shared by every worker), else the local target."""
+        git = self.cfg.git
+        if not git.remote:
+            return git.target_branch
+        self.beat(force=True, doing=f"fetching {git.target_branch} from the remote")
+        sha, note = remote.fresh_base(remote.Remote(self.repo, git.remote), git.target_branch,
+                                      git.fetch_interval)
+        if note:
+            self.log("stale-base", note=note)
+        return sha or git.target_branch
 
     def _argv(self, claim: Claim, log_dir: Path, session_id: str, wt: Path,
               resume: dict[str, Any] | None) -> tuple[list[str], Path | None]:
@@ -388,7 +513,7 @@ class Worker:
         killed = orphans.kill(found)
         if not killed:
             return
-        self.ws.log_event("orphans-killed", worker=self.id, why=why,
+        self.log("orphans-killed", why=why,
                           pids=[p.pid for p in killed],
                           owners=sorted({f"{p.item}~{p.attempt}" for p in killed}))
         pids = [p.pid for p in killed]
@@ -398,7 +523,7 @@ class Worker:
 
     def _agent_started(self, claim: Claim, proc: psutil.Process) -> None:
         self.beat(force=True, doing="running", agent_pid=proc.pid, agent_start=proc.create_time())
-        self.ws.log_event("agent-start", worker=self.id, item=claim.id, attempt=claim.attempt,
+        self.log("agent-start", item=claim.id, attempt=claim.attempt,
                           agent_pid=proc.pid, agent_start=proc.create_time())
 
     def _poll(self, claim: Claim, att: Attempt) -> str | None:
@@ -465,7 +590,7 @@ class Worker:
         return "done"
 
     def _stale_lock_removed(self, lock: Path) -> None:
-        self.ws.log_event("stale-lock-removed", worker=self.id, lock=str(lock),
+        self.log("stale-lock-removed", lock=str(lock),
                           why="older than every running git process")
 
     def _pause_for_fix(self, claim: Claim, att: Attempt) -> str:
@@ -475,7 +600,7 @@ class Worker:
         claim.release(0.0)
         self.ws.pause(f"{att.reason}: {att.detail} (item {claim.id}, worker {self.id}). Fix:"
                       f" {fix}; then `parallel-harness resume`")
-        self.ws.log_event("agent-paused-pool", worker=self.id, item=claim.id, reason=att.reason)
+        self.log("agent-paused-pool", item=claim.id, reason=att.reason)
         return "waiting"
 
     def _back_off(self, claim: Claim, att: Attempt) -> str:
@@ -493,7 +618,7 @@ class Worker:
         delay = max(0.0, resume - time.time())
         claim.release(delay)
         self.ws.pause(f"rate limited: {att.detail} (item {claim.id}, worker {self.id})", resume)
-        self.ws.log_event("rate-limited", worker=self.id, item=claim.id, resume_at=resume)
+        self.log("rate-limited", item=claim.id, resume_at=resume)
         return "waiting"
 
 
@@ -539,6 +664,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--id", required=True, help="worker slot, e.g. w1")
     parser.add_argument("--generation", default=os.urandom(4).hex())
     args = parser.parse_args(argv)
+    private_files()  # started with the user's umask (see Coordinator.spawn)
     ws = Workspace.at(args.root)
     try:
         cfg = config_mod.load(ws.config_file)

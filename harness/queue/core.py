@@ -137,15 +137,24 @@ class Queue:
     backoff_max: float = 300.0
     clock: Callable[[], float] = time.time
     relist_interval: float = 0.25
+    shared: bool = False  # a team's queue: directories 2770, files 0660 (else 0700 / 0600)
     on_junk: Callable[[str], None] | None = field(default=None, repr=False)
     stuck: set[str] = field(default_factory=set, repr=False)  # "state/entry" junk left in place
+    waiting_seen: list[ItemName] = field(default_factory=list, repr=False)  # by promote()
     _cache: list[str] = field(default_factory=list, repr=False)
     _cache_at: float = field(default=-1e9, repr=False)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
-        for d in DIRS:
-            (self.root / d).mkdir(parents=True, exist_ok=True)
+        self.file_mode = 0o660 if self.shared else 0o600
+        for d in ("", *DIRS):
+            path = self.root / d
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if self.shared:
+                try:
+                    os.chmod(path, 0o2770)  # setgid: new entries keep the group
+                except PermissionError:
+                    pass  # another member's directory: its owner set it up
         # Plain strings for the claim path: building Path objects cost a quarter of a claim.
         self._pending, self._claimed = f"{self.root}/pending/", f"{self.root}/claimed/"
 
@@ -178,7 +187,8 @@ class Queue:
         # rolls a staged file forward only once it can take the lock, i.e. once this
         # enqueuer is gone, and never sees a file that is not yet locked or complete.
         hidden = staged.with_name(f".{staged.name}")
-        fd = fsops.write_new(hidden, item.to_json(), durable=self.durable, lock=True)
+        fd = fsops.write_new(hidden, item.to_json(), durable=self.durable, lock=True,
+                             mode=self.file_mode)
         try:
             os.rename(hidden, staged)
             _fp_enqueue_staged()
@@ -478,6 +488,7 @@ class Queue:
         """
         now_ms = int((self.clock() if now is None else now) * 1000)
         waiting = [n for n in map(names.try_parse, names.entries(self.dir("waiting"))) if n]
+        self.waiting_seen = waiting
         terminal = self._terminal_states() if any(n.due == names.DEP for n in waiting) else {}
         promoted = []
         for name in waiting:
@@ -501,6 +512,23 @@ class Queue:
         if promoted:
             self._sync("waiting", "pending")
         return promoted
+
+    def shift_due(self, seen: list[ItemName], seconds: float) -> int:
+        """Move the due time of each of ``seen`` still in waiting/ by ``seconds`` (the wall
+        clock stepped); one rename each, within waiting/. Returns how many moved."""
+        moved = 0
+        for name in seen:
+            if not isinstance(name.due, int):
+                continue
+            new = replace(name, due=max(0, name.due + int(seconds * 1000)))
+            try:
+                os.rename(self.dir("waiting") / str(name), self.dir("waiting") / str(new))
+            except FileNotFoundError:
+                continue  # promoted or revoked meanwhile
+            moved += 1
+        if moved:
+            self._sync("waiting")
+        return moved
 
     def _terminal_states(self) -> dict[str, str]:
         states = {}
@@ -541,7 +569,7 @@ class Queue:
         """
         fsops.write_atomic(failed_path.with_name(failed_path.name + names.REASON_SUFFIX),
                            reason.encode() + b"\n", tmp_dir=self.root / "tmp",
-                           durable=self.durable, replace=replace)
+                           durable=self.durable, replace=replace, mode=self.file_mode)
 
     def failure_reason(self, item_id: str) -> str:
         for entry in names.entries(self.dir("failed")):
@@ -616,7 +644,7 @@ class Queue:
         self._sync(path.parent.name, JUNK)
         fsops.write_atomic(dst.with_name(dst.name + names.REASON_SUFFIX),
                            f"{where}: {why}\n".encode(), tmp_dir=self.root / "tmp",
-                           durable=self.durable)
+                           durable=self.durable, mode=self.file_mode)
         self._report_junk(f"moved {where} to {JUNK}/{dst.name}: {why}")
         return True
 

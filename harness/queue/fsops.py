@@ -91,16 +91,19 @@ def fsync_dir(path: Path | str) -> None:
         os.close(fd)
 
 
-def write_new(path: Path | str, data: bytes, *, durable: bool, lock: bool = False) -> int:
-    """Create ``path`` exclusively, write ``data``; return the still-open fd.
+def write_new(path: Path | str, data: bytes, *, durable: bool, lock: bool = False,
+              mode: int = 0o600) -> int:
+    """Create ``path`` exclusively with ``mode``, write ``data``; return the still-open fd.
 
     With ``lock`` the file is flocked (exclusively) before the first byte is
     written, so an observer that can take the lock knows the writer is gone.
-    The caller owns the fd and must close it. Raises FileExistsError if the
-    name is taken.
+    A mode with group bits (a shared queue) is set whatever the umask. The caller
+    owns the fd and must close it. Raises FileExistsError if the name is taken.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
+        if mode & 0o070:
+            os.fchmod(fd, mode)
         if lock:
             fcntl.flock(fd, fcntl.LOCK_EX)
         view = memoryview(data)
@@ -116,7 +119,7 @@ def write_new(path: Path | str, data: bytes, *, durable: bool, lock: bool = Fals
 
 
 def write_atomic(path: Path, data: bytes, *, tmp_dir: Path, durable: bool,
-                 replace: bool = True) -> bool:
+                 replace: bool = True, mode: int = 0o600) -> bool:
     """Publish ``data`` at ``path`` so readers see the old or the new file, never half.
 
     The staging file lives in ``tmp_dir`` (same filesystem, dot-named so
@@ -124,7 +127,7 @@ def write_atomic(path: Path, data: bytes, *, tmp_dir: Path, durable: bool,
     it is linked, so an existing file wins and False is returned.
     """
     tmp = tmp_dir / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}"
-    os.close(write_new(tmp, data, durable=durable))
+    os.close(write_new(tmp, data, durable=durable, mode=mode))
     try:
         if replace:
             os.rename(tmp, path)

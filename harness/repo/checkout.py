@@ -18,6 +18,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.paths import user_umask
 from harness.repo.gitenv import git_env
 from harness.repo.merge import worktrees_on
 
@@ -35,7 +36,8 @@ class Followed:
 
 def _git(wt: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["git", "-C", str(wt), *args], capture_output=True, text=True,
-                          timeout=GIT_TIMEOUT, env=git_env({"GIT_OPTIONAL_LOCKS": "0"}))
+                          timeout=GIT_TIMEOUT, env=git_env({"GIT_OPTIONAL_LOCKS": "0"}),
+                          umask=user_umask())
 
 
 def follow(repo: Path, target: str, old: str, new: str) -> list[Followed]:

@@ -51,6 +51,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.paths import user_umask
 from harness.repo.gitenv import git_env
 from typing import Literal
 
@@ -117,7 +118,7 @@ def _run(repo: Path, *args: str, input: bytes | None = None,
     cmd = ["git", "-C", str(repo), *args]
     try:
         return subprocess.run(cmd, capture_output=True, input=input, env=env or git_env(),
-                              timeout=GIT_TIMEOUT)
+                              timeout=GIT_TIMEOUT, umask=user_umask())
     except FileNotFoundError as exc:
         raise MergeError("git executable not found", command=cmd) from exc
     except subprocess.TimeoutExpired as exc:
@@ -162,6 +163,11 @@ def _is_ancestor(repo: Path, ancestor: str, descendant: str) -> bool:
 
 
 # ------------------------------------------------------------------------ public
+
+
+def is_ancestor(repo: Path, ancestor: str, descendant: str) -> bool:
+    """True when commit ``ancestor`` is in the history of ``descendant``."""
+    return _is_ancestor(Path(repo), ancestor, descendant)
 
 
 def is_merged(repo: Path, target: str, branch: str) -> bool:

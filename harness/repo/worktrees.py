@@ -50,7 +50,7 @@ from pathlib import Path
 
 import filelock
 
-from harness.paths import UnsafePath, check_inside
+from harness.paths import UnsafePath, check_inside, user_umask
 from harness.repo import locks
 from harness.repo.gitenv import git_env
 
@@ -101,18 +101,25 @@ class UnsavedWork(GitError):
 # -- running git ---------------------------------------------------------------
 
 
-def _git(args: Sequence[str], cwd: Path, *, check: bool = True,
-         what: str | None = None) -> subprocess.CompletedProcess[str]:
+def _git(args: Sequence[str], cwd: Path, *, check: bool = True, what: str | None = None,
+         input: str | None = None) -> subprocess.CompletedProcess[str]:
     cmd = ["git", *args]
     try:
-        proc = subprocess.run(cmd, cwd=cwd, env=git_env(), capture_output=True,
-                              encoding="utf-8", errors="surrogateescape")
+        proc = subprocess.run(cmd, cwd=cwd, env=git_env(), capture_output=True, input=input,
+                              encoding="utf-8", errors="surrogateescape", umask=user_umask())
     except OSError as exc:  # cwd vanished, git not installed
         raise GitError(f"{what or 'git'}: {exc}", cmd=cmd, path=cwd) from exc
     if check and proc.returncode != 0:
         raise GitError(f"{what or 'git ' + args[0]} failed", cmd=cmd, path=cwd,
                        stderr=proc.stderr, returncode=proc.returncode)
     return proc
+
+
+def run_git(repo: Path, args: Sequence[str], what: str,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run git in ``repo`` with the harness's environment; GitError (with git's message)
+    if it fails."""
+    return _git(args, Path(repo), what=what, input=input)
 
 
 def _git_wt(args: Sequence[str], wt: Path, **kw) -> subprocess.CompletedProcess[str]:

@@ -223,7 +223,8 @@ def attempt_info(item_id: str, n: int, d: Path, *, running: set,
     info = {
         "item": item_id, "attempt": n, "reason": reason,
         **{k: result.get(k) if result else None
-           for k in ("detail", "queue", "worker", "branch", "commit")},
+           for k in ("detail", "queue", "worker", "branch", "commit", "base", "pushed",
+                  "pr_url")},
         "started_at": started, "ended_at": ended, "duration_s": duration,
         "tokens": total_tokens(m), "cost_usd": m.cost_usd, "turns": m.turns, "model": m.model,
         "session_id": transcript.state.session_id if streamed else None,

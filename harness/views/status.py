@@ -49,7 +49,8 @@ def collect(ws: Workspace) -> dict[str, Any]:
     return {
         "run": {k: run.get(k) for k in ("throughput_per_min", "eta_s", "tokens_total",
                                         "cost_usd_total", "attempts", "reclaims_total",
-                                        "restarts_total")} if run else None,
+                                        "restarts_total", "integration_lag",
+                                        "push_retries_total")} if run else None,
         "root": str(ws.root), "counts": counts, "total": sum(counts.values()),
         "paused": ws.interrupt_reason(), "resume_at": ws.resume_at(), "workers": workers,
         "coordinator": {"pid": coordinator.get("pid"), "host": coordinator.get("host"),
