@@ -188,7 +188,11 @@ def test_doctor_agent_binary(tmp_path, roomy, monkeypatch):
     fake.write_text("#!/bin/sh\necho '9.9.9 (Claude Code)'\n")
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     found = doctor_lines(invoke(ws.root, "doctor").output)["agent"]
-    assert found == ("PASS", f"{fake}: 9.9.9 (Claude Code)")
+    assert found[0] == "WARN" and "claude 9.9.9 is not a tested version" in found[1]
+    assert "@anthropic-ai/claude-code@2.1.332" in found[1]
+    fake.write_text("#!/bin/sh\necho '2.1.332 (Claude Code)'\n")
+    found = doctor_lines(invoke(ws.root, "doctor").output)["agent"]
+    assert found == ("PASS", f"{fake}: claude 2.1.332 (a tested version)")
 
 
 def test_doctor_bad_prompt_variable_fails(tmp_path, roomy):

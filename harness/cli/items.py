@@ -29,11 +29,14 @@ def _read_inputs(files: tuple[str, ...], prompt_files: tuple[str, ...]
     for f in files + prompt_files:
         source = "stdin" if f == "-" else f
         try:
-            text = sys.stdin.read() if f == "-" else Path(f).read_text()
+            text = sys.stdin.read() if f == "-" else Path(f).read_text(encoding="utf-8")
             if f in prompt_files or promptfile.is_prompt_file(f):
                 found = [promptfile.parse(text, source)]
             else:
                 found = parse(text, source)
+        except UnicodeDecodeError as exc:
+            usage_error(f"{source}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset"
+                        f" {exc.start}); an item's prompt is text: save the file as UTF-8")
         except (OSError, InputError, promptfile.PromptFileError) as exc:
             usage_error(str(exc))
         if not found:

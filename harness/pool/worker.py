@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import time
@@ -30,7 +31,7 @@ from typing import Any
 import orjson
 import psutil
 
-from harness.agents import orphans, presets, prompts, runner, session
+from harness.agents import orphans, presets, prompts, runner, session, streams
 from harness.liveness import heartbeat, hosts
 from harness.repo import remote, worktrees
 from harness import config as config_mod
@@ -49,17 +50,30 @@ IDLE_POLL = 0.1
 ORPHAN_DEATH_WAIT = 5.0  # seconds to wait for killed leftovers to be gone
 RECORD_RETRY_FOR = 300.0  # seconds to keep retrying the record of an outcome through a fault
 RATE_LIMIT_DEFAULT_PAUSE = 900.0  # seconds, when the agent does not say when its quota resets
+# Reasons after which a retry may continue the session ([agent] resume): nothing was wrong
+# with what the session had done so far.
+RESUMABLE = frozenset({"overloaded", "stalled", "rate_limited"})
+# Reasons every other item would meet too: the pool pauses, with the fix, until `resume`.
+PAUSING = frozenset({"auth_failed", "quota"})
+STOP = "stop"  # _poll's abort when the stream says the session must end now
+STDERR_TAIL_BYTES = 8192
+STDERR_TAIL_LINES = 3
+# Stack frames say where a CLI died, not why: left out of the tail (Rust, Node, Python).
+_FRAME_RE = re.compile(r"^\s*(?:\d+: |at |File \"|Stack backtrace:|Traceback )")
 
 
 class Attempt:
-    """What one attempt produced: terminal reason, detail, commit, metrics."""
+    """What one attempt produced: terminal reason, detail, commit, metrics, and the
+    session (its parser; ``base``, the commit the item's work started from; ``resumed``,
+    the earlier attempt whose session it continued)."""
 
-    def __init__(self) -> None:
+    def __init__(self, stream: session.StreamState | None = None) -> None:
         self.reason, self.detail = "failed", ""
         self.sha: str | None = None
-        self.base: str | None = None  # the commit the attempt started from
-        self.stream = session.StreamState()
+        self.stream = stream or session.StreamState()
         self.resets_at: float | None = None
+        self.base: str | None = None
+        self.resumed: dict[str, Any] | None = None
 
     def end(self, reason: str, detail: str) -> Attempt:
         self.reason, self.detail = reason, detail
@@ -296,18 +310,20 @@ class Worker:
         """
         metrics = att.stream.metrics.as_dict()
         metrics["duration_s"] = round(time.time() - started, 3)
+        no_changes = att.reason == "succeeded" and att.sha is not None and att.sha == att.base
         result = {"item": claim.id, "attempt": claim.attempt, "worker": self.id,
                   "generation": self.generation, "reason": att.reason, "detail": att.detail,
                   "queue": queue_state, "branch": attempt_branch(claim.id, claim.attempt),
-                  "commit": att.sha, "base": att.base, "started_at": started,
-                  "ended_at": time.time()}
+                  "commit": att.sha, "base": att.base, "session_id": att.stream.session_id,
+                  "resumed_from": att.resumed, "no_changes": no_changes,
+                  "started_at": started, "ended_at": time.time()}
         try:
             _write_json(log_dir / "metrics.json", metrics)
             _write_json(log_dir / "result.json", result)
         except OSError as exc:
             self._fault("result files", exc)
         self.log("attempt-end", item=claim.id, attempt=claim.attempt, reason=att.reason,
-                 queue=queue_state, detail=att.detail[:500],
+                 queue=queue_state, detail=att.detail[:500], no_changes=no_changes,
                  metrics={k: metrics[k] for k in ("input_tokens", "output_tokens",
                                                   "cache_creation_tokens", "cache_read_tokens",
                                                   "cost_usd")})
@@ -335,28 +351,39 @@ class Worker:
         self.log("released", item=claim.id, attempt=claim.attempt, why=why)
 
     def attempt(self, claim: Claim, log_dir: Path) -> Attempt:
-        """Prepare the worktree, run the agent and verify; never raises for agent trouble."""
-        att = Attempt()
-        target = self.cfg.git.target_branch
-        session_id = str(uuid.uuid4())
+        """Prepare the worktree, run the agent and verify; never raises for agent trouble.
+
+        A resumed attempt (see :meth:`_resume_point`) starts from the commit of the
+        attempt it continues, with that session's id; any other starts at the target.
+        """
+        agent = self.cfg.agent
+        fmt = agent.stream_format
+        att = Attempt(streams.new(fmt, tool_timeout=agent.tool_timeout,
+                                  max_turns=agent.max_turns) if fmt else None)
+        att.resumed = self._resume_point(claim)
+        session_id = att.resumed["session_id"] if att.resumed else str(uuid.uuid4())
         try:
-            argv = self._argv(claim, log_dir, session_id)
+            start = att.resumed["commit"] if att.resumed else self._base()
             self.beat(force=True, doing="preparing worktree")
-            wt = worktrees.ensure_worktree(self.repo, self.ws.worktree(self.id), target,
-                                           within=self.ws.root)
+            wt = worktrees.ensure_worktree(self.repo, self.ws.worktree(self.id),
+                                           self.cfg.git.target_branch, within=self.ws.root)
             clean, self._committed_clean = self._committed_clean, False
-            att.base = worktrees.start_attempt(wt, self._base(), attempt_branch(
-                claim.id, claim.attempt), assume_clean=clean)
+            att.base = worktrees.start_attempt(wt, start, attempt_branch(claim.id, claim.attempt),
+                                               assume_clean=clean)
+            if att.resumed:
+                att.base = att.resumed.get("base") or att.base
+            argv, stdin = self._argv(claim, log_dir, session_id, wt, att.resumed)
         except (presets.AgentError, prompts.PromptError) as exc:
             return att.end("failed", str(exc))
         except worktrees.GitError as exc:
             return att.end("failed", f"worktree: {exc}")
         try:
             check_inside(self.ws.root, wt)  # at the moment of use: the agent runs there
-            self._run_agent(claim, att, argv, wt, log_dir, session_id)
+            self._run_agent(claim, att, argv, wt, log_dir, session_id, stdin)
         except runner.SpawnError as exc:
             return att.end("failed", str(exc))
-        if att.reason in ("fenced", "rate_limited", "cancelled"):
+        if att.reason in ("fenced", "cancelled", *PAUSING) or (
+                att.reason == "rate_limited" and not agent.resume):
             return att  # nothing of this attempt is kept
         check_inside(self.ws.root, wt)  # git add -A runs there
         try:
@@ -369,6 +396,19 @@ class Worker:
             check_inside(self.ws.root, wt)
             self._verify(claim, att, wt, log_dir)
         return att
+
+    def _resume_point(self, claim: Claim) -> dict[str, Any] | None:
+        """The session this attempt continues: with ``[agent] resume``, the previous
+        attempt's, if it ended for a RESUMABLE reason with a session id and a commit."""
+        agent = self.cfg.agent
+        if not agent.resume or agent.preset not in ("claude", "codex") or claim.attempt < 2:
+            return None
+        prev = heartbeat.read(self.ws.attempt_dir(claim.id, claim.attempt - 1) / "result.json")
+        if not prev or prev.get("reason") not in RESUMABLE or not prev.get("session_id") \
+                or not prev.get("commit"):
+            return None
+        return {"attempt": claim.attempt - 1, "session_id": prev["session_id"],
+                "commit": prev["commit"], "base": prev.get("base"), "reason": prev["reason"]}
 
     def _give_back(self, claim: Claim, exc: UnsafePath) -> Attempt:
         """The worktree turned into a symlink after the claim: return the item uncounted,
@@ -390,51 +430,76 @@ class Worker:
             self.log("stale-base", note=note)
         return sha or git.target_branch
 
-    def _argv(self, claim: Claim, log_dir: Path, session_id: str) -> list[str]:
-        item = claim.item
+    def _argv(self, claim: Claim, log_dir: Path, session_id: str, wt: Path,
+              resume: dict[str, Any] | None) -> tuple[list[str], Path | None]:
+        """The agent's argv and the file it reads as stdin (None: nothing).
+
+        ``prompt.md`` is the rendered template (plus the item's prompt if the template
+        leaves it out, for presets that read their prompt on stdin), or, resuming, the
+        rendered ``[agent] resume_prompt``. Raises PromptError, AgentError, GitError.
+        """
+        item, agent = claim.item, self.cfg.agent
         values = prompts.item_values(item, session_id=session_id, attempt=claim.attempt,
                                      worker=self.id)
+        prompt_file = log_dir / "prompt.md"
         ctx = {"prompt": item.prompt or item.title, "session_id": session_id,
-               "system_prompt_file": str(log_dir / "prompt.md"),
-               "prompt_file": str(log_dir / "prompt.md"), "item_file": str(log_dir / "item.json"),
-               "model": self.cfg.agent.model, "worktree": str(self.ws.worktree(self.id)),
-               "attempt": str(claim.attempt), "item_id": claim.id, "python": sys.executable}
-        if self.cfg.agent.preset != "shell":
-            template = prompts.load_template(self.template_path)
-            rendered = prompts.render(template, str(self.template_path), values)
-            (log_dir / "prompt.md").write_text(rendered)
-        return presets.build_argv(self.cfg.agent, item, ctx)
+               "system_prompt_file": str(prompt_file), "prompt_file": str(prompt_file),
+               "item_file": str(log_dir / "item.json"), "model": agent.model,
+               "worktree": str(wt), "attempt": str(claim.attempt), "item_id": claim.id,
+               "python": sys.executable, "resume_session": resume["session_id"] if resume else ""}
+        if agent.preset != "shell":
+            prompt_file.write_text(self._prompt(values, resume), encoding="utf-8",
+                                   errors="replace")
+        if agent.preset == "codex":
+            git_dir, common = worktrees.git_dirs(wt)
+            ctx.update(git_dir=str(git_dir), git_common_dir=str(common))
+        stdin = prompt_file if presets.reads_stdin(agent) else None
+        return presets.build_argv(agent, item, ctx), stdin
+
+    def _prompt(self, values: dict[str, str], resume: dict[str, Any] | None) -> str:
+        if resume:
+            return prompts.render(self.cfg.agent.resume_prompt, "[agent] resume_prompt",
+                                  {**values, "REASON": resume["reason"]})
+        template = prompts.load_template(self.template_path)
+        rendered = prompts.render(template, str(self.template_path), values)
+        if presets.reads_stdin(self.cfg.agent) and "PROMPT" not in prompts.variables_in(template):
+            rendered += "\n\n" + values["PROMPT"]  # stdin is the agent's only prompt
+        return rendered
 
     def _run_agent(self, claim: Claim, att: Attempt, argv: list[str], wt: Path, log_dir: Path,
-                   session_id: str) -> None:
+                   session_id: str, stdin: Path | None) -> None:
         run, agent = self.cfg.run, self.cfg.agent
-        streams = agent.streams
-        env = runner.clean_env({**agent.env, **self._marks(claim),
+        streams_ = agent.streams
+        env = runner.clean_env({**presets.agent_env(agent), **self._marks(claim),
                                 "HARNESS_SESSION_ID": session_id})
         limits = runner.Limits(timeout=run.session_timeout,
-                               stall_after=run.stall_after if streams else None,
+                               stall_after=run.stall_after if streams_ else None,
                                result_grace=run.result_grace, log_cap_bytes=run.log_cap_mb * 2**20)
         outcome = runner.run(
             argv, cwd=wt, env=env, limits=limits, poll=min(0.2, run.heartbeat_interval),
-            stdout=log_dir / ("events.jsonl" if streams else "stdout.log"),
+            stdout=log_dir / ("events.jsonl" if streams_ else "stdout.log"),
             stderr=log_dir / "stderr.log", preexec=presets.resource_limiter(agent),
             on_start=lambda p: self._agent_started(claim, p),
             on_poll=lambda: self._poll(claim, att),
-            on_line=att.stream.feed if streams else None,
-            result_seen=lambda: att.stream.result is not None)
+            on_line=att.stream.feed if streams_ else None, result_seen=att.stream.is_final,
+            quiet_allowance=att.stream.quiet_allowance, stdin=stdin)
         att.stream.metrics.truncated_bytes = outcome.truncated_bytes
+        tail = _stderr_tail(log_dir / "stderr.log")
         if outcome.aborted == "cancelled":
             att.end("cancelled", "cancelled by the operator (parallel-harness cancel)")
+        elif outcome.aborted == STOP and att.stream.stop_now:
+            att.end(*att.stream.stop_now)
         elif outcome.aborted:
             att.end("fenced", "the claim was revoked while the agent ran")
-        elif streams:
+        elif streams_:
             att.end(*session.classify(outcome.exit_code, outcome.signal, att.stream,
                                       timed_out=outcome.timed_out, stalled=outcome.stalled,
-                                      killed_after_result=outcome.killed_after_result))
+                                      killed_after_result=outcome.killed_after_result,
+                                      stderr_tail=tail))
             if att.stream.rate_limit:
                 att.resets_at = att.stream.rate_limit.get("resets_at")
         else:
-            att.end(*_classify_exit(outcome))
+            att.end(*_classify_exit(outcome, tail))
 
     def _verify(self, claim: Claim, att: Attempt, wt: Path, log_dir: Path) -> None:
         verify = self.cfg.git.verify
@@ -487,7 +552,12 @@ class Worker:
                   progress_at=time.time())
         if not claim.is_live() or self.buried():
             return "fenced"
-        return "cancelled" if self.ws.cancel_requested(claim.id) else None
+        if self.ws.cancel_requested(claim.id):
+            return "cancelled"
+        if att.stream.stop_now:
+            self.beat(force=True, doing=att.stream.activity)  # why it ends, for the operator
+            return STOP
+        return None
 
     def record(self, claim: Claim, att: Attempt) -> str:
         """Move the claim to its outcome; return the queue state it went to."""
@@ -498,9 +568,15 @@ class Worker:
                 return self._complete(claim, att)
             if att.reason == "rate_limited":
                 return self._pause_for_quota(claim, att)
+            if att.reason in PAUSING:
+                return self._pause_for_fix(claim, att)
+            if att.reason == "overloaded":
+                return self._back_off(claim, att)
             if att.reason == "released":
                 claim.release(0.0)
                 return "waiting"  # due at once, this attempt not counted
+            if att.reason == "prompt_too_long":  # the same prompt fails the same way
+                return claim.fail(f"{att.reason}: {att.detail}", retry=False)
             if att.reason == "cancelled":
                 (self.ws.cancel_dir / claim.id).unlink(missing_ok=True)
                 return claim.fail(f"cancelled: {att.detail}", retry=False)
@@ -534,6 +610,25 @@ class Worker:
         self.log("stale-lock-removed", lock=str(lock),
                           why="older than every running git process")
 
+    def _pause_for_fix(self, claim: Claim, att: Attempt) -> str:
+        """auth_failed, quota: every item would fail the same way. Pause the pool with the
+        agent's message and the fix; the item waits, its attempt not counted."""
+        fix = att.stream.FIXES.get(att.reason, "fix the agent's account")
+        claim.release(0.0)
+        self.ws.pause(f"{att.reason}: {att.detail} (item {claim.id}, worker {self.id}). Fix:"
+                      f" {fix}; then `parallel-harness resume`")
+        self.log("agent-paused-pool", item=claim.id, reason=att.reason)
+        return "waiting"
+
+    def _back_off(self, claim: Claim, att: Attempt) -> str:
+        """overloaded: the API's trouble, not the item's. Retry later with backoff, the
+        attempt not counted, up to ``[agent] transient_retries`` free attempts per item."""
+        if claim.name.free >= self.cfg.agent.transient_retries:
+            return claim.fail(f"overloaded: {att.detail} (after {claim.name.free} free"
+                              " retries, [agent] transient_retries)")
+        claim.release(self.queue.backoff(claim.name.free + 1))
+        return "waiting"
+
     def _pause_for_quota(self, claim: Claim, att: Attempt) -> str:
         """Pause the whole pool until the quota resets; the item waits, its attempt not counted."""
         resume = att.resets_at or time.time() + RATE_LIMIT_DEFAULT_PAUSE
@@ -544,14 +639,29 @@ class Worker:
         return "waiting"
 
 
-def _classify_exit(outcome: runner.ProcessOutcome) -> tuple[str, str]:
+def _classify_exit(outcome: runner.ProcessOutcome, stderr_tail: str = "") -> tuple[str, str]:
     if outcome.timed_out:
         return "timed_out", f"killed after {outcome.duration:.1f}s (session_timeout)"
     if outcome.signal:
         return "crashed", f"agent killed by signal {outcome.signal}"
     if outcome.exit_code == 0:
         return "succeeded", "exit 0"
-    return "failed", f"agent exited with status {outcome.exit_code}"
+    tail = " ".join(stderr_tail.split())
+    return "failed", f"agent exited with status {outcome.exit_code}" + (
+        f"; stderr: {tail[-300:]}" if tail else "")
+
+
+def _stderr_tail(path: Path) -> str:
+    """The last few non-blank lines of an agent's stderr (what it said before it ended)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - STDERR_TAIL_BYTES))
+            data = f.read()
+    except OSError:
+        return ""
+    lines = [ln for ln in data.decode("utf-8", "replace").splitlines()
+             if ln.strip() and not _FRAME_RE.match(ln)]
+    return "\n".join(lines[-STDERR_TAIL_LINES:])
 
 
 def _harness_error(exc: Exception, log_dir: Path) -> str:
