@@ -1166,24 +1166,21 @@ def test_two_processes_claiming_share_nothing(tmp_path):
     clean(q, enqueued=ids, expect_finished=True)
 
 
-def test_adopt_dropped_waits_for_a_settled_file_and_remembers_valid_names(tmp_path):
+def test_adopt_dropped_waits_for_a_settled_file(tmp_path):
     from harness.queue.recovery import adopt_dropped
 
     q = Queue(tmp_path / "q")
-    name = q.enqueue({"id": "regular"})
+    q.enqueue({"id": "regular"})
     dropped = q.dir("pending") / "dropped.json"
     dropped.write_text('{"id": "by-hand"}')
-    known: set[str] = set()
-    assert adopt_dropped(q, known, settle=60) == []  # may still be being written
-    assert known == {str(name)} and dropped.exists()
+    assert adopt_dropped(q, settle=60) == []  # may still be being written
+    assert dropped.exists()
     old = dropped.stat().st_mtime - 120
     os.utime(dropped, (old, old))
-    (action,) = adopt_dropped(q, known, settle=60)
+    (action,) = adopt_dropped(q, settle=60)
     assert action.startswith("enqueued hand-dropped pending/dropped.json as ")
     assert not dropped.exists() and q.find("by-hand") is not None
-    q.claim().complete()  # "regular" leaves pending/: forgotten, not kept forever
-    adopt_dropped(q, known, settle=60)
-    assert known == {str(q.find("by-hand"))}
+    assert adopt_dropped(q, settle=60) == []
     clean(q, enqueued=["regular", "by-hand"], expect_finished=False)
 
 

@@ -44,6 +44,7 @@ from harness.queue.names import ItemName
 from harness.queue.recovery import adopt_dropped, recover
 from harness.pool.faults import FaultWatch
 from harness.pool.guards import Guards
+from harness.pool.pacing import Paced
 from harness.pool.worker import EXIT_SLOT_UNSAFE
 from harness.pool.runstats import RunStats
 from harness.workspace import EventTail, Workspace
@@ -105,8 +106,11 @@ class Coordinator:
         self.stats = RunStats()
         self.lock = FileLock(str(self.ws.coordinator_lock))
         self.doomed: list[tuple[ProcessIdentity, float]] = []
-        self.next_drop_scan = 0.0
-        self.known_names: set[str] = set()  # see recovery.adopt_dropped
+        # Whole-queue scans, paced by their cost (pool.pacing): O(backlog) each, so not
+        # every tick once the backlog is large.
+        self.drop_scan = Paced(DROP_SCAN_INTERVAL, clock=self.clock)
+        self.count_scan = Paced(0.0, clock=self.clock)
+        self.counts: dict[str, int] = {}
 
     @property
     def budget_hit(self) -> str | None:
@@ -245,12 +249,20 @@ class Coordinator:
         Judged on the readings of the tick just run. A worker moves its item to
         done/ before it logs the attempt's end, so an empty queue alone could end
         the run before the last merge is queued: a "working" heartbeat holds it.
+        The counts may be from a paced earlier scan: they end a run only once a
+        scan taken now agrees.
         """
-        counts = {state: n - self.queue.stuck_in(state) for state, n in self.counts.items()}
-        if counts["claimed"] or (not self.budget_hit and counts["pending"] + counts["waiting"]):
+        if not self.counts or self._live(self.counts):
+            return False
+        if self._live(self.queue.counts()):
             return False
         working = any(hb.get("state") == "working" for hb in self.hbs.values())
         return not working and not self.merges
+
+    def _live(self, counts: dict[str, int]) -> bool:
+        """Whether ``counts`` show an item still to run (junk left in place not counted)."""
+        live = {state: n - self.queue.stuck_in(state) for state, n in counts.items()}
+        return bool(live["claimed"] or (not self.budget_hit and live["pending"] + live["waiting"]))
 
     # -- worker health ---------------------------------------------------------
 
@@ -386,11 +398,9 @@ class Coordinator:
 
     def take_in_dropped_files(self) -> None:
         """Enqueue or dead-letter files an operator dropped into the queue by hand."""
-        now = self.clock()
-        if now < self.next_drop_scan:
+        if not self.drop_scan.due():
             return
-        self.next_drop_scan = now + DROP_SCAN_INTERVAL
-        for action in adopt_dropped(self.queue, self.known_names):
+        for action in self.drop_scan.run(lambda: adopt_dropped(self.queue)):
             self.event("dropped-file", action=action)
 
     def desired_workers(self) -> int:
@@ -491,7 +501,8 @@ class Coordinator:
         from harness.pool.metrics import write_prometheus
 
         alive = sum(1 for slot in self.slots.values() if slot.running) if running else 0
-        self.counts = self.queue.counts()
+        if self.count_scan.due() or not running:
+            self.counts = self.count_scan.run(self.queue.counts)
         snap = self.stats.snapshot(self.counts, alive, self.desired_workers() if running else 0,
                                    self.ws.interrupt_file.exists(), running=running)
         fsops.write_atomic(self.ws.run_file, orjson.dumps(snap), tmp_dir=self.ws.tmp_dir,
