@@ -1276,3 +1276,50 @@ def test_a_watch_reports_names_added_and_refuses_in_another_process(tmp_path):
     assert os.waitpid(pid, 0)[1] == 0
     w.close()
     assert w.added() is None
+
+
+# -- bulk enqueue (queue/bulk.py, cli/intake.stream) ---------------------------------------
+
+
+def test_a_stream_enqueues_in_one_batch_with_dependencies_in_any_order(queue):
+    from harness.cli.intake import stream
+
+    rows = [(f"in:{n}", {"id": f"i{n}", "depends_on": [f"i{n + 1}"]}) for n in range(50)]
+    rows += [("in:last", {"id": "i50"}), ("in:loop-a", {"id": "a", "depends_on": ["b"]}),
+             ("in:loop-b", {"id": "b", "depends_on": ["a"]})]
+    added, refused = [], []
+    assert stream(queue, rows, on_added=added.append,
+                  on_refused=lambda w, r: refused.append(w)) == 2
+    assert len(added) == 51 and sorted(refused) == ["in:loop-a (a)", "in:loop-b (b)"]
+    assert ls(queue, "pending") == [str(n) for n in added if n.id == "i50"]
+    assert ls(queue, "tmp") == []
+    clean(queue, enqueued=[n.id for n in added])
+
+
+def test_an_atomic_stream_with_one_refusal_adds_nothing_and_frees_every_id(queue):
+    from harness.cli.intake import stream
+
+    queue.enqueue({"id": "taken"})
+    rows = [(f"in:{n}", {"id": f"i{n}"}) for n in range(20)] + [("in:dup", {"id": "taken"})]
+    assert stream(queue, rows, atomic=True) == 1
+    assert ls(queue, "ids") == ["taken"] and ls(queue, "tmp") == []
+    assert len(ls(queue, "pending")) == 1
+    assert stream(queue, rows[:20], atomic=True) == 0 and len(ls(queue, "pending")) == 21
+    clean(queue, enqueued=["taken", *(f"i{n}" for n in range(20))])
+
+
+def test_recover_leaves_a_live_batch_alone_and_finishes_a_dead_one(queue):
+    batch = queue.batch()
+    batch.add(*queue.prepare({"id": "live"}))
+    staged = queue.dir("tmp") / batch.dir.name
+    os.link(queue.dir("ids") / "live", staged / "as-if-mid-publish")  # any staged file
+    assert recover(queue) == []                     # its lock is held: an enqueue in progress
+    os.unlink(staged / "as-if-mid-publish")
+    uncommitted = queue.batch(atomic=True)
+    uncommitted.add(*queue.prepare({"id": "rolled-back"}))
+    os.close(uncommitted._lock)                     # as if the enqueuer died here
+    (action,) = recover(queue)
+    assert action.startswith("rolled back uncommitted atomic enqueue")
+    assert ls(queue, "ids") == ["live"]
+    batch.close()
+    assert ls(queue, "tmp") == [] and state_of(queue, "live")[0] == "pending"

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from harness.queue import fsops, names
+from harness.queue import failpoints, fsops, names
 from harness.queue.names import ItemName
 
 PREFIX: Final = "batch-"
@@ -38,6 +38,16 @@ LOCK: Final = ".lock"
 COMMITTED: Final = ".committed"
 ATOMIC: Final = ".atomic"  # present from before the first item of an atomic batch
 _CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+
+_fp_reserved = failpoints.define(
+    "bulk.after-reserve", "a batch's item staged and linked into ids/; not yet published")
+_fp_published = failpoints.define(
+    "bulk.after-publish", "a batch's item linked into pending/; its staged name not removed")
+_fp_before_commit = failpoints.define(
+    "bulk.before-commit", "an atomic batch staged and reserved whole; .committed not written")
+_fp_committed = failpoints.define(
+    "bulk.after-commit", "an atomic batch's .committed written; no item published yet")
 
 
 def is_batch(entry: str) -> bool:
@@ -95,6 +105,7 @@ class Batch:
             os.unlink(staged)
             raise
         self.staged += 1
+        _fp_reserved()
         if not self.atomic:
             self._publish(staged, name)
 
@@ -102,23 +113,27 @@ class Batch:
         state = "waiting" if name.due == names.DEP else "pending"
         os.link(staged, self._states[state] + str(name))
         self._touched.add(state)
+        _fp_published()
         os.unlink(staged)
 
-    def commit(self) -> None:
+    def commit(self, on_published: Callable[[ItemName], None] = lambda name: None) -> None:
         """Atomic: mark the batch committed (from here a crash rolls it forward), then
-        publish every staged item. Not atomic: nothing left to do."""
+        publish every staged item, telling ``on_published``. Not atomic: nothing to do."""
         if self.atomic:
             if self.durable:
                 fsops.fsync_dir(self.dir)
                 fsops.fsync_dir(self.root / "ids")
+            _fp_before_commit()
             os.close(fsops.write_new(self.dir / COMMITTED, b"", durable=self.durable))
             if self.durable:
                 fsops.fsync_dir(self.dir)
+            _fp_committed()
             with os.scandir(self.dir) as it:
                 for entry in it:
                     name = names.parse_staged(entry.name)
                     if name is not None:
                         self._publish(entry.path, name)
+                        on_published(name)
         self.atomic = False  # committed: close() must not roll it back
 
     def close(self) -> None:

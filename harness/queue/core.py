@@ -23,8 +23,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from harness.queue import failpoints, fsops, names, watch
-from harness.queue.item import InvalidItem, Item, load, refuse_nul, validate
+from harness.queue import bulk, failpoints, fsops, names, watch
+from harness.queue.item import InvalidItem, Item, document, load, validate
 from harness.queue.names import ItemName
 
 STATES: Final = names.STATES
@@ -69,6 +69,10 @@ class QueueError(Exception):
 
 class DuplicateId(QueueError):
     """The id is already in the queue (in any state, done and failed included)."""
+
+
+class UnknownDependency(InvalidItem):
+    """An item's ``depends_on`` names an id that is not in the queue (or its own)."""
 
 
 class Fenced(QueueError):
@@ -212,20 +216,13 @@ class Queue:
         one id at once get exactly one success, and an id stays taken after
         the item is done or failed.
         """
-        item = refuse_nul(validate(data, source), source).stamped()
-        assert item.id is not None
-        for dep in item.depends_on:
-            if dep == item.id or not (self.root / "ids" / dep).exists():
-                raise InvalidItem(source, f"depends_on: unknown item {dep!r} (enqueue it first)")
-        name = ItemName(item.priority, names.next_order(), item.id, 1,
-                        names.DEP if item.depends_on else None)
+        name, doc = self.prepare(data, source)
         staged = self.root / "tmp" / names.staged_name(name)
         # Written and locked under a dot-name, then renamed into view: recover()
         # rolls a staged file forward only once it can take the lock, i.e. once this
         # enqueuer is gone, and never sees a file that is not yet locked or complete.
         hidden = staged.with_name(f".{staged.name}")
-        fd = fsops.write_new(hidden, item.to_json(), durable=self.durable, lock=True,
-                             mode=self.file_mode)
+        fd = fsops.write_new(hidden, doc, durable=self.durable, lock=True, mode=self.file_mode)
         try:
             os.rename(hidden, staged)
             _fp_enqueue_staged()
@@ -233,6 +230,25 @@ class Queue:
         finally:
             os.close(fd)
         return name
+
+    def prepare(self, data: Item | dict[str, Any], source: str = "item"
+                ) -> tuple[ItemName, bytes]:
+        """The name and file bytes an item is enqueued with (validated, stamped; see
+        ``item.document``). Raises InvalidItem, UnknownDependency (a subclass) when a
+        dependency is not (yet) in ids/."""
+        item = validate(data, source)
+        item_id, doc = document(item, source)
+        for dep in item.depends_on:
+            if dep == item_id or not os.path.exists(f"{self.root}/ids/{dep}"):
+                raise UnknownDependency(source, f"depends_on: unknown item {dep!r}"
+                                                " (enqueue it first)")
+        name = ItemName(item.priority, names.next_order(), item_id, 1,
+                        names.DEP if item.depends_on else None)
+        return name, doc
+
+    def batch(self, *, atomic: bool = False) -> bulk.Batch:
+        """A bulk enqueue (queue/bulk.py): one staging directory and lock for many items."""
+        return bulk.Batch(self.root, atomic=atomic, durable=self.durable, mode=self.file_mode)
 
     def _publish(self, staged: Path, name: ItemName, source: str) -> None:
         try:
