@@ -199,6 +199,7 @@ class FilelockJsonPeer:
 
 class SqliteWalPeer:
     synchronous = "NORMAL"
+    body = False  # also select the document and validate it into an Item
 
     def setup(self, root: Path, n: int) -> None:
         root.mkdir(parents=True)
@@ -219,20 +220,23 @@ class SqliteWalPeer:
         db = sqlite3.connect(root / "queue.db", isolation_level=None, timeout=600)
         db.execute(f"PRAGMA synchronous={self.synchronous}")
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        execute = db.execute
+        execute, body = db.execute, self.body
+        from harness.queue.item import Item
+        validate = Item.model_validate_json
+        select = (f"SELECT id{', body' if body else ''} FROM q WHERE state='pending'"
+                  " ORDER BY prio, seq LIMIT 1")
 
         def run() -> list[str]:
             out = []
             while True:
                 execute("BEGIN IMMEDIATE")
-                row = execute("SELECT id FROM q WHERE state='pending'"
-                              " ORDER BY prio, seq LIMIT 1").fetchone()
+                row = execute(select).fetchone()
                 if row is None:
                     execute("COMMIT")
                     return out
                 execute("UPDATE q SET state='claimed', owner=? WHERE id=?", (owner, row[0]))
                 execute("COMMIT")
-                out.append(row[0])
+                out.append(validate(row[1]).id if body else row[0])
         return run
 
 
@@ -241,26 +245,7 @@ class SqliteWalDurablePeer(SqliteWalPeer):
 
 
 class SqliteWalBodyPeer(SqliteWalPeer):
-    def opener(self, root: Path, owner: str):
-        from harness.queue.item import Item
-
-        db = sqlite3.connect(root / "queue.db", isolation_level=None, timeout=600)
-        db.execute(f"PRAGMA synchronous={self.synchronous}")
-        execute, validate = db.execute, Item.model_validate_json
-
-        def run() -> list[str]:
-            out = []
-            while True:
-                execute("BEGIN IMMEDIATE")
-                row = execute("SELECT id, body FROM q WHERE state='pending'"
-                              " ORDER BY prio, seq LIMIT 1").fetchone()
-                if row is None:
-                    execute("COMMIT")
-                    return out
-                execute("UPDATE q SET state='claimed', owner=? WHERE id=?", (owner, row[0]))
-                execute("COMMIT")
-                out.append(validate(row[1]).id)
-        return run
+    body = True
 
 
 # -- one run -----------------------------------------------------------------
