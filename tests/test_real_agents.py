@@ -392,7 +392,7 @@ def test_an_empty_prompt_fails_with_what_the_cli_said(tmp_path, api):
 
 
 @pytest.mark.parametrize("raw, code, says", [
-    (b"# Fix it\n\nfix \x00 this\n", 1, "item task: field 'prompt': contains a NUL byte"),
+    (b"# Fix it\n\nfix \x00 this\n", 1, "(task): field 'prompt': contains a NUL byte"),
     (b"# Fix it\n\ncaf\xe9 in Latin-1\n", 2, "task.md: not UTF-8 text (byte 0xe9 at offset 13)"),
 ])
 def test_prompt_files_no_delivery_can_carry_are_refused_at_enqueue(tmp_path, raw, code, says):
