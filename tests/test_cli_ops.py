@@ -422,3 +422,12 @@ def test_metrics_absent_exits_1(tmp_path):
     res = invoke(ws.root, "metrics")
     assert res.exit_code == 1
     assert "coordinator writes it" in res.output  # stderr is part of output in click >= 8.2
+
+
+def test_the_configuration_reference_in_the_docs_is_the_generated_one():
+    from harness import config
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    assert config.reference_markdown().strip() in docs, (
+        "docs/configuration.md's key tables are out of date: regenerate them with"
+        " python -c 'from harness import config; print(config.reference_markdown())'")
