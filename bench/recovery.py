@@ -6,7 +6,7 @@ SIGKILL case. A workspace (harness.cli.demo.make_repo; [run] tick 0.05, heartbea
 max_attempts 100, memory_floor_mb 0, max_consecutive_failures 0; shell preset) with one
 item whose command is "sleep 600", and `python -m harness.cli --root R run --agents 2`.
 Each repetition waits until the item is claimed and its agent runs, and until the
-holder has lived longer than harness.pool.coordinator.QUICK_DEATH (a worker that dies
+holder has lived longer than harness.pool.slots.QUICK_DEATH (a worker that dies
 younger counts as crash-looping and is restarted after a back-off: that is policy,
 not detection latency), then SIGKILLs the holder (pid from state/heartbeats/<w>.json)
 and polls the disk every ~1 ms for
@@ -52,7 +52,7 @@ import psutil  # noqa: E402
 
 from harness.liveness import heartbeat  # noqa: E402
 from harness.queue import names  # noqa: E402
-from harness.pool.coordinator import QUICK_DEATH  # noqa: E402
+from harness.pool.slots import QUICK_DEATH  # noqa: E402
 from harness.queue.core import Queue  # noqa: E402
 
 TICK = 0.05

@@ -391,5 +391,5 @@ def test_a_batch_run_waits_for_an_item_that_ended_during_the_integration_step(tm
         merged = [e["item"] for e in events(ws) if e["event"] == "merged"]
         assert merged == ["first", "second"]
     finally:
-        coord.shutdown()
+        coord.pool.stop_all()
         coord._finish()

@@ -570,7 +570,7 @@ def test_a_wall_clock_step_moves_retries_and_the_quota_pause_with_it(ws, step):
         coord.tick()
         assert in_state(ws, "pending") == ["retry-me"], "not promoted: the step stalled it"
     finally:
-        coord.shutdown()
+        coord.pool.stop_all()
         coord._finish()
 
 

@@ -1,15 +1,16 @@
 """The coordinator: supervises N workers and trusts only what it reads on disk.
 
 Each tick (sub-second by default) it
-1. checks every worker slot: dead (reaped, lock free, or identity gone),
-   stale (heartbeat counter unchanged for ``stale_after`` on this
-   process's monotonic clock) or alive; revokes the claims of dead and
-   stale workers (killing a stale local worker's process groups first) and
-   restarts them with a fresh generation (with backoff if they keep dying);
-2. revokes orphaned claims that no live worker names after ``orphan_grace``;
-3. promotes due retries and items whose dependencies are done;
-4. applies ``state/desired-workers`` and the memory floor;
-5. trips the circuit breaker after ``max_consecutive_failures``.
+1. advances this host's lease and buries hosts that stopped (pool.hostwatch,
+   with several hosts);
+2. checks every worker slot and restarts dead or stale workers (pool.slots);
+3. kills agent processes no live attempt owns, revokes claims no live worker
+   names after ``orphan_grace``, takes in hand-dropped files;
+4. follows wall-clock steps, promotes due retries and items whose dependencies
+   are done, applies ``state/desired-workers`` and the memory floor;
+5. trips the circuit breaker or the budget (pool.guards), integrates done items
+   (repo.integration), and writes run.json / metrics.prom.
+Each step that hits a fault of the machine is retried next tick (pool.faults).
 
 A restarted coordinator adopts workers that are still alive. SIGINT/SIGTERM
 stop claiming, give running items ``shutdown_grace``, then kill what is left
@@ -18,27 +19,21 @@ and return its claims to pending/.
 
 from __future__ import annotations
 
-import os
-import secrets
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import psutil
 from filelock import FileLock, Timeout
 
-from harness.agents import orphans, runner
+from harness.agents import orphans
 from harness.liveness import heartbeat, hosts
 from harness.queue import fsops, names
 from harness.config import Config, queue_options
 from harness.repo.integration import IntegrationQueue, reconcile_branches
-from harness.liveness.process import ProcessIdentity, lock_is_held
-from harness.paths import is_unsafe, user_umask
+from harness.liveness.process import ProcessIdentity
 from harness.queue.core import Queue
 from harness.queue.names import ItemName
 from harness.queue.recovery import adopt_dropped, recover
@@ -47,37 +42,17 @@ from harness.pool.faults import FaultWatch
 from harness.pool.guards import Guards
 from harness.pool.hostwatch import DuplicateHost, HostFenced, HostWatch
 from harness.pool.pacing import Paced
-from harness.pool.worker import EXIT_SLOT_UNSAFE
+from harness.pool.slots import Slots
 from harness.pool.runstats import RunStats
 from harness.workspace import EventTail, Workspace
 
 DROP_SCAN_INTERVAL = 2.0  # seconds between looks for hand-dropped files
 EXIT_FENCED = 3  # another host declared this one dead (see pool.hostwatch)
 CLOCK_STEP_TOLERANCE = 1.0  # seconds the wall clock may move against the monotonic one per tick
-QUICK_DEATH = 10.0  # a worker that dies sooner than this after start counts as crash-looping
 
 
 class CoordinatorError(Exception):
     """Cannot start (another coordinator, unusable filesystem, bad repo): exit code 2."""
-
-
-@dataclass
-class Slot:
-    """One worker position, ``w1`` .. ``wN``; outlives the processes that fill it."""
-
-    id: str
-    generation: str = ""
-    proc: subprocess.Popen[bytes] | None = None
-    identity: ProcessIdentity | None = None
-    started: float = 0.0
-    quick_deaths: int = 0
-    restart_at: float = 0.0
-    retiring: bool = False
-    refused: str | None = None  # why its worktree path may not be used (harness.paths)
-
-    @property
-    def running(self) -> bool:
-        return bool(self.generation)
 
 
 @dataclass
@@ -86,7 +61,6 @@ class Coordinator:
     cfg: Config
     forever: bool = False
     clock: Any = time.monotonic
-    slots: dict[str, Slot] = field(default_factory=dict)
     on_event: Callable[[dict[str, Any]], None] | None = None  # every event, as read back
     on_fault: Callable[[str], None] = lambda text: None  # a fault of the machine, as it happens
     wall: Callable[[], float] = time.time  # due times are wall-clock (see watch_clock)
@@ -103,10 +77,10 @@ class Coordinator:
                            on_junk=lambda text: self.event("junk", action=text))
         self.clock_offset = self.wall() - self.clock()
         self.waiting_seen: list[ItemName] = []  # the waiting names of the last promote
-        self.staleness = heartbeat.Staleness(self.clock)
         self.orphans: dict[str, float] = {}
         self.stop_requested: str | None = None
-        self.memory_held = False
+        self.pool = Slots(self.ws, self.cfg, self.queue, self.event, self.clock,
+                          host_args=self._host_args, stop_requested=lambda: self.stop_requested)
         self.guards = Guards(self.ws, self.cfg.run, self.event)
         self.repo = (self.ws.root / self.cfg.git.repo).resolve()
         mode = delivery.build(self.ws, self.cfg, self.queue, self.repo, self.event)
@@ -115,7 +89,6 @@ class Coordinator:
         self.undelivered = 0  # done items a batch run ended without delivering
         self.stats = RunStats()
         self.lock = FileLock(str(self.ws.coordinator_lock))
-        self.doomed: list[tuple[ProcessIdentity, float]] = []
         # Whole-queue scans, paced by their cost (pool.pacing): O(backlog) each, so not
         # every tick once the backlog is large.
         self.drop_scan = Paced(DROP_SCAN_INTERVAL, clock=self.clock)
@@ -125,6 +98,9 @@ class Coordinator:
     @property
     def budget_hit(self) -> str | None:
         return self.guards.budget_hit
+
+    def desired_workers(self) -> int:
+        return self.pool.desired_workers()
 
     # -- start ---------------------------------------------------------------
 
@@ -160,32 +136,14 @@ class Coordinator:
         self.failed_at_start = set(names.entries(self.queue.dir("failed")))
         self.done_at_start = set(names.entries(self.queue.dir("done")))
         self.stats.baseline(len(self.done_at_start), len(self.failed_at_start))
-        self._adopt()
+        self.pool.adopt()
         orphans.become_subreaper()  # a dead worker's agent comes back to us, not to init
         self.hbs = heartbeat.read_all(self.ws.heartbeats_dir)
         self.kill_orphans(orphans.marked(self.ws.root), "left by an earlier run")
         reconcile_branches(self.repo, self.queue, self.event)
         if self.merges is not None:
             self.merges.load_pending()
-        self.event("coordinator-start", agents=self.desired_workers(), forever=self.forever)
-
-    def _mine(self, worker: str) -> bool:
-        """A worker of this host: ``<host>.w<N>`` with a host, ``w<N>`` without."""
-        if self.ws.host:
-            return bool(hosts.workers_of(self.ws.host, [worker]))
-        return worker[:1] == "w" and worker[1:].isdigit()
-
-    def _adopt(self) -> None:
-        for worker, hb in heartbeat.read_all(self.ws.heartbeats_dir).items():
-            if not self._mine(worker):
-                continue
-            ident = ProcessIdentity.from_record(hb)
-            if lock_is_held(self.ws.worker_lock(worker)) and ident and ident.is_running() is not False:
-                self.slots[worker] = Slot(worker, str(hb.get("generation")), None, ident,
-                                          self.clock())
-                self.event("worker-adopted", worker=worker, pid=ident.pid)
-            else:
-                self._bury(worker, hb, "dead before this coordinator started")
+        self.event("coordinator-start", agents=self.pool.desired_workers(), forever=self.forever)
 
     # -- the loop ------------------------------------------------------------
 
@@ -203,7 +161,7 @@ class Coordinator:
                     break
                 time.sleep(self.cfg.run.tick)
             if not self.fenced:
-                self.shutdown()
+                self.pool.stop_all()
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
@@ -257,15 +215,15 @@ class Coordinator:
         if self.hostwatch is not None:
             step("hosts", self.watch_hosts)  # HostFenced passes through: it is no fault
         self.hbs = heartbeat.read_all(self.ws.heartbeats_dir)
-        for slot in list(self.slots.values()):
-            step(f"check {slot.id}", lambda: self.check_slot(slot, self.hbs.get(slot.id)))
-        step("reap", self.reap_doomed)
+        for slot in list(self.pool.slots.values()):
+            step(f"check {slot.id}", lambda: self.pool.check_slot(slot, self.hbs.get(slot.id)))
+        step("reap", self.pool.reap_doomed)
         step("orphans", self._kill_foster_orphans)
         step("revoke", lambda: self.revoke_orphans(self.hbs))
         step("take in dropped files", self.take_in_dropped_files)
         step("clock", self.watch_clock)
         step("promote", self.promote)
-        step("scale", self.scale)
+        step("scale", self.pool.scale)
         step("read events", self.watch_events)
         step("budget", lambda: self.guards.check_budget(self.stats))
         if self.merges is not None and not (self.hostwatch and self.hostwatch.fenced()):
@@ -316,106 +274,9 @@ class Coordinator:
         live = {state: n - self.queue.stuck_in(state) for state, n in counts.items()}
         return bool(live["claimed"] or (not self.budget_hit and live["pending"] + live["waiting"]))
 
-    # -- worker health ---------------------------------------------------------
-
-    def check_slot(self, slot: Slot, hb: dict[str, Any] | None) -> None:
-        if not slot.running:
-            return
-        now = self.clock()
-        mine = hb is not None and str(hb.get("generation")) == slot.generation
-        if self._is_dead(slot, mine):
-            if slot.proc is not None and slot.proc.returncode == EXIT_SLOT_UNSAFE:
-                self._bury(slot.id, hb, "refused its slot (see slot-refused)", count=False,
-                           planned=True)
-                slot.started = now - QUICK_DEATH  # a refusal is not a crash loop
-            elif slot.retiring:
-                self._bury(slot.id, hb, "retired by scale-down", planned=True)
-            else:
-                self._bury(slot.id, hb, "worker died")
-            self._reset(slot, now)
-        elif not mine:
-            if now - slot.started > self.cfg.run.start_timeout:
-                self.event("worker-start-timeout", worker=slot.id)
-                if slot.proc is not None:
-                    runner.kill_group(slot.proc.pid, grace=0)
-                    slot.proc.wait()
-                self._bury(slot.id, hb, "worker never sent a heartbeat")
-                self._reset(slot, now)
-        elif self.staleness.observe(slot.id, slot.generation, hb.get("counter")) > \
-                self.cfg.run.stale_after:
-            self.event("worker-stale", worker=slot.id, item=hb.get("item"),
-                       stale_after=self.cfg.run.stale_after)
-            self._stop_stale(hb)
-            self._bury(slot.id, hb, f"worker stale for {self.cfg.run.stale_after}s")
-            self._reset(slot, now)
-
-    def _is_dead(self, slot: Slot, has_heartbeat: bool) -> bool:
-        """Reaped, or its lock is free (a child that has not locked yet is still starting)."""
-        if slot.proc is not None and slot.proc.poll() is not None:
-            return True
-        if lock_is_held(self.ws.worker_lock(slot.id)):
-            return False
-        return slot.proc is None or has_heartbeat
-
-    def _stop_stale(self, hb: dict[str, Any]) -> None:
-        """Kill a stale local worker's agent now; TERM the worker, KILL it after a grace.
-
-        The TERM lets a worker that was only paused (SIGSTOP, swapped out) wake,
-        find its claim fenced, record nothing, and exit; the KILL that follows
-        ``stale_kill_grace`` later ends one that is truly hung. A worker on
-        another host cannot be signalled: fencing alone protects the queue.
-        """
-        ident = ProcessIdentity.from_record(hb)
-        if ident is None or not ident.is_local():
-            return
-        if hb.get("agent_pid"):
-            runner.kill_group(int(hb["agent_pid"]), grace=0, start_time=hb.get("agent_start"))
-        try:
-            os.kill(ident.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        self.doomed.append((ident, self.clock() + self.cfg.run.stale_kill_grace))
-
-    def reap_doomed(self) -> None:
-        now, keep = self.clock(), []
-        for ident, deadline in self.doomed:
-            if ident.is_running() is False:
-                continue
-            if now >= deadline:
-                runner.kill_group(ident.pid, grace=0, start_time=ident.start_time)
-                self.event("worker-killed", pid=ident.pid, why="still alive after stale_kill_grace")
-            else:
-                keep.append((ident, deadline))
-        self.doomed = keep
-
-    def _bury(self, worker: str, hb: dict[str, Any] | None, why: str, count: bool = True,
-              planned: bool = False) -> None:
-        """Return a dead worker's claim to the queue and remove its heartbeat.
-
-        ``planned``: the coordinator stopped it (scale-down, shutdown); logged as
-        ``worker-retired``, not ``worker-dead``, so no one reads it as a crash.
-        """
-        if hb and hb.get("agent_pid"):
-            runner.kill_group(int(hb["agent_pid"]), grace=0, start_time=hb.get("agent_start"))
-        item = hb.get("item") if hb else None
-        if item:
-            outcome = self.queue.revoke(item, why, count=count)
-            self.event("revoke", worker=worker, item=item, outcome=outcome, why=why)
-        self.ws.heartbeat_file(worker).unlink(missing_ok=True)
-        self.staleness.forget(worker)
-        self.event("worker-retired" if planned else "worker-dead", worker=worker, why=why)
-
-    def _reset(self, slot: Slot, now: float) -> None:
-        quick = now - slot.started < QUICK_DEATH
-        slot.quick_deaths = slot.quick_deaths + 1 if quick else 0
-        delay = min(self.cfg.run.restart_backoff_max, 0.5 * 2 ** slot.quick_deaths) if quick else 0
-        slot.generation, slot.proc, slot.identity, slot.restart_at = "", None, None, now + delay
-        if slot.retiring:
-            del self.slots[slot.id]
-
     def _foster_children(self) -> list[int]:
         """Children of this process that are not its workers: re-parented orphans."""
-        workers = {slot.proc.pid for slot in self.slots.values() if slot.proc is not None}
+        workers = self.pool.worker_pids()
         return [pid for pid in orphans.children() if pid not in workers]
 
     def kill_orphans(self, found: list[orphans.Marked], why: str) -> None:
@@ -428,7 +289,7 @@ class Coordinator:
 
     def _owns(self, p: orphans.Marked) -> bool:
         """A live slot with that generation whose heartbeat names that attempt."""
-        slot = self.slots.get(p.worker)
+        slot = self.pool.slots.get(p.worker)
         hb = self.hbs.get(p.worker) or {}
         return (slot is not None and slot.running and slot.generation == p.generation
                 and hb.get("item_id") == p.item and hb.get("attempt") == p.attempt)
@@ -454,65 +315,6 @@ class Coordinator:
             return
         for action in self.drop_scan.run(lambda: adopt_dropped(self.queue)):
             self.event("dropped-file", action=action)
-
-    def desired_workers(self) -> int:
-        try:
-            return max(0, int(self.ws.desired_workers_file.read_text().strip()))
-        except (FileNotFoundError, ValueError):
-            return self.cfg.run.agents
-
-    def scale(self) -> None:
-        want = self.desired_workers()
-        ids = [self.ws.worker_name(i) for i in range(1, want + 1)]
-        for worker, slot in self.slots.items():
-            if worker not in ids and slot.running and not slot.retiring:
-                slot.retiring = True
-                self._signal(slot, signal.SIGTERM)
-                self.event("worker-retire", worker=worker)
-        for worker in ids:
-            slot = self.slots.setdefault(worker, Slot(worker))
-            slot.retiring = False
-            if (not slot.running and self.clock() >= slot.restart_at
-                    and not lock_is_held(self.ws.worker_lock(worker)) and self._slot_usable(slot)
-                    and self._memory_ok()):
-                self.spawn(slot)
-        for worker in [w for w, s in self.slots.items() if s.retiring and not s.running]:
-            del self.slots[worker]
-
-    def _slot_usable(self, slot: Slot) -> bool:
-        """No worker starts in a slot whose worktree path is a symlink or outside the
-        workspace; the refusal is logged once per reason, and lifted when the path is fixed."""
-        why = is_unsafe(self.ws.root, self.ws.worktree(slot.id))
-        if why != slot.refused:
-            if why is not None:
-                self.event("slot-refused", worker=slot.id, path=str(self.ws.worktree(slot.id)),
-                           why=why)
-            else:
-                self.event("slot-usable", worker=slot.id)
-            slot.refused = why
-        return why is None
-
-    def _memory_ok(self) -> bool:
-        free_mb = psutil.virtual_memory().available // 2**20
-        ok = free_mb >= self.cfg.run.memory_floor_mb
-        if ok == self.memory_held:
-            self.memory_held = not ok
-            self.event("memory-floor", held=not ok, free_mb=free_mb,
-                       floor_mb=self.cfg.run.memory_floor_mb)
-        return ok
-
-    def spawn(self, slot: Slot) -> None:
-        slot.generation = secrets.token_hex(4)
-        log = open(self.ws.locks_dir / f"{slot.id}.log", "ab")
-        with log:
-            slot.proc = subprocess.Popen(
-                [sys.executable, "-m", "harness.pool.worker", "--root", str(self.ws.root),
-                 "--id", slot.id, "--generation", slot.generation, *self._host_args()],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                umask=user_umask())
-        slot.started = self.clock()
-        slot.identity = None
-        self.event("worker-spawn", worker=slot.id, generation=slot.generation, pid=slot.proc.pid)
 
     def _host_args(self) -> list[str]:
         if self.hostwatch is None:
@@ -549,24 +351,10 @@ class Coordinator:
         self.fenced = exc
         self.event("host-fenced", host=exc.host, by=exc.by)
         hbs = heartbeat.read_all(self.ws.heartbeats_dir)
-        for slot in list(self.slots.values()):
+        for slot in list(self.pool.slots.values()):
             if slot.running:
-                self._kill_now(slot, hbs.get(slot.id))
+                self.pool.kill_now(slot, hbs.get(slot.id))
                 slot.generation = ""
-
-    def _signal(self, slot: Slot, signum: int) -> None:
-        pid = slot.proc.pid if slot.proc else slot.identity.pid if slot.identity else None
-        if pid is None:
-            return
-        ident = slot.identity
-        if ident is not None and ident.is_running() is False:
-            return
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
-
-    # -- failures and pause ---------------------------------------------------
 
     def read_events(self) -> list[dict[str, Any]]:
         """The events logged since the last read: counted in the stats, handed to on_event."""
@@ -592,10 +380,10 @@ class Coordinator:
         """
         from harness.pool.metrics import write_prometheus
 
-        alive = sum(1 for slot in self.slots.values() if slot.running) if running else 0
+        alive = self.pool.running() if running else 0
         if self.count_scan.due() or not running:
             self.counts = self.count_scan.run(self.queue.counts)
-        snap = self.stats.snapshot(self.counts, alive, self.desired_workers() if running else 0,
+        snap = self.stats.snapshot(self.counts, alive, self.pool.desired_workers() if running else 0,
                                    self.ws.interrupt_file.exists(), running=running)
         snap["integration_lag"] = len(self.merges.pending) if self.merges else 0
         snap["push_retries_total"] = self.merges.retries if self.merges else 0
@@ -635,45 +423,6 @@ class Coordinator:
             self.event("resumed", why="rate-limit reset time reached")
 
     # -- shutdown --------------------------------------------------------------
-
-    def shutdown(self) -> None:
-        """Stop claiming, let running items finish up to the grace, then kill and revoke."""
-        running = [s for s in self.slots.values() if s.running]
-        self.event("shutdown", reason=self.stop_requested or "batch finished",
-                   workers=len(running), grace=self.cfg.run.shutdown_grace)
-        for slot in running:
-            self._signal(slot, signal.SIGTERM)
-        deadline = self.clock() + (self.cfg.run.shutdown_grace if self.stop_requested else 30.0)
-        while self.clock() < deadline and any(self._alive(s) for s in running):
-            time.sleep(0.05)
-        hbs = heartbeat.read_all(self.ws.heartbeats_dir)
-        for slot in running:
-            hb = hbs.get(slot.id)
-            if self._alive(slot):
-                self._kill_now(slot, hb)
-            if hb is not None:
-                self._bury(slot.id, hb, "shutdown", count=False, planned=True)
-            slot.generation = ""
-
-    def _kill_now(self, slot: Slot, hb: dict[str, Any] | None) -> None:
-        """After the shutdown grace: KILL the worker, then TERM/KILL its agent's group.
-
-        The worker goes first so it cannot record the killed agent as a failed
-        attempt; its claim is then revoked without counting the attempt.
-        """
-        pid = slot.proc.pid if slot.proc else slot.identity.pid if slot.identity else None
-        if pid is not None:
-            runner.kill_group(pid, grace=0,
-                              start_time=slot.identity.start_time if slot.identity else None)
-        if slot.proc is not None:
-            slot.proc.wait()
-        if hb and hb.get("agent_pid"):
-            runner.kill_group(int(hb["agent_pid"]), start_time=hb.get("agent_start"))
-
-    def _alive(self, slot: Slot) -> bool:
-        if slot.proc is not None:
-            return slot.proc.poll() is None
-        return lock_is_held(self.ws.worker_lock(slot.id))
 
     # -- helpers ---------------------------------------------------------------
 
