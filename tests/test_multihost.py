@@ -243,3 +243,28 @@ def test_workspace_names_are_per_host(tmp_path):
     single = Workspace.at(tmp_path)
     assert single.worker_name(3) == "w3" and single.events_file.name == "events.jsonl"
     assert Path(single.coordinator_lock).name == "coordinator.lock"
+
+
+def test_a_host_buried_while_its_tick_runs_stops_at_the_end_of_that_tick(ws, monkeypatch):
+    """Found in the NFS lab (bench/nfs_lab.py freeze): a guest frozen in the middle of a
+    tick, after the tick's fence check, woke after its burial, finished that tick (a
+    worker-start-timeout, a spawn), found the batch finished and exited 0. The fence is
+    checked again at the end of every tick: exit 3, host-fenced, no 'batch finished'."""
+    from harness import config
+    from harness.pool.coordinator import EXIT_FENCED, Coordinator
+
+    monkeypatch.setenv(hosts.HOST_ID_ENV, "hostA")
+    cfg = config.load(ws.config_file, {"run": {"agents": 0}})
+    coord = Coordinator(ws, cfg, forever=False)
+    coord.start()
+    real_promote = coord.promote
+
+    def promote_then_buried() -> None:  # as if frozen here while host B buried this host
+        real_promote()
+        hosts.bury(coord.ws, "hostA", coord.hostwatch.generation, by="hostB")
+
+    coord.promote = promote_then_buried
+    assert coord.run() == EXIT_FENCED
+    evs = [e for e in events(ws) if e.get("source") == "coordinator"]
+    assert [e.get("by") for e in evs if e["event"] == "host-fenced"] == ["hostB"]
+    assert not [e for e in evs if e["event"] == "shutdown"]

@@ -80,9 +80,7 @@ class HostWatch:
     def tick(self) -> list[hosts.Lease]:
         """Advance the lease; HostFenced if buried; the hosts this call buried."""
         assert self.writer is not None
-        tomb = hosts.buried(self.ws, self.host, self.generation)
-        if tomb is not None:
-            raise HostFenced(self.host, str(tomb.get("by")))
+        self.check()
         self.writer.beat()
         dead = []
         for lease in hosts.leases(self.ws).values():
@@ -96,6 +94,12 @@ class HostWatch:
                            silent_s=round(silent, 1), stale_after=self.stale_after)
                 dead.append(lease)
         return dead
+
+    def check(self) -> None:
+        """HostFenced if another host has buried this host's generation."""
+        tomb = hosts.buried(self.ws, self.host, self.generation)
+        if tomb is not None:
+            raise HostFenced(self.host, str(tomb.get("by")))
 
     def fenced(self) -> bool:
         """Checked before a transition outside the tick (a late merge): buried meanwhile?"""
