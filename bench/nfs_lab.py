@@ -44,7 +44,7 @@ production keep the default 300 s or at least 2 x lease + acdirmax.
 Run (as root; apt installs the lab's packages when missing; ~25 min on 2 cores):
     python3 bench/nfs_lab.py                       # all default scenarios, then teardown
     python3 bench/nfs_lab.py --scenarios kill,freeze --items 24
-    python3 bench/nfs_lab.py --keep                # leave the lab up (bash bench/nfs_lab/uml.sh down)
+    python3 bench/nfs_lab.py --keep                # leave it up: bash bench/nfs_lab/uml.sh down
 Paths are fixed under /tmp/nfs/uml (the guests see them at the same paths).
 """
 
@@ -453,7 +453,8 @@ def main() -> int:
                 for m in f["twin_runs"]:
                     print(f"{'':10} {m[:140]}")
             if f.get("exits"):
-                print(f"{'':10} exits: " + "; ".join(f"{k}: {v[:60]}" for k, v in f["exits"].items()))
+                print(f"{'':10} exits: " + "; ".join(f"{k}: {v[:60]}"
+                                                       for k, v in f["exits"].items()))
     print(f"(full figures and timelines: {args.json})")
     return 0
 
