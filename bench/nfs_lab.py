@@ -25,8 +25,9 @@ Scenarios (each verified with `parallel-harness fsck`, queue.invariants.check an
              locks go to the server), so `run` must accept them and run
   duplicate  two guests with the same hostname and the same HARNESS_HOST_ID: while the first
              runs, the second's `run` must be refused (exit 2), nothing corrupted
-  duphost    (extra, not in the default set) the same hostname but default host ids
-             (hostname + boot id differ): what happens to two NFS clients with one name
+  duphost    two guests with the same hostname but default host ids (hostname + boot id
+             differ): both run as two hosts; what two NFS clients with one name (one NFSv4
+             client id) do to each other
 
 Per scenario it prints: double claims (an (item, attempt) claimed by two workers, an item
 recorded done twice, or two names of one item in done/), lost items (enqueued, not in done/ or
@@ -71,7 +72,7 @@ sys.path.insert(0, str(REPO))
 
 from harness.queue import names  # noqa: E402
 
-DEFAULT = ["hammer", "kill", "poweroff", "freeze", "nolock", "duplicate"]
+DEFAULT = ["hammer", "kill", "poweroff", "freeze", "nolock", "duplicate", "duphost"]
 IP = {"setup": "10.77.0.8", "check": "10.77.0.9", "A": "10.77.0.2", "B": "10.77.0.3"}
 
 
@@ -217,6 +218,8 @@ def coord_figures(d: Path, ids: list[str], fault_ts: float | None,
     a_id = next((v for k, v in hid.items() if k.startswith(("hostA", "twin-10.77.0.2"))), None)
     fig = queue_figures(d, evs, ids)
     fig["unparseable_event_lines"] = bad
+    fig["enqueued"] = next((int(m.split()[2]) for _, _, m in tl if m.startswith("setup done:")),
+                           None)
     if fault_ts is None:  # kill: the fault time is in A's own timeline
         fault_ts = next((ts for ts, _, msg in tl if msg.startswith("FAULT")), None)
     dead = [e for e in evs if e["event"] == "host-dead" and e.get("host") == a_id]
@@ -235,6 +238,8 @@ def coord_figures(d: Path, ids: list[str], fault_ts: float | None,
         "late_records": sum(1 for e in a_ends if buried_at and e["ts"] > buried_at
                             and e.get("queue") not in (None, "none")),
         "host_fenced": [(e.get("host"), e.get("by")) for e in evs if e["event"] == "host-fenced"],
+        "revokes": dict(Counter("host dead" if str(e.get("why")).startswith("host ")
+                                else e.get("why") for e in evs if e["event"] == "revoke")),
     })
     if fault_ts and buried_at:
         fig["failover_s"] = {
@@ -391,7 +396,7 @@ def row(name: str, f: dict[str, Any]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scenarios", default=",".join(DEFAULT),
-                    help=f"comma-separated, from {DEFAULT + ['duphost']}")
+                    help=f"comma-separated, from {DEFAULT}")
     ap.add_argument("--items", type=int, default=24, help="items per coordinator scenario")
     ap.add_argument("--secs", type=float, default=5.0, help="seconds per sim item")
     ap.add_argument("--hammer", type=int, default=3000, help="hammer items")

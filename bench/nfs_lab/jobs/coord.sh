@@ -24,7 +24,7 @@ log() { echo "$(date +%s.%N) $ME $*" >> $O/$ME.timeline; }
 until_t() { while [ "$(date +%s)" -lt "$1" ]; do sleep 0.1; done; }
 
 setup_ws() {
-    mkdir -p $W && cd $W && git init -q -b main && echo x > README && git add README && git commit -qm init
+    rm -rf $W; mkdir -p $W && cd $W && git init -q -b main && echo x > README && git add README && git commit -qm init
     $PH init --agent sim > $O/init.out 2>&1
     sed -i -e 's/^multi_host = false/multi_host = true/' \
         -e "s/^host_stale_after = .*/host_stale_after = $STALE/" harness.toml
