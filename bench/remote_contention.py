@@ -18,7 +18,6 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 from _benchlib import Bench, events, load_avg, machine_line  # noqa: E402
 

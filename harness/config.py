@@ -39,7 +39,7 @@ class RunConfig(_Section):
     shutdown_grace: float = Field(10.0, ge=0, description="on SIGINT/SIGTERM, running items get this long")
     coordinator_gone_after: float = Field(60.0, gt=0, description="workers stop claiming after the coordinator is gone this long")
     session_timeout: float = Field(3600.0, gt=0, description="an attempt is killed after this long (timed_out)")
-    stall_after: float = Field(300.0, gt=0, description="a streaming agent silent this long is killed (stalled)")
+    stall_after: float = Field(360.0, gt=0, description="a streaming agent silent this long is killed (stalled); above the CLIs' own 300 s stream timeout, so their retry comes first")
     result_grace: float = Field(10.0, ge=0, description="an agent that reported its result is killed if still running after this")
     max_attempts: int = Field(3, ge=1, le=100, description="attempts per item before it is dead-lettered")
     backoff_base: float = Field(5.0, ge=0, description="retry delay after attempt 1; doubles each attempt")
@@ -75,12 +75,16 @@ class GitConfig(_Section):
 PLACEHOLDERS = frozenset({"prompt", "session_id", "system_prompt_file", "prompt_file",
                           "item_file", "model", "worktree", "attempt", "item_id", "python"})
 Preset = Literal["claude", "codex", "shell", "sim", "custom"]
+DEFAULT_RESUME_PROMPT = ("Your previous session on work item {{WORK_ITEM}} was interrupted"
+                         " ({{REASON}}); this is attempt {{ITERATION}}. Continue where you left"
+                         " off: your earlier changes are in this worktree. Finish the work"
+                         " item and commit.")
 
 
 class AgentConfig(_Section):
     preset: Preset = Field("shell", description="claude, codex, shell, sim or custom")
     command: list[str] = Field(default_factory=list, description="argv template for preset=custom")
-    output: Literal["stream-json", "text"] | None = Field(None, description="agent stdout format; default stream-json for claude and sim, text otherwise")
+    output: Literal["stream-json", "codex-json", "text"] | None = Field(None, description="agent stdout format: stream-json (Claude Code's), codex-json (codex exec --json) or text; default by preset")
     model: str = Field("", description="model name passed to the agent (empty = agent default)")
     allowed_tools: list[str] = Field(default_factory=lambda: ["Bash", "Read", "Edit", "Write", "Glob", "Grep"])
     max_turns: int = Field(50, ge=1, description="per attempt, passed to the agent")
@@ -89,6 +93,10 @@ class AgentConfig(_Section):
     memory_mb: int = Field(0, ge=0, description="address-space limit for the agent (RLIMIT_AS); 0 = none")
     cpu_seconds: int = Field(0, ge=0, description="CPU time limit for the agent (RLIMIT_CPU); 0 = none")
     open_files: int = Field(0, ge=0, description="open file limit for the agent (RLIMIT_NOFILE); 0 = inherit")
+    tool_timeout: float = Field(600.0, gt=0, description="silence allowed beyond stall_after while a tool call that names no timeout runs, seconds")
+    resume: bool = Field(False, description="a retry after overloaded, stalled or rate_limited continues the same session (claude, codex)")
+    resume_prompt: str = Field(DEFAULT_RESUME_PROMPT, description="what a resumed session is told ({{REASON}} and the prompt variables)")
+    transient_retries: int = Field(10, ge=0, description="free retries per item after overloaded before they count as attempts")
 
     @field_validator("command")
     @classmethod
@@ -104,13 +112,31 @@ class AgentConfig(_Section):
                                  f" known: {sorted(PLACEHOLDERS)}")
         return argv
 
+    @field_validator("output")
+    @classmethod
+    def _check_output(cls, output: str | None, info: Any) -> str | None:
+        preset = info.data.get("preset")
+        wrong = {"codex": "stream-json", "claude": "codex-json", "sim": "codex-json"}
+        if output is not None and wrong.get(preset) == output:
+            raise ValueError(f"preset {preset} does not print {output}; leave output unset"
+                             f" (the preset's own format) or use \"text\"")
+        return output
+
+    @property
+    def stream_format(self) -> str | None:
+        """The parsed format of the agent's stdout, or None for text (not parsed).
+
+        By default claude and sim print stream-json and codex codex-json; a custom
+        agent's format is unknown (text) unless ``output`` names it.
+        """
+        if self.output is not None:
+            return None if self.output == "text" else self.output
+        return {"claude": "stream-json", "sim": "stream-json", "codex": "codex-json"}.get(
+            self.preset)
+
     @property
     def streams(self) -> bool:
-        if self.output is not None:
-            return self.output == "stream-json"
-        # Only Claude Code's stream (and the sim's copy of it) is parsed by default:
-        # codex --json has no result event, a custom agent's format is unknown.
-        return self.preset in ("claude", "sim")
+        return self.stream_format is not None
 
 
 class PathsConfig(_Section):

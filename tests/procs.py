@@ -280,6 +280,10 @@ def cmd_op(a: dict[str, Any]) -> int:
                 q.revoke(a["name"], "scenario revoke")
             elif op == "promote":
                 assert q.promote(), "nothing promoted"
+            elif op == "bulk":
+                with q.batch(atomic=a["atomic"]) as batch:
+                    batch.add(*q.prepare({"id": a["id"], "priority": a.get("priority", 5)}))
+                    batch.commit()
             else:
                 raise ValueError(f"unknown op {op!r}")
     except OSError as exc:

@@ -172,6 +172,7 @@ def test_merge_queue_integrates_in_order_and_rejects_conflicts(tmp_path):
     ("[run]\nagents = 'many'\n", "run.agents"),
     ("[agent]\npreset = 'custom'\ncommand = ['x', '{nope}']\n", "agent.command"),
     ("[git]\ntarget_branch = 'trunk'\n", "git.target_branch"),
+    ("[agent]\npreset = 'codex'\noutput = 'stream-json'\n", "agent.output"),
 ])
 def test_config_errors_exit_2_naming_file_and_key(tmp_path, toml, key):
     ws = make_workspace(tmp_path / "ws")
@@ -230,32 +231,35 @@ def test_an_agent_that_cannot_start_fails_the_attempt_not_the_worker(tmp_path):
 
 
 FAKE_CLAUDE = """#!{python}
-# Stands in for `claude` (none is installed here): checks the argv and environment
-# the claude preset gives it, edits the worktree, then replays a recorded stream.
+# Stands in for `claude` where the real one is not installed: checks the argv and
+# environment the claude preset gives it, edits the worktree with the prompt it read on
+# stdin, then replays a recorded stream. tests/test_real_agents.py runs the real CLI.
 import json, os, sys
 argv = sys.argv[1:]
 def opt(flag):
     return argv[argv.index(flag) + 1]
-problems = [f for f in ("-p", "--output-format", "--verbose", "--session-id",
-                        "--append-system-prompt-file", "--max-turns") if f not in argv]
+problems = [f for f in ("-p", "--output-format", "--verbose", "--session-id", "--max-turns")
+            if f not in argv]
 if not problems:
     problems += [] if opt("--output-format") == "stream-json" else ["--output-format"]
-    problems += [] if os.path.isfile(opt("--append-system-prompt-file")) else ["prompt file"]
-problems += [k for k in os.environ if k == "CLAUDECODE" or k.startswith("CLAUDE_CODE_")]
+    problems += [] if opt("-p") == "--output-format" else ["a prompt argument"]
+problems += [k for k in os.environ if k in ("CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT")]
+problems += [] if os.environ.get("CLAUDE_CODE_OAUTH_TOKEN") == "kept" else ["login stripped"]
 if problems:
     sys.exit(f"fake claude: bad invocation: {{problems}} in {{argv}}")
+prompt = sys.stdin.read()
 with open(os.environ["FAKE_CLAUDE_LOG"], "a") as f:
-    f.write(json.dumps({{"argv": argv, "cwd": os.getcwd()}}) + "\\n")
+    f.write(json.dumps({{"argv": argv, "cwd": os.getcwd(), "prompt": prompt}}) + "\\n")
 with open("from-claude.txt", "w") as f:
-    f.write(opt("-p") + "\\n")
+    f.write(prompt)
 for line in open({stream!r}):
     print(line, end="", flush=True)
 """
 
 
 def test_the_claude_preset_end_to_end_with_a_stand_in_binary(tmp_path, monkeypatch):
-    """The real claude code path (argv, clean env, stream parsing, metrics, commit) with a
-    stand-in that replays tests/data/claude_stream_success.jsonl."""
+    """The claude code path (argv, prompt on stdin, clean env, stream parsing, metrics,
+    commit) with a stand-in that replays tests/data/claude_stream_success.jsonl."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     fake = bindir / "claude"
@@ -266,11 +270,12 @@ def test_the_claude_preset_end_to_end_with_a_stand_in_binary(tmp_path, monkeypat
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("CLAUDECODE", "1")  # as if started from inside a Claude Code session
     monkeypatch.setenv("CLAUDE_CODE_ENTRYPOINT", "cli")
+    monkeypatch.setenv("CLAUDE_CODE_OAUTH_TOKEN", "kept")  # a login, not a session marker
     ws = make_workspace(tmp_path / "ws", extra=(
         '\n[agent]\npreset = "claude"\nmax_turns = 7\nallowed_tools = ["Read", "Edit"]\n'
         f'env = {{FAKE_CLAUDE_LOG = "{log}"}}\n'))
     Queue(ws.queue_dir).enqueue({"id": "fix-parser", "title": "Fix the parser",
-                                 "prompt": "Make test_empty pass"})
+                                 "prompt": "- Make test_empty pass"})
     assert run_batch(ws) == 0, (ws.root / "coordinator.out").read_text()
     res = result(ws, "fix-parser")
     assert (res["reason"], res["queue"], res["detail"]) == (
@@ -281,15 +286,14 @@ def test_the_claude_preset_end_to_end_with_a_stand_in_binary(tmp_path, monkeypat
         0.0873421, 9, 1311)
     (call,) = [orjson.loads(line) for line in log.read_text().splitlines()]
     argv = call["argv"]
-    assert argv[argv.index("-p") + 1] == "Make test_empty pass"
+    assert "- Make test_empty pass" not in argv, "item text is never an argument"
     assert argv[argv.index("--max-turns") + 1] == "7"
     assert argv[argv.index("--allowedTools") + 1] == "Read,Edit"
     assert call["cwd"] == str(ws.worktree("w1"))
-    # The rendered bootstrap prompt it was given is kept with the attempt.
-    assert argv[argv.index("--append-system-prompt-file") + 1] == str(
-        ws.attempt_dir("fix-parser", 1) / "prompt.md")
-    show = git(ws, "show", "harness/fix-parser:from-claude.txt")
-    assert show.stdout == "Make test_empty pass\n"
+    # Its stdin was the rendered bootstrap prompt, kept with the attempt.
+    prompt = (ws.attempt_dir("fix-parser", 1) / "prompt.md").read_text()
+    assert call["prompt"] == prompt and "- Make test_empty pass" in prompt
+    assert git(ws, "show", "harness/fix-parser:from-claude.txt").stdout == prompt
 
 
 def test_prompt_template_errors_exit_2(tmp_path):
@@ -324,3 +328,12 @@ def test_run_budget_stops_new_attempts_and_ends_the_run(tmp_path):
     assert len(names.entries(ws.queue_dir / "pending")) == 4 - len(done)
     assert not ws.interrupt_file.exists(), "the budget pause ends with the run"
     assert any(e["event"] == "budget-reached" for e in events(ws))
+
+
+def test_a_bad_resume_prompt_refuses_the_run(tmp_path):
+    extra = SIM + 'resume = true\nresume_prompt = "Go {{RESAON}}"\n'
+    ws = make_workspace(tmp_path / "ws", extra=extra)
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "--root", str(ws.root), "run"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "agent.resume_prompt" in proc.stderr
+    assert "{{RESAON}}" in proc.stderr and "REASON" in proc.stderr

@@ -188,7 +188,11 @@ def test_doctor_agent_binary(tmp_path, roomy, monkeypatch):
     fake.write_text("#!/bin/sh\necho '9.9.9 (Claude Code)'\n")
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     found = doctor_lines(invoke(ws.root, "doctor").output)["agent"]
-    assert found == ("PASS", f"{fake}: 9.9.9 (Claude Code)")
+    assert found[0] == "WARN" and "claude 9.9.9 is not a tested version" in found[1]
+    assert "@anthropic-ai/claude-code@2.1.332" in found[1]
+    fake.write_text("#!/bin/sh\necho '2.1.332 (Claude Code)'\n")
+    found = doctor_lines(invoke(ws.root, "doctor").output)["agent"]
+    assert found == ("PASS", f"{fake}: claude 2.1.332 (a tested version)")
 
 
 def test_doctor_bad_prompt_variable_fails(tmp_path, roomy):
@@ -418,3 +422,12 @@ def test_metrics_absent_exits_1(tmp_path):
     res = invoke(ws.root, "metrics")
     assert res.exit_code == 1
     assert "coordinator writes it" in res.output  # stderr is part of output in click >= 8.2
+
+
+def test_the_configuration_reference_in_the_docs_is_the_generated_one():
+    from harness import config
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    assert config.reference_markdown().strip() in docs, (
+        "docs/configuration.md's key tables are out of date: regenerate them with"
+        " python -c 'from harness import config; print(config.reference_markdown())'")

@@ -23,7 +23,8 @@ import pytest
 from click.testing import CliRunner
 
 from harness.cli.main import main
-from harness.agents.session import Metrics, StreamState
+from harness.agents.claude import ClaudeStream as StreamState
+from harness.agents.session import Metrics
 
 REPO = Path(__file__).resolve().parent.parent
 STREAM = (Path(__file__).parent / "data" / "claude_stream_success.jsonl").read_text().splitlines()

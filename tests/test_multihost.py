@@ -268,3 +268,36 @@ def test_a_host_buried_while_its_tick_runs_stops_at_the_end_of_that_tick(ws, mon
     evs = [e for e in events(ws) if e.get("source") == "coordinator"]
     assert [e.get("by") for e in evs if e["event"] == "host-fenced"] == ["hostB"]
     assert not [e for e in evs if e["event"] == "shutdown"]
+
+
+def test_a_host_that_stood_still_itself_buries_no_one(tmp_path):
+    """Every host blocked alike (the NFS server away): when the ticks resume, the other
+    host's counter did not move for the whole gap, yet it is not buried."""
+    from harness.pool.hostwatch import HostWatch
+    from tests.conftest import FakeClock
+
+    clock = FakeClock(100.0)
+    quiet = []
+    a = HostWatch(Workspace.at(tmp_path, host="hostA"), 10.0, lambda *e, **f: quiet.append(e),
+                  clock)
+    b = HostWatch(Workspace.at(tmp_path, host="hostB"), 10.0, lambda *e, **f: None, clock)
+    a.ws.make_dirs()
+    a.start()
+    b.start()
+    for _ in range(3):
+        clock.advance(1.0)
+        a.tick()
+        b.tick()
+    clock.advance(60.0)  # both stood still
+    assert a.tick() == [] and b.tick() == []
+    for _ in range(12):  # hostB ticks again, hostA watches: fine
+        clock.advance(1.0)
+        b.tick()
+        assert a.tick() == []
+    for _ in range(12):  # now hostB really stops: buried after 10 s
+        clock.advance(1.0)
+        buried = a.tick()
+        if buried:
+            break
+    assert [lease.host for lease in buried] == ["hostB"]
+    assert not (tmp_path / "state" / "hosts" / "hostA.dead").exists()

@@ -276,3 +276,13 @@ def test_entries_skip_dotfiles_and_reason_sidecars(tmp_path):
         (tmp_path / entry).write_text("x")
     assert sorted(names.entries(tmp_path)) == ["5.0123456789abcdef.a~1", "junk.json"]
     assert not names.is_entry(".x") and not names.is_entry("a.reason")
+
+
+@settings(max_examples=300)
+@given(st.lists(st.one_of(item_names().map(str), st.text(min_size=1, max_size=30),
+                          st.sampled_from(["5.0000000000000000.a..b~1", "5.0000000000000000.a.~1",
+                                           "5.0000000000000000.a.lock~1", "x\n5.0000000000000000.a~1",
+                                           "5.0000000000000000.a~2+2", "5.0000000000000000.a~2+1"])),
+                unique=True))
+def test_foreign_is_exactly_what_does_not_parse(entries):
+    assert names.foreign(entries) == [e for e in entries if names.try_parse(e) is None]

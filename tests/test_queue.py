@@ -15,6 +15,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness.queue import fsops, names
 from harness.queue.fsops import UnsupportedFilesystem
@@ -22,7 +24,8 @@ from harness.queue.invariants import check
 from harness.queue.item import InvalidItem
 from harness.queue.names import DEP, ItemName
 from harness.cli.intake import submit
-from harness.queue.core import Claim, DuplicateId, Fenced, Queue, QueueError
+from harness.queue import core
+from harness.queue.core import Claim, DuplicateId, Fenced, Queue, QueueError, Unusable
 from harness.queue.recovery import recover
 
 pytestmark = pytest.mark.timeout(60)
@@ -1163,22 +1166,160 @@ def test_two_processes_claiming_share_nothing(tmp_path):
     clean(q, enqueued=ids, expect_finished=True)
 
 
-def test_adopt_dropped_waits_for_a_settled_file_and_remembers_valid_names(tmp_path):
+def test_adopt_dropped_waits_for_a_settled_file(tmp_path):
     from harness.queue.recovery import adopt_dropped
 
     q = Queue(tmp_path / "q")
-    name = q.enqueue({"id": "regular"})
+    q.enqueue({"id": "regular"})
     dropped = q.dir("pending") / "dropped.json"
     dropped.write_text('{"id": "by-hand"}')
-    known: set[str] = set()
-    assert adopt_dropped(q, known, settle=60) == []  # may still be being written
-    assert known == {str(name)} and dropped.exists()
+    assert adopt_dropped(q, settle=60) == []  # may still be being written
+    assert dropped.exists()
     old = dropped.stat().st_mtime - 120
     os.utime(dropped, (old, old))
-    (action,) = adopt_dropped(q, known, settle=60)
+    (action,) = adopt_dropped(q, settle=60)
     assert action.startswith("enqueued hand-dropped pending/dropped.json as ")
     assert not dropped.exists() and q.find("by-hand") is not None
-    q.claim().complete()  # "regular" leaves pending/: forgotten, not kept forever
-    adopt_dropped(q, known, settle=60)
-    assert known == {str(q.find("by-hand"))}
+    assert adopt_dropped(q, settle=60) == []
     clean(q, enqueued=["regular", "by-hand"], expect_finished=False)
+
+
+# -- the claimant's window and watch -------------------------------------------------------
+
+
+def test_a_window_smaller_than_pending_claims_everything_in_order(tmp_path):
+    q = Queue(tmp_path / "q", window=3)
+    for n in range(10):
+        q.enqueue({"id": f"i{n}"})
+    got = []
+    while (c := q.claim()) is not None:
+        got.append(c.id)
+    assert got == [f"i{n}" for n in range(10)]
+
+
+def test_a_name_added_after_the_listing_is_seen_at_the_next_look(tmp_path):
+    # relist_interval 1 ns: every claim looks for new names, through the watch.
+    q = Queue(tmp_path / "q", window=3, relist_interval=1e-9)
+    for n in range(6):
+        q.enqueue({"id": f"low{n}", "priority": "low"})
+    assert claim_one(q).id == "low0"
+    if not q._watch.alive:
+        pytest.skip("no inotify instance to be had (fs.inotify.max_user_instances reached)")
+    other = Queue(tmp_path / "q")
+    other.enqueue({"id": "urgent", "priority": 0})   # below the window's end
+    other.enqueue({"id": "later", "priority": 9})    # beyond it: found by a later listing
+    assert [claim_one(q).id for _ in range(6)] == ["urgent", "low1", "low2", "low3", "low4",
+                                                   "low5"]
+    assert claim_one(q).id == "later" and q.claim() is None
+
+
+def test_names_taken_by_others_are_skipped_and_none_is_lost(tmp_path):
+    a, b = Queue(tmp_path / "q", window=50), Queue(tmp_path / "q", window=50)
+    for n in range(40):
+        a.enqueue({"id": f"i{n:02d}"})
+    assert claim_one(a).id == "i00"                    # a has listed all 40
+    taken = [claim_one(b).id for _ in range(20)]       # b takes the next 20
+    rest = []
+    while (c := a.claim()) is not None:
+        rest.append(c.id)
+    assert taken == [f"i{n:02d}" for n in range(1, 21)]
+    assert rest == [f"i{n:02d}" for n in range(21, 40)]
+
+
+def test_claim_without_read_defers_the_document_and_its_disposal(queue):
+    bad = queue.enqueue({"id": "bad"})
+    with open(queue.dir("pending") / str(bad), "wb") as f:
+        f.write(b"{not json")
+    c = queue.claim(read=False)
+    assert c is not None and c.name == bad and ls(queue, "claimed") == [str(bad)]
+    with pytest.raises(Unusable, match="malformed item"):
+        c.item
+    assert queue.failure_reason("bad").startswith("malformed item:")
+    good = queue.enqueue({"id": "good", "title": "fine"})
+    c = queue.claim(read=False)
+    assert c.item.title == "fine" and c.item is c.item    # read once
+    assert c.complete().name == str(good)
+
+
+def test_a_claim_revoked_before_its_first_read_is_fenced(queue):
+    queue.enqueue({"id": "a"})
+    c = queue.claim(read=False)
+    assert queue.revoke(c.name, "test") == "retry"
+    with pytest.raises(Fenced):
+        c.item
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text("ab.~9", min_size=1, max_size=6), min_size=2, max_size=300),
+       st.data())
+def test_smallest_is_the_sorted_prefix(listed, data):
+    size = data.draw(st.integers(1, len(listed) - 1))
+    assert core._smallest(list(listed), size) == sorted(listed)[:size]
+
+
+def test_a_watch_reports_names_added_and_refuses_in_another_process(tmp_path):
+    from harness.queue.watch import DirWatch
+
+    (tmp_path / "d").mkdir()
+    w = DirWatch(tmp_path / "d")
+    if not w.alive:
+        pytest.skip("no inotify instance to be had")
+    assert w.added() == []
+    (tmp_path / "a").write_text("x")
+    os.link(tmp_path / "a", tmp_path / "d" / "linked")
+    os.rename(tmp_path / "a", tmp_path / "d" / "moved")
+    os.unlink(tmp_path / "d" / "linked")             # removals are not reported
+    assert w.added() == ["linked", "moved"] and w.added() == []
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if w.added() is None else 1)      # the parent's queue: not ours to drain
+    assert os.waitpid(pid, 0)[1] == 0
+    w.close()
+    assert w.added() is None
+
+
+# -- bulk enqueue (queue/bulk.py, cli/intake.stream) ---------------------------------------
+
+
+def test_a_stream_enqueues_in_one_batch_with_dependencies_in_any_order(queue):
+    from harness.cli.intake import stream
+
+    rows = [(f"in:{n}", {"id": f"i{n}", "depends_on": [f"i{n + 1}"]}) for n in range(50)]
+    rows += [("in:last", {"id": "i50"}), ("in:loop-a", {"id": "a", "depends_on": ["b"]}),
+             ("in:loop-b", {"id": "b", "depends_on": ["a"]})]
+    added, refused = [], []
+    assert stream(queue, rows, on_added=added.append,
+                  on_refused=lambda w, r: refused.append(w)) == 2
+    assert len(added) == 51 and sorted(refused) == ["in:loop-a (a)", "in:loop-b (b)"]
+    assert ls(queue, "pending") == [str(n) for n in added if n.id == "i50"]
+    assert ls(queue, "tmp") == []
+    clean(queue, enqueued=[n.id for n in added])
+
+
+def test_an_atomic_stream_with_one_refusal_adds_nothing_and_frees_every_id(queue):
+    from harness.cli.intake import stream
+
+    queue.enqueue({"id": "taken"})
+    rows = [(f"in:{n}", {"id": f"i{n}"}) for n in range(20)] + [("in:dup", {"id": "taken"})]
+    assert stream(queue, rows, atomic=True) == 1
+    assert ls(queue, "ids") == ["taken"] and ls(queue, "tmp") == []
+    assert len(ls(queue, "pending")) == 1
+    assert stream(queue, rows[:20], atomic=True) == 0 and len(ls(queue, "pending")) == 21
+    clean(queue, enqueued=["taken", *(f"i{n}" for n in range(20))])
+
+
+def test_recover_leaves_a_live_batch_alone_and_finishes_a_dead_one(queue):
+    batch = queue.batch()
+    batch.add(*queue.prepare({"id": "live"}))
+    staged = queue.dir("tmp") / batch.dir.name
+    os.link(queue.dir("ids") / "live", staged / "as-if-mid-publish")  # any staged file
+    assert recover(queue) == []                     # its lock is held: an enqueue in progress
+    os.unlink(staged / "as-if-mid-publish")
+    uncommitted = queue.batch(atomic=True)
+    uncommitted.add(*queue.prepare({"id": "rolled-back"}))
+    os.close(uncommitted._lock)                     # as if the enqueuer died here
+    (action,) = recover(queue)
+    assert action.startswith("rolled back uncommitted atomic enqueue")
+    assert ls(queue, "ids") == ["live"]
+    batch.close()
+    assert ls(queue, "tmp") == [] and state_of(queue, "live")[0] == "pending"

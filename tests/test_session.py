@@ -1,4 +1,5 @@
-"""harness.agents.session: stream-json parsing, metrics, rate-limit detection and classify()."""
+"""harness.agents.claude and .session: Claude's stream-json parsing, metrics, rate-limit
+detection and classify(), on hand-written streams (captured ones: test_cli_events.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.agents.session import ERRORS_CAP, REASONS, Metrics, StreamState, classify, parse_reset
+from harness.agents.claude import ClaudeStream as StreamState
+from harness.agents.session import ERRORS_CAP, REASONS, Metrics, classify, parse_reset
 
 DATA = Path(__file__).parent / "data"
 NOW = 1_763_790_000.0  # 2025-11-22 05:40 UTC, a fixed clock for reset-time parsing
@@ -51,6 +53,7 @@ def test_success_stream_gives_exact_metrics():
                    "AssertionError: assert [''] == [] 1 failed, 1 passed in 0.04s"],
         "duration_s": 48.213, "model": "claude-sonnet-4-5-20250929",
         "events": 13, "unknown_events": 0, "non_json_lines": 0, "truncated_bytes": 0,
+        "partial": False,
     }
     assert state.session_id == "8f3c2a71-5d4e-4b9a-9c0e-2f6a1d7b3e55"
     assert state.turns == 9 and state.last_tool == "Bash" and state.activity == "finished"
@@ -210,7 +213,10 @@ def at(zone: str, hour: int, minute: int = 0, day_offset: int = 0) -> float:
 ])
 def test_limit_messages_in_an_error_result(text, resets_at):
     state = fed(result(is_error=True, result=text))
-    assert state.rate_limit == {"status": "rejected", "resets_at": resets_at, "type": None}
+    if resets_at is None:  # no reset named: a rate limit, backed off, never the long pause
+        assert state.rate_limit == {"status": "rejected", "resets_at": NOW + 60, "type": "rate"}
+    else:
+        assert state.rate_limit == {"status": "rejected", "resets_at": resets_at, "type": None}
 
 
 def test_a_local_reset_clock_time_is_the_next_one():
@@ -294,8 +300,6 @@ def test_classify_rules(items, exit_code, signal, flags, reason):
 
 @pytest.mark.parametrize("items, exit_code, signal, detail", [
     ([BOOM], 1, None, "error_during_execution: boom"),
-    ([result(is_error=True, result="Not logged in · Please run /login")], 1, None,
-     "Not logged in · Please run /login"),
     ([], 1, None, "exit 1 without a result event"),
     ([OK], 2, None, "the result was a success but the agent ended with exit 2"),
     ([{"type": "user", "message": {"content": [{"type": "tool_result", "is_error": True,
@@ -336,3 +340,69 @@ def test_synthetic_messages_do_not_change_the_model():
     state = fed(*lines("claude_stream_rate_limited.jsonl"))
     assert state.metrics.model == "claude-sonnet-4-5-20250929"
     assert state.session_id == "a74d2edb-d7df-475f-ad7f-2c89def2ca88"
+
+
+# --- what the pool does with the API's trouble --------------------------------------------
+
+
+def test_the_circuit_breaker_counts_item_failures_not_the_apis_trouble(tmp_path):
+    from harness.config import RunConfig
+    from harness.pool.guards import Guards
+    from harness.workspace import Workspace
+
+    ws = Workspace.at(tmp_path)
+    ws.make_dirs()
+    guards = Guards(ws, RunConfig(max_consecutive_failures=2), lambda *a, **k: None)
+    for reason, queue in [("failed", "retry"), ("overloaded", "waiting"),
+                          ("auth_failed", "waiting"), ("quota", "waiting")]:
+        guards.attempt_ended({"reason": reason, "queue": queue, "item": "x"})
+    assert guards.consecutive_failures == 1 and not ws.interrupt_file.exists()
+    guards.attempt_ended({"reason": "overloaded", "queue": "failed", "item": "x"})  # retries spent
+    assert ws.interrupt_file.exists() and "circuit breaker" in ws.interrupt_reason()
+
+
+@pytest.mark.parametrize("status, text, reason", [
+    (401, "Failed to authenticate", "auth_failed"), (403, "forbidden", "auth_failed"),
+    (None, "Not logged in · Please run /login", "auth_failed"),
+    (None, "Invalid API key · Fix external API key", "auth_failed"),
+    (None, "Quota exceeded. Check your plan and billing details.", "quota"),
+    (400, "Your credit balance is too low to access the Anthropic API", "quota"),
+    (429, "Request rejected (429)", "rate_limited"), (529, "Overloaded", "overloaded"),
+    (500, "internal", "overloaded"), (None, "Request timed out.", "overloaded"),
+    (None, "Selected model is at capacity.", "overloaded"),
+    (400, "Prompt is too long", "prompt_too_long"), (400, "API Error: 400 bad request", None),
+    (None, "boom", None),
+])
+def test_api_problems_map_to_reasons(status, text, reason):
+    from harness.agents.session import api_problem
+
+    assert api_problem(status, text) == reason
+
+
+def test_an_announced_retry_is_shown_and_its_delay_allowed_until_the_next_line():
+    retry = {"type": "system", "subtype": "api_retry", "attempt": 3, "max_retries": 10,
+             "retry_delay_ms": 45000, "error_status": 529, "error": "overloaded"}
+    state = fed(retry)
+    assert state.activity == "retrying 3/10 (overloaded, 45 s)"
+    assert state.quiet_allowance() == 45.0 and state.problem is None
+    state.feed(json.dumps(block(type="text", text="hi")))
+    assert state.quiet_allowance() == 0.0
+
+
+def test_a_401_retry_stops_the_session_now():
+    state = fed({"type": "system", "subtype": "api_retry", "attempt": 1, "max_retries": 10,
+                 "retry_delay_ms": 600, "error_status": 401, "error": "authentication_failed"})
+    assert state.stop_now is not None and state.stop_now[0] == "auth_failed"
+    assert ended(state, None, 15)[0] == "auth_failed"
+
+
+def test_an_open_tool_call_may_be_silent_for_its_timeout():
+    call = block(type="tool_use", id="t1", name="Bash", input={"command": "make", "timeout": 90000})
+    state = fed(call)
+    assert state.quiet_allowance() == 90.0
+    state = StreamState(tool_timeout=600)
+    state.feed(json.dumps(block(type="tool_use", id="t2", name="Read", input={})))
+    assert state.quiet_allowance() == 600.0
+    state.feed(json.dumps({"type": "user", "message": {"content": [
+        {"type": "tool_result", "tool_use_id": "t2", "content": "ok"}]}}))
+    assert state.quiet_allowance() == 0.0

@@ -7,7 +7,8 @@ a pipe buffer to fill or for EOF), split into lines, written raw to a
 capped log and handed to ``on_line``; stderr goes to a capped log. Between
 reads ``on_poll`` refreshes the heartbeat and may return a reason to abort
 (fenced, cancelled). The process group is killed (TERM, grace, KILL) on
-timeout, on a stall (no output line for ``stall_after``), on abort, and
+timeout, on a stall (no output line for ``stall_after`` plus the silence the agent
+announced, ``quiet_allowance``: a retry delay, a running tool), on abort, and
 when the agent has reported its result but does not exit within
 ``result_grace``.
 """
@@ -45,7 +46,7 @@ _fp_spawned = failpoints.define(
 @dataclass(frozen=True)
 class Limits:
     timeout: float
-    stall_after: float | None = None
+    stall_after: float | None = None  # silence allowed; the agent's quiet_allowance adds to it
     result_grace: float = 10.0
     log_cap_bytes: int = 50 * 2**20
 
@@ -96,10 +97,30 @@ def _leader_alive(pgid: int) -> bool:
         return False
 
 
+# What a Claude Code or Codex session sets for the commands it runs: started from inside
+# one, the harness must not hand these on (its agents are sessions of their own). Seen in
+# the Bash tool's environment of claude 2.1.332 and codex 0.171.0 (docs/agents.md).
+# Credentials and provider settings (ANTHROPIC_*, CLAUDE_CODE_OAUTH_TOKEN,
+# CLAUDE_CODE_USE_BEDROCK / _VERTEX, CLAUDE_CODE_MAX_RETRIES, CODEX_HOME...) are kept.
+NESTED_SESSION_VARS: Final = frozenset({
+    "CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "CLAUDE_CODE_CHILD_SESSION",
+    "CLAUDE_CODE_SESSION_ID", "CLAUDE_CODE_SESSION_ATTENDED", "CLAUDE_CODE_EXECPATH",
+    "CLAUDE_CODE_MESSAGING_SOCKET", "CLAUDE_CODE_MESSAGING_TOKEN", "CLAUDE_CODE_CHILD_NOTES_DIR",
+    "CLAUDE_CODE_SSE_PORT", "CLAUDE_PID", "CLAUDE_EFFORT", "AI_AGENT",
+    "CODEX_THREAD_ID", "CODEX_SESSION_ID", "CODEX_TOOL_CALL_ID", "CODEX_CI", "CODEX_VERSION",
+    "CODEX_MANAGED_BY_NPM", "CODEX_MANAGED_PACKAGE_ROOT"})
+_NESTED_PREFIXES: Final = ("HARNESS_", "CLAUDE_CODE_IDE_", "CODEX_SANDBOX")
+
+
+def is_nested_marker(name: str) -> bool:
+    """True for a variable :func:`clean_env` removes (a parent session's or the harness's)."""
+    return name in NESTED_SESSION_VARS or name.startswith(_NESTED_PREFIXES)
+
+
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for an agent: inherited, minus nested-session and harness variables."""
-    env = {k: v for k, v in os.environ.items()
-           if k != "CLAUDECODE" and not k.startswith(("CLAUDE_CODE_", "HARNESS_"))}
+    """The environment for an agent: inherited, minus the markers of a parent session and
+    the harness's own variables (:func:`is_nested_marker`), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not is_nested_marker(k)}
     env.update(extra or {})
     return env
 
@@ -138,17 +159,20 @@ def run(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], stdout: Path,
         limits: Limits, poll: float, on_start: Callable[[psutil.Process], None],
         on_poll: Callable[[], str | None], on_line: Callable[[bytes], None] | None = None,
         result_seen: Callable[[], bool] = lambda: False,
+        quiet_allowance: Callable[[], float] = lambda: 0.0,
         preexec: Callable[[], None] | None = None, stdin: Path | None = None) -> ProcessOutcome:
     """Run ``argv`` until it exits or is killed for a timeout, stall, abort or result grace.
 
     ``on_start`` gets the process before it can do anything (see GATE) and must
-    record it; ``stdin`` is a file for the agent to read (default: empty). Raises
-    SpawnError if it cannot be started at all.
+    record it; ``stdin`` is a file for the agent to read (default: empty).
+    ``result_seen`` says whether the agent reported its end (it may take that back:
+    a session that goes on); ``quiet_allowance`` is the silence it may keep beyond
+    ``stall_after`` right now. Raises SpawnError if it cannot be started at all.
     """
     started = time.monotonic()
     proc = _spawn(argv, cwd=cwd, env=env, preexec=preexec, stdin=stdin)
     out, err = _CappedLog(stdout, limits.log_cap_bytes), _CappedLog(stderr, limits.log_cap_bytes)
-    watch = _Watch(proc, limits, started)
+    watch = _Watch(proc, limits, started, quiet_allowance)
     try:
         _fp_spawned()
         gate, proc.stdin = proc.stdin, None
@@ -211,6 +235,7 @@ class _Watch:
     proc: subprocess.Popen[bytes]
     limits: Limits
     started: float
+    allowance: Callable[[], float]
     last_output: float = 0.0
     result_at: float | None = None
     timed_out: bool = False
@@ -223,6 +248,8 @@ class _Watch:
         """Decide whether to kill now; record why."""
         if result and self.result_at is None:
             self.result_at = now
+        elif not result:
+            self.result_at = None  # the session went on after its result (a background task)
         if abort:
             self.aborted = abort
         elif now - self.started > self.limits.timeout:
@@ -230,7 +257,8 @@ class _Watch:
         elif self.result_at is not None and now - self.result_at > self.limits.result_grace:
             self.after_result = True
         elif (self.limits.stall_after is not None and self.result_at is None
-              and now - max(self.last_output, self.started) > self.limits.stall_after):
+              and now - max(self.last_output, self.started)
+              > self.limits.stall_after + self.allowance()):
             self.stalled = True
         elif self.exited_at is not None and now - self.exited_at > DRAIN_AFTER_EXIT:
             return True  # agent exited; a straggler holds the pipes

@@ -1,9 +1,13 @@
-"""Parse an agent's stream-json stdout, line by line, into metrics and a terminal reason.
+"""What an agent's JSON stream says, CLI by CLI, reduced to one live state and one verdict.
 
-Pure (no I/O; the only clock is the injectable ``clock``): the worker feeds each
-stdout line to :meth:`StreamState.feed`, keeps the raw lines itself, and asks
-:func:`classify` once the process has ended. The Claude Code event shapes it
-reads are listed in tests/data/README.md with the sources that confirm them.
+Pure (no I/O; the only clock is the injectable ``clock``). The worker feeds each
+stdout line to :meth:`StreamState.feed`, keeps the raw lines itself, polls the
+state while the agent runs (``activity``, ``quiet_allowance``, ``stop_now``) and
+asks :func:`classify` once the process has ended. The CLI-specific event handlers
+live in :mod:`harness.agents.claude` (Claude Code's stream-json) and
+:mod:`harness.agents.codex` (``codex exec --json``); this module holds what they
+share: the metrics, the state they fill in, the mapping of API error texts and
+statuses to terminal reasons, and the verdict.
 """
 
 from __future__ import annotations
@@ -12,10 +16,10 @@ import dataclasses
 import math
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -23,18 +27,33 @@ import orjson
 ERRORS_CAP: Final = 20  # Metrics.errors keeps at most this many, each <= ERROR_CHARS
 ERROR_CHARS: Final = 200
 ACTIVITY_CHARS: Final = 80
-REASONS: Final = frozenset("succeeded failed timed_out stalled crashed rate_limited "
-                           "budget_exceeded".split())
-_IGNORED: Final = frozenset({"stream_event", "control_request", "control_response"})
+# Reasons an API problem ends a session with (see api_problem), besides the generic ones.
+API_REASONS: Final = frozenset({"auth_failed", "quota", "rate_limited", "overloaded"})
+# prompt_too_long: the CLI or the API refused the prompt's size; a retry cannot help.
+REASONS: Final = frozenset("succeeded failed timed_out stalled crashed budget_exceeded "
+                           "prompt_too_long".split()) | API_REASONS
+RATE_LIMIT_BACKOFF: Final = 60.0  # seconds, for a 429 whose retry delay nobody announced
+TOOL_TIMEOUT: Final = 600.0  # default silence allowed for an open tool call (Bash's maximum)
+
 _LIMIT_RE = re.compile(r"usage limit|rate[ _]limit|hit your (?:\w+ )?limit|"
                        r"(?:session|weekly|5-hour|opus) limit|limit reached", re.I)
-_BUDGET_RE = re.compile(r"max(?:imum)?[ _-]budget|budget (?:exceeded|exhausted)", re.I)
+_AUTH_RE = re.compile(r"\b40[13]\b.*(?:unauthori[sz]ed|forbidden|auth|api key|token)|"
+                      r"failed to authenticate|invalid (?:api|x-api|bearer)[ -]?key|"
+                      r"incorrect api key|not logged in|authentication[ _](?:error|failed)|"
+                      r"invalid_api_key|oauth token (?:has )?(?:expired|revoked)", re.I)
+_QUOTA_RE = re.compile(r"quota exceeded|insufficient[_ ]quota|credit balance is too low|"
+                       r"billing details", re.I)
+_OVERLOAD_RE = re.compile(r"overloaded|\b(?:50[0-4]|529)\b|at capacity|server[_ ]error|"
+                          r"internal server error|service unavailable|timed out|"
+                          r"idle timeout|stream disconnected|high demand|temporar(?:y|ily)", re.I)
+_TOO_LONG_RE = re.compile(r"prompt is too long|input exceeds the maximum length|"
+                          r"input_too_large|argument list too long", re.I)
 _PIPE_EPOCH_RE = re.compile(r"\|\s*(\d{9,11})\b")
-_CLOCK_RE = re.compile(r"resets?(?: at)? (1[0-2]|0?[1-9])(?::([0-5]\d))?\s*(am|pm)"
+_CLOCK_RE = re.compile(r"(?:resets?(?: at)?|try again at) (1[0-2]|0?[1-9])(?::([0-5]\d))?\s*(am|pm)"
                        r"(?:\s*\(([\w/+-]+)\))?", re.I)
-_ARG_KEYS: Final = ("command", "file_path", "path", "pattern", "description", "url", "query")
-_USAGE_KEYS: Final = ("input_tokens", "output_tokens", "cache_creation_input_tokens",
-                      "cache_read_input_tokens")
+# Codex: "Try again at Mar 17th, 2030 5:46 PM." (local time of the machine running codex)
+_DATE_RE = re.compile(r"(?:try again|resets?) (?:at|on) ([A-Z][a-z]{2,8}) (\d{1,2})(?:st|nd|rd|th)?"
+                      r",? (\d{4}),? (1[0-2]|0?[1-9]):([0-5]\d)\s*([AaPp][Mm])", re.I)
 
 
 @dataclass
@@ -56,6 +75,7 @@ class Metrics:
     unknown_events: int = 0  # JSON that is not an object, or an object of an unknown type
     non_json_lines: int = 0
     truncated_bytes: int = 0  # stream and stderr bytes beyond [run] log_cap_mb, not stored
+    partial: bool = False  # counted from the stream so far: the session's own totals never came
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -64,38 +84,72 @@ class Metrics:
         """Add ``other`` into this one (model: the other's if it has one); return self."""
         for f in dataclasses.fields(self):
             mine = getattr(self, f.name)
-            if isinstance(mine, (int, float)):
+            if isinstance(mine, (int, float)) and not isinstance(mine, bool):
                 setattr(self, f.name, mine + getattr(other, f.name))
         for name, n in other.tool_calls.items():
             self.tool_calls[name] = self.tool_calls.get(name, 0) + n
         self.errors = (self.errors + other.errors)[:ERRORS_CAP]
         self.model = other.model or self.model
+        self.partial = self.partial or other.partial
         return self
 
     def note_error(self, text: str) -> None:
         if len(self.errors) < ERRORS_CAP:
-            self.errors.append(_short(text, ERROR_CHARS))
+            self.errors.append(short(text, ERROR_CHARS))
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A retry the CLI announced: its count, why, and how long it waits before it."""
+
+    attempt: int
+    max_retries: int | None
+    delay_s: float | None  # None: the CLI did not say
+    why: str
+    status: int | None = None
+
+    def describe(self) -> str:
+        of = f"/{self.max_retries}" if self.max_retries else ""
+        wait = f", {self.delay_s:.0f} s" if self.delay_s is not None else ""
+        return f"retrying {self.attempt}{of} ({self.why}{wait})"
 
 
 class StreamState:
     """The live state of one agent session, updated by :meth:`feed`.
 
-    Until the ``result`` event, tokens are summed over assistant messages
-    (deduplicated by ``message.id``, the last line wins) so a killed session
-    still has counts; the result's usage, cost and num_turns then replace them.
+    A subclass per CLI fills ``HANDLERS`` (event type -> handler) and ``IGNORED``
+    (types read and knowingly skipped); anything else counts as unknown. The
+    handlers set what :func:`classify` and the worker read:
+
+    - ``result`` / ``result_is_error``: the session's final event (the last one wins);
+    - ``rate_limit``: ``{"status", "resets_at", "type"}`` of a rejected request;
+    - ``problem``: ``(reason, message)`` of an API failure (see :func:`api_problem`);
+    - ``stop_now``: ``(reason, detail)`` when the session must be ended at once;
+    - ``retry``: the retry the CLI announced last, if it is still pending;
+    - ``open_tools``: tool calls running now, with the silence each may keep.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    HANDLERS: ClassVar[dict[str, Callable[[Any, dict], None]]] = {}
+    IGNORED: ClassVar[frozenset[str]] = frozenset()
+    # What to tell the operator per reason that pauses the pool (the preset's own words).
+    FIXES: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, clock: Callable[[], float] = time.time, *,
+                 tool_timeout: float = TOOL_TIMEOUT, **_: Any) -> None:
         self.metrics = Metrics()
         self.session_id: str | None = None
         self.result: dict | None = None
         self.result_is_error = False
-        self.rate_limit: dict | None = None  # {"status", "resets_at": epoch | None, "type"}
+        self.rate_limit: dict | None = None
+        self.problem: tuple[str, str] | None = None
+        self.stop_now: tuple[str, str] | None = None
         self.budget_exceeded = False
+        self.retry: Retry | None = None
+        self.open_tools: dict[str, float] = {}
         self.last_tool: str | None = None
         self.activity = "starting"  # what the agent is doing now, <= ACTIVITY_CHARS
+        self.tool_timeout = tool_timeout
         self._clock = clock
-        self._msg_usage: dict[str, tuple[int, ...]] = {}
 
     @property
     def turns(self) -> int:
@@ -121,128 +175,124 @@ class StreamState:
             self.metrics.unknown_events += 1
             return None
         kind = event.get("type")
-        handler = _HANDLERS.get(kind) if isinstance(kind, str) else None
+        handler = self.HANDLERS.get(kind) if isinstance(kind, str) else None
         if handler is None:
-            self.metrics.unknown_events += not (isinstance(kind, str) and kind in _IGNORED)
+            self.metrics.unknown_events += not (isinstance(kind, str) and kind in self.IGNORED)
             return event
+        self.retry = None  # any later line means the announced wait is over
         try:
             handler(self, event)
         except Exception as exc:  # a known type in an unexpected shape
             self.metrics.note_error(f"malformed {event['type']} event: {exc!r}")
+        self.metrics.partial = self.result is None  # no totals of the session's own yet
         return event
 
-    def _system(self, ev: dict) -> None:
-        if ev.get("subtype") == "init":
-            self.session_id = _as(ev.get("session_id"), str) or self.session_id
-            self.metrics.model = _as(ev.get("model"), str) or self.metrics.model
-            self.activity = "started"
+    def quiet_allowance(self) -> float:
+        """Seconds of silence allowed beyond ``stall_after`` from the last line: the
+        announced retry delay, or the longest timeout of a tool call still running."""
+        waits = [(self.retry.delay_s or 0.0) if self.retry else 0.0, *self.open_tools.values()]
+        return max(waits)
 
-    def _assistant(self, ev: dict) -> None:
-        msg = _as(ev.get("message"), dict, {})
-        model = _as(msg.get("model"), str)
-        if model and not model.startswith("<"):  # "<synthetic>": a message made by the CLI
-            self.metrics.model = model
-        usage = msg.get("usage")
-        if isinstance(usage, dict) and self.result is None:
-            key = _as(msg.get("id"), str) or f"anonymous-{len(self._msg_usage)}"
-            self._msg_usage[key] = _usage(usage)
-            self._set_tokens(self._msg_usage.values())
-            self.metrics.turns = len(self._msg_usage)
-        for block in _as(msg.get("content"), list, []):
-            self._block(_as(block, dict, {}))
-        if ev.get("error") == "rate_limit":  # the CLI's own message after a rejected request
-            self._limit_from_text(_text(msg.get("content")), force=True)
+    def result_text(self) -> str:
+        """What the final event says (its text and errors), or ""."""
+        return ""
 
-    def _set_tokens(self, usages: Iterable[tuple[int, ...]]) -> None:
-        m = self.metrics
-        m.input_tokens, m.output_tokens, m.cache_creation_tokens, m.cache_read_tokens = (
-            sum(column) for column in zip(*usages))
+    def failure_text(self) -> str:
+        """The detail of a final event that is an error."""
+        return self.result_text()
 
-    def _block(self, block: dict) -> None:
-        if block.get("type") == "tool_use":
-            name = _as(block.get("name"), str) or "?"
-            self.metrics.tool_calls[name] = self.metrics.tool_calls.get(name, 0) + 1
-            self.last_tool = name
-            tool_input = _as(block.get("input"), dict, {})
-            arg = next((a for k in _ARG_KEYS if (a := _as(tool_input.get(k), str))), "")
-            self.activity = _short(f"tool {name}: {arg}" if arg else f"tool {name}")
-        elif block.get("type") in ("thinking", "redacted_thinking", "text"):
-            self.activity = "writing" if block["type"] == "text" else "thinking"
+    def is_final(self) -> bool:
+        """The session reported its end (the worker then gives it ``result_grace``)."""
+        return self.result is not None
 
-    def _user(self, ev: dict) -> None:
-        for block in _as(_as(ev.get("message"), dict, {}).get("content"), list, []):
-            if isinstance(block, dict) and block.get("type") == "tool_result" \
-                    and block.get("is_error") is True:
-                self.metrics.tool_errors += 1
-                self.metrics.note_error(f"{self.last_tool or 'tool'} error: "
-                                        f"{_text(block.get('content'))}")
-        self.activity = f"tool {self.last_tool} done" if self.last_tool else "reading input"
+    def set_problem(self, reason: str, message: str) -> None:
+        """Record an API failure; an auth failure also stops the session now (every
+        retry the CLI would make fails the same way)."""
+        self.problem = (reason, short(message, ERROR_CHARS))
+        if reason == "auth_failed":
+            self.stop_now = self.problem
+            self.activity = "authentication failed"
 
-    def _rate_limit_event(self, ev: dict) -> None:
-        info = _as(ev.get("rate_limit_info"), dict, {})
-        if info.get("status") == "rejected" and not info.get("isUsingOverage"):
-            resets = _num(info.get("resetsAt"))  # epoch seconds; nonsense becomes None
-            self.rate_limit = {"status": "rejected", "resets_at": resets if 0 < resets < 1e11
-                               else None, "type": _as(info.get("rateLimitType"), str)}
-            self.activity = "rate limited"
-        elif info.get("status") in ("allowed", "allowed_warning"):
-            self.rate_limit = None  # the latest status is the one that holds
+    def set_rate_limit(self, resets_at: float | None, kind: str | None,
+                       retry_after: float | None = None) -> None:
+        """Record a rejected request: a usage limit (``resets_at`` known or not) or,
+        with ``retry_after``, a short rate limit to back off from."""
+        if retry_after is not None and resets_at is None:
+            resets_at, kind = self._clock() + retry_after, kind or "rate"
+        self.rate_limit = {"status": "rejected", "resets_at": resets_at, "type": kind}
+        self.activity = "rate limited"
 
-    def _result(self, ev: dict) -> None:
-        m, sub = self.metrics, _as(ev.get("subtype"), str) or ""
-        self.result = ev
-        self.result_is_error = ev.get("is_error") is True or sub.startswith("error")
-        self.session_id = _as(ev.get("session_id"), str) or self.session_id
-        if isinstance(ev.get("usage"), dict):
-            self._set_tokens([_usage(ev["usage"])])
-        m.cost_usd = _num(ev.get("total_cost_usd"), m.cost_usd)
-        m.turns = int(_num(ev.get("num_turns"), m.turns))
-        m.duration_s = _num(ev.get("duration_ms"), m.duration_s * 1000) / 1000
-        if not self.result_is_error:
-            self.activity = "finished"
-            return
-        text = _result_text(ev)
-        m.note_error(f"{sub or 'error'}: {text}" if text else sub or "error")
-        self.activity = _short(f"failed: {text or sub}")
-        if sub == "error_max_budget_usd" or ev.get("terminal_reason") == "budget_exhausted" \
-                or _BUDGET_RE.search(text):
-            self.budget_exceeded = True
-        elif sub != "error_max_turns":
-            self._limit_from_text(text, force=ev.get("api_error_status") == 429)
+    def limit_from_text(self, text: str, *, force: bool = False,
+                        retry_after: float | None = None) -> bool:
+        """Set ``rate_limit`` if an error text is a usage / rate-limit message (or ``force``).
 
-    def _limit_from_text(self, text: str, *, force: bool = False) -> None:
-        """Set ``rate_limit`` if an error text is a usage / rate-limit message (or ``force``)."""
-        if force or _LIMIT_RE.search(text):
-            old = self.rate_limit or {}
-            resets = old.get("resets_at") or parse_reset(text, self._clock())
-            self.rate_limit = {"status": "rejected", "resets_at": resets, "type": old.get("type")}
-            self.activity = "rate limited"
+        A reset time in the text (or from an earlier rejected rate-limit event) makes
+        it a usage limit; without one it is a rate limit backed off by ``retry_after``
+        (the CLI's last announced delay) or RATE_LIMIT_BACKOFF. True if set.
+        """
+        if not (force or _LIMIT_RE.search(text)):
+            return False
+        old = self.rate_limit or {}
+        known = old.get("resets_at") if old.get("type") != "rate" else None
+        resets = known or parse_reset(text, self._clock())
+        if resets is not None:
+            self.set_rate_limit(resets, old.get("type"))
+        else:
+            self.set_rate_limit(None, None, max(1.0, retry_after or RATE_LIMIT_BACKOFF))
+        return True
+
+    def open_tool(self, key: str, name: str, arg: str, timeout: float | None) -> None:
+        """A tool call started: count it, say so, allow its silence."""
+        self.metrics.tool_calls[name] = self.metrics.tool_calls.get(name, 0) + 1
+        self.last_tool = name
+        self.open_tools[key] = timeout if timeout is not None else self.tool_timeout
+        self.activity = short(f"tool {name}: {arg}" if arg else f"tool {name}")
+
+    def close_tool(self, key: str) -> None:
+        self.open_tools.pop(key, None)
 
 
-_HANDLERS: Final[dict[str, Callable[[StreamState, dict], None]]] = {
-    "system": StreamState._system, "assistant": StreamState._assistant,
-    "user": StreamState._user, "rate_limit_event": StreamState._rate_limit_event,
-    "result": StreamState._result,
-}
+def api_problem(status: int | None, text: str) -> str | None:
+    """The reason an API failure ends a session with, from its HTTP status and text.
+
+    401/403 and login texts: ``auth_failed``; billing quota texts: ``quota``; 429:
+    ``rate_limited``; 5xx, 529, overload and timeout texts: ``overloaded`` (transient).
+    A prompt too long for the model or the CLI: ``prompt_too_long``. None when it is
+    none of these (another 400 is the request's fault: ``failed``).
+    """
+    if _TOO_LONG_RE.search(text):
+        return "prompt_too_long"
+    if status in (401, 403) or _AUTH_RE.search(text):
+        return "auth_failed"
+    if _QUOTA_RE.search(text):
+        return "quota"
+    if status == 429:
+        return "rate_limited"
+    if (status is not None and (status >= 500 or status == 529)) or (
+            status is None and _OVERLOAD_RE.search(text)):
+        return "overloaded"
+    return None
 
 
 def classify(exit_code: int | None, signal: int | None, state: StreamState, *,
-             timed_out: bool, stalled: bool, killed_after_result: bool) -> tuple[str, str]:
+             timed_out: bool, stalled: bool, killed_after_result: bool,
+             stderr_tail: str = "") -> tuple[str, str]:
     """Return (terminal reason, detail) for an ended stream-agent process.
 
-    Order: rate limit, budget, timeout, stall; then a non-error result with exit
-    0 (or killed after its result) succeeded; a signal and no result crashed;
-    anything else failed. The reason is always one of ``REASONS``.
+    Order: a stop the parser asked for (auth), a rate limit, budget, timeout,
+    stall; then a final event that is no error with exit 0 (or killed after it)
+    succeeded; an API problem (quota, overloaded); a signal and no final event
+    crashed; anything else failed. ``stderr_tail`` (the last lines the agent wrote
+    there) ends the detail of a failure. The reason is always one of ``REASONS``.
     """
     m = state.metrics
+    if state.stop_now is not None:
+        return state.stop_now
     if state.rate_limit is not None:
-        kind, resets = state.rate_limit.get("type") or "usage", state.rate_limit.get("resets_at")
-        when = datetime.fromtimestamp(resets).astimezone().isoformat(timespec="minutes") \
-            if resets else "an unknown time"
-        return "rate_limited", f"{kind} limit reached; resets at {when}"
+        return "rate_limited", _limit_detail(state.rate_limit, state._clock())
     if state.budget_exceeded:
-        return "budget_exceeded", _short(_result_text(state.result or {}) or
-                                         f"max budget reached (${m.cost_usd:.4f})", ERROR_CHARS)
+        return "budget_exceeded", short(state.result_text() or
+                                        f"max budget reached (${m.cost_usd:.4f})", ERROR_CHARS)
     if timed_out:
         return "timed_out", f"killed at session_timeout (last: {state.activity})"
     if stalled:
@@ -251,6 +301,11 @@ def classify(exit_code: int | None, signal: int | None, state: StreamState, *,
             and (exit_code == 0 or killed_after_result):
         tokens = m.input_tokens + m.output_tokens
         return "succeeded", f"{m.turns} turns, {tokens} tokens, ${m.cost_usd:.4f}"
+    if state.problem is not None:
+        return state.problem
+    refusal = [ln for ln in stderr_tail.splitlines() if _TOO_LONG_RE.search(ln)]
+    if state.result is None and refusal:  # refused before a turn began
+        return "prompt_too_long", short(refusal[-1], ERROR_CHARS)
     if signal and state.result is None:
         return "crashed", f"agent killed by signal {signal} before its result"
     how = f"signal {signal}" if signal else f"exit {exit_code}"
@@ -259,22 +314,40 @@ def classify(exit_code: int | None, signal: int | None, state: StreamState, *,
     elif not state.result_is_error:
         why = f"the result was a success but the agent ended with {how}"
     else:
-        # Claude Code reports some errors (a bad API key) as subtype "success" with
-        # is_error: the subtype would contradict the reason, so only a real one is kept.
-        sub = state.result.get("subtype")
-        text = _result_text(state.result) or how
-        why = f"{sub}: {text}" if sub and sub != "success" else text
-    return "failed", _short(why, ERROR_CHARS)
+        why = state.failure_text() or how
+    tail = " ".join(stderr_tail.split())
+    if tail:
+        room = max(40, ERROR_CHARS - len(why) - 10)
+        why = f"{short(why, ERROR_CHARS)}; stderr: {tail[-room:]}"
+    return "failed", why if tail else short(why, ERROR_CHARS)
+
+
+def _limit_detail(limit: dict, now: float) -> str:
+    kind, resets = limit.get("type") or "usage", limit.get("resets_at")
+    if kind == "rate" and resets:
+        return f"rate limit (429); backing off {max(0.0, resets - now):.0f} s"
+    when = datetime.fromtimestamp(resets).astimezone().isoformat(timespec="minutes") \
+        if resets else "an unknown time"
+    return f"{kind} limit reached; resets at {when}"
 
 
 def parse_reset(text: str, now: float) -> float | None:
     """The reset time in a limit message as epoch seconds, or None if it names none.
 
-    Forms: ``...usage limit reached|1763800000`` and ``resets 3pm (Europe/Berlin)`` or
-    ``reset at 9:30am`` (the next such time after ``now``; the local zone if none).
+    Forms: ``...usage limit reached|1763800000``, ``resets 3pm (Europe/Berlin)`` or
+    ``reset at 9:30am`` or Codex's ``Try again at 11:33 AM`` (the next such time after
+    ``now``; the local zone if none), and ``Try again at Mar 17th, 2030 5:46 PM`` (local).
     """
     if match := _PIPE_EPOCH_RE.search(text):
         return float(match.group(1))
+    if match := _DATE_RE.search(text):
+        month, day, year, hour, minute, ampm = match.groups()
+        try:
+            when = datetime.strptime(f"{month[:3]} {day} {year} {hour}:{minute} {ampm.upper()}",
+                                     "%b %d %Y %I:%M %p")
+        except ValueError:
+            return None
+        return when.astimezone().timestamp()
     if not (match := _CLOCK_RE.search(text)):
         return None
     hour, minute, ampm, zone = match.groups()
@@ -288,34 +361,27 @@ def parse_reset(text: str, now: float) -> float | None:
     return (when if when > start else when + timedelta(days=1)).timestamp()
 
 
-def _short(text: str, limit: int = ACTIVITY_CHARS) -> str:
+def short(text: object, limit: int = ACTIVITY_CHARS) -> str:
+    """``text`` on one line, at most ``limit`` characters, cut at a word boundary (half
+    a word reads as a different word) and marked with an ellipsis."""
     text = " ".join(str(text).split())
-    # Cut at a word boundary: half a word reads as a different word.
     return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + "…"
 
 
-def _as(value: Any, kind: type, default: Any = None) -> Any:
+def as_(value: Any, kind: type, default: Any = None) -> Any:
     """``value`` if it is a non-empty ``kind``, else ``default`` (events are untrusted)."""
     return value if isinstance(value, kind) and value else default
 
 
-def _num(value: Any, default: float = 0.0) -> float:
+def num(value: Any, default: float = 0.0) -> float:
+    """A finite, sane number from an event field, else ``default``."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     return float(value) if ok and math.isfinite(value) and abs(value) < 1e15 else float(default)
 
 
-def _text(content: Any) -> str:
+def text_of(content: Any) -> str:
+    """The text of a message content: a string, or the text blocks of a list."""
     if isinstance(content, str):
         return content
-    return " ".join(b["text"] for b in _as(content, list, [])
+    return " ".join(b["text"] for b in as_(content, list, [])
                     if isinstance(b, dict) and isinstance(b.get("text"), str))
-
-
-def _usage(usage: dict) -> tuple[int, ...]:
-    return tuple(int(_num(usage.get(k))) for k in _USAGE_KEYS)
-
-
-def _result_text(ev: dict) -> str:
-    errors = [e for e in _as(ev.get("errors"), list, []) if isinstance(e, str)]
-    # The result text often repeats the last error: each distinct text once.
-    return " ".join(dict.fromkeys(t for t in [_as(ev.get("result"), str, ""), *errors] if t))

@@ -1,9 +1,9 @@
 """Replay an attempt's agent output into timeline records, tool calls and errors.
 
 :class:`Transcript` feeds each line of events.jsonl to
-:class:`harness.agents.session.StreamState` (the parser the worker uses, so derived
-metrics agree with metrics.json), describes each event in one line, and on the
-way collects the tool calls and everything that went wrong. A shell agent's
+:class:`harness.agents.streams.AnyStream` (the handlers the worker uses for Claude's and
+Codex's streams, so derived metrics agree with metrics.json), describes each event in
+one line, and on the way collects the tool calls and everything that went wrong. A shell agent's
 stdout.log is replayed as text. Pure: no I/O, no click.
 """
 
@@ -14,7 +14,8 @@ from datetime import datetime
 
 import orjson
 
-from harness.agents.session import StreamState, _short, _text
+from harness.agents.session import short as _short, text_of as _text
+from harness.agents.streams import AnyStream
 
 PREVIEW_CHARS = 100
 ARG_KEYS = ("command", "file_path", "path", "pattern", "description", "url", "query", "prompt")
@@ -83,7 +84,7 @@ class Transcript:
 
     def __init__(self, text_mode: bool = False) -> None:
         self.text_mode = text_mode
-        self.state = StreamState()
+        self.state = AnyStream()
         self.lineno = 0
         self.records: list[dict] = []
         self.events: list[object] = []  # every JSON value, in order
@@ -234,9 +235,49 @@ class Transcript:
         return preview("; ".join(parts) or "(empty)"), error
 
 
+    # -- codex exec --json ----------------------------------------------------------------
+
+    def _codex_item(self, ev: dict, sub: str | None) -> tuple[str, bool]:
+        item = ev.get("item") if isinstance(ev.get("item"), dict) else {}
+        kind = item.get("type")
+        if kind == "agent_message":
+            return preview(f"text: {item.get('text', '')}"), False
+        if kind != "command_execution":
+            return preview({k: v for k, v in item.items() if k != "id"}), kind == "error"
+        block = {"id": item.get("id"), "name": "shell", "input": {"command": item.get("command")}}
+        desc = self._call(block)
+        if ev.get("type") != "item.completed":
+            return desc, False
+        call = self._calls_by_id.get(item.get("id"))
+        code, out = item.get("exit_code"), str(item.get("aggregated_output") or "")
+        failed = item.get("status") == "failed" or (isinstance(code, int) and code != 0)
+        if call is not None:
+            call["is_error"], call["result"] = failed, preview(out, 200)
+        if failed:
+            self._error("tool_error", preview(f"{desc}: exit {code}: {out}", 300))
+        return preview(f"{desc} {'ERROR' if failed else 'ok'} (exit {code}): {out}"), failed
+
+    def _codex_turn(self, ev: dict, sub: str | None) -> tuple[str, bool]:
+        if ev.get("type") == "turn.failed":
+            err = ev.get("error") if isinstance(ev.get("error"), dict) else {}
+            self._error("result_error", preview(f"turn failed: {err.get('message')}", 200))
+            return preview(f"ERROR {err.get('message')}"), True
+        usage = ev.get("usage") if isinstance(ev.get("usage"), dict) else {}
+        return preview(" ".join(f"{k} {v}" for k, v in usage.items())) or "turn", False
+
+    def _codex_error(self, ev: dict, sub: str | None) -> tuple[str, bool]:
+        text = str(ev.get("message") or "")
+        retrying = text.startswith("Reconnecting")
+        self._error("api_retry" if retrying else "error", preview(text, 200))
+        return preview(text), not retrying
+
+
 _DESCRIBERS = {"system": Transcript._system, "assistant": Transcript._assistant,
                "user": Transcript._user, "rate_limit_event": Transcript._rate_limit,
-               "result": Transcript._result}
+               "result": Transcript._result, "item.started": Transcript._codex_item,
+               "item.updated": Transcript._codex_item, "item.completed": Transcript._codex_item,
+               "turn.completed": Transcript._codex_turn, "turn.failed": Transcript._codex_turn,
+               "error": Transcript._codex_error}
 
 
 def _message(ev: dict) -> dict:

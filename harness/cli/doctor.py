@@ -7,28 +7,21 @@ from typing import Any
 
 import click
 
+from harness.cli import agent_checks
+from harness.cli.agent_checks import FAIL, INSTALL, PASS, WARN
 from harness.cli.common import echo_json, workspace
 from harness.cli.render import size
-
-PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 
 # thresholds (module constants so tests can move them)
 DISK_WARN_BYTES = 5 * 2**30
 DISK_FAIL_BYTES = 500 * 2**20
 NOFILE_BASE = 1024
 NOFILE_PER_AGENT = 64
-AGENT_VERSION_TIMEOUT = 15.0
 GIT_TIMEOUT = 30.0
 # Variables that would point git at another repository than the one asked about.
 _GIT_LOCATION_VARS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR",
                       "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES",
                       "GIT_NAMESPACE", "GIT_PREFIX")
-
-
-# How to get what a check finds missing (the agents' npm packages are their vendors' names).
-INSTALL = {"claude": "npm install -g @anthropic-ai/claude-code",
-           "codex": "npm install -g @openai/codex",
-           "git": "apt-get install git (Debian, Ubuntu) or brew install git (macOS)"}
 
 
 def _git(args: list[str], cwd: Any, timeout: float = GIT_TIMEOUT):
@@ -99,67 +92,6 @@ def _check_worktrees(ws, cfg) -> list[tuple[str, str, str]]:
     else:
         out.append((PASS, "target-branch", f"{target} at {head[:12]}"))
     return out
-
-
-def _check_agent(cfg) -> tuple[str, str, str]:
-    import subprocess
-    import sys as _sys
-
-    from harness.agents import presets
-    from harness.agents.runner import clean_env
-
-    preset = cfg.agent.preset
-    if preset == "sim":
-        return PASS, "agent", f"preset sim: the simulated agent runs with {_sys.executable}"
-    if preset == "shell":
-        return PASS, "agent", "preset shell: each item's own command runs, no agent binary"
-    if preset == "custom" and not cfg.agent.command:
-        return FAIL, "agent", "preset custom needs [agent] command (an argv template)"
-    name = presets.program(cfg.agent)
-    if name is None:
-        return PASS, "agent", (f"preset custom: program {cfg.agent.command[0]!r} is a"
-                               " placeholder, not checked")
-    path = presets.find_program(cfg.agent)
-    if path is None:  # run refuses to start (exit 2)
-        how = INSTALL.get(preset)
-        return FAIL, "agent", (f"preset {preset}: `{name}` not on PATH or not executable"
-                               + (f"; install it with `{how}`" if how else ""))
-    if preset == "custom":
-        return PASS, "agent", f"preset custom: {path} (not run)"
-    try:
-        proc = subprocess.run([path, "--version"], capture_output=True, text=True,
-                              errors="replace", timeout=AGENT_VERSION_TIMEOUT,
-                              stdin=subprocess.DEVNULL, env=clean_env(cfg.agent.env))
-    except subprocess.TimeoutExpired:
-        return FAIL, "agent", f"`{path} --version` did not answer in {AGENT_VERSION_TIMEOUT:g}s"
-    except OSError as exc:
-        return FAIL, "agent", f"`{path} --version`: {exc}"
-    first = (proc.stdout.strip() or proc.stderr.strip()).splitlines()[:1]
-    if proc.returncode != 0:
-        return FAIL, "agent", (f"`{path} --version` exited {proc.returncode}:"
-                               f" {first[0] if first else 'no output'}")
-    version = first[0] if first else ""
-    # Hook for the presets' tested versions (harness.agents.presets may define
-    # check_tested_version(preset, version_text) -> (status, detail) or None).
-    tested = getattr(presets, "check_tested_version", None)
-    verdict = tested(preset, version) if tested is not None else None
-    if verdict is not None:
-        return verdict[0], "agent", f"{path}: {verdict[1]}"
-    return PASS, "agent", f"{path}: {version or 'version unknown'}"
-
-
-def _check_env() -> tuple[str, str, str]:
-    import os
-
-    from harness.agents.runner import clean_env
-
-    present = sorted(k for k in os.environ if k == "CLAUDECODE" or k.startswith("CLAUDE_CODE_"))
-    if not present:
-        return PASS, "agent-env", "no nested-session variables (CLAUDECODE, CLAUDE_CODE_*) set"
-    left = sorted(set(present) & set(clean_env()))
-    if left:
-        return FAIL, "agent-env", f"would reach the agent despite clean_env: {', '.join(left)}"
-    return PASS, "agent-env", f"stripped from the agent's environment: {', '.join(present)}"
 
 
 def _check_queue_fs(ws) -> tuple[str, str, str]:
@@ -283,32 +215,42 @@ def _check_private(ws) -> tuple[str, str, str]:
     return PASS, "private", "logs/ and state/ are readable by their owner only"
 
 
-def run_checks(ws) -> list[tuple[str, str, str]]:
-    """Every doctor check as (PASS|WARN|FAIL, name, detail), in display order."""
+def run_checks(ws, check_auth: bool = False) -> list[tuple[str, str, str]]:
+    """Every doctor check as (PASS|WARN|FAIL, name, detail), in display order; with
+    ``check_auth`` one real request through the agent as well."""
     config_check, cfg = _check_config(ws)
+    agent = [agent_checks.check_agent(cfg), agent_checks.check_env(cfg),
+             *agent_checks.check_login(cfg)]
+    if check_auth:
+        agent += agent_checks.check_auth(cfg)
     return [_check_workspace(ws), config_check, _check_git(cfg), *_check_worktrees(ws, cfg),
-            _check_agent(cfg), _check_env(), _check_queue_fs(ws), _check_disk(ws),
-            _check_memory(cfg), _check_nofile(cfg), _check_prompt(ws, cfg), _check_private(ws),
+            *agent, _check_queue_fs(ws), _check_disk(ws), _check_memory(cfg),
+            _check_nofile(cfg), _check_prompt(ws, cfg), _check_private(ws),
             _check_remote(ws, cfg)]
 
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--check-auth", is_flag=True,
+              help="Also send one tiny request through the agent CLI: does the API take its"
+                   " login? (claude, codex; costs one request)")
 @click.pass_context
-def doctor(ctx: click.Context, as_json: bool) -> None:
+def doctor(ctx: click.Context, as_json: bool, check_auth: bool) -> None:
     """Check that this host and workspace can run the harness; exit 1 on any FAIL.
 
     Checks git (>= 2.38 for the merge queue), worktree support in [git] repo,
-    the target branch, the agent binary of the preset, nested-session
-    variables, the queue filesystem, disk, memory, open file limit, the
-    config and the prompt template. In a directory that is not a workspace
-    yet it says so (WARN) and leaves nothing behind.
+    the target branch, the agent binary of the preset and its version (against
+    the tested ones), nested-session variables, the agent's login (claude auth
+    status; codex's provider and key), the queue filesystem, disk, memory, open
+    file limit, the config and the prompt template. In a directory that is not
+    a workspace yet it says so (WARN) and leaves nothing behind.
 
     \b
-    Example:
+    Examples:
       parallel-harness doctor --json
+      parallel-harness doctor --check-auth
     """
-    checks = run_checks(workspace(ctx, require=False))
+    checks = run_checks(workspace(ctx, require=False), check_auth=check_auth)
     counts = {s: sum(1 for c in checks if c[0] == s) for s in (PASS, WARN, FAIL)}
     if as_json:
         echo_json({"ok": counts[FAIL] == 0,

@@ -4,45 +4,51 @@ hand moves are in harness.cli.bulk)."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import nullcontext
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import click
+import orjson
 
 from harness.cli.common import (EXIT_FAILURES, echo_json, load_config, open_queue, usage_error,
                                 workspace)
-from harness.queue.names import STATES
+from harness.queue.names import STATES, ItemName
 
 
-def _read_inputs(files: tuple[str, ...], prompt_files: tuple[str, ...]
-                 ) -> tuple[list[Any], list[str]]:
-    """(items, where each came from) of the FILES and --prompt-file arguments.
+def _rows(files: tuple[str, ...], prompt_files: tuple[str, ...]) -> Iterator[tuple[str, Any]]:
+    """(where, item) of the FILES and --prompt-file arguments, streamed (see intake.read).
 
     A Markdown file (``.md``) or a --prompt-file is one item; anything else is
-    JSON / JSON Lines. A file that holds no item is an error naming it.
+    JSON / JSON Lines. A file that holds no item, or a line that is not JSON, is a
+    usage error naming it, raised when it is reached.
     """
     from harness.cli import promptfile
-    from harness.cli.intake import InputError, parse
+    from harness.cli.intake import InputError, read
 
-    items: list[Any] = []
-    sources: list[str] = []
     for f in files + prompt_files:
         source = "stdin" if f == "-" else f
+        found = 0
         try:
-            text = sys.stdin.read() if f == "-" else Path(f).read_text()
             if f in prompt_files or promptfile.is_prompt_file(f):
-                found = [promptfile.parse(text, source)]
+                text = sys.stdin.read() if f == "-" else Path(f).read_text(encoding="utf-8")
+                found = 1
+                yield source, promptfile.parse(text, source)
             else:
-                found = parse(text, source)
+                with (nullcontext(sys.stdin.buffer) if f == "-" else open(f, "rb")) as stream:
+                    for row in read(stream, source):
+                        found += 1
+                        yield row
+        except UnicodeDecodeError as exc:
+            usage_error(f"{source}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset"
+                        f" {exc.start}); an item's prompt is text: save the file as UTF-8")
         except (OSError, InputError, promptfile.PromptFileError) as exc:
             usage_error(str(exc))
         if not found:
             usage_error(f"{source}: no item in it (the file is empty); give a JSON object, a"
                         " JSON list or JSON Lines, or a Markdown prompt file (.md)")
-        items += found
-        sources += [source if len(found) == 1 else f"{source}:{i + 1}"
-                    for i in range(len(found))]
-    return items, sources
 
 
 def _template(ctx: click.Context) -> tuple[str, str] | None:
@@ -96,33 +102,58 @@ def enqueue(ctx: click.Context, files: tuple[str, ...], item_id: str | None, tit
       parallel-harness enqueue tasks.jsonl
       parallel-harness enqueue --atomic state/queue.json
     """
-    from harness.cli.intake import submit
+    from harness.cli.intake import stream
 
-    items, sources = _read_inputs(files, prompt_files)
     fields = {"id": item_id, "title": title, "prompt": prompt, "command": command,
               "priority": priority, "rig": rig, "depends_on": list(depends_on) or None}
+    options = None
     if any(v is not None for v in fields.values()):
         if not any((v or "").strip() for v in (title, prompt, command)):
             usage_error("an item needs something to do: give --title, --prompt or --command"
                         " (or FILES / --prompt-file)")
-        items.append({k: v for k, v in fields.items() if v is not None})
-        sources.append("options")
-    if not items:
+        options = {k: v for k, v in fields.items() if v is not None}
+    elif not files and not prompt_files:
         usage_error("nothing to enqueue: give FILES (JSON, JSONL or .md prompt files),"
                     " --prompt-file, or --title/--prompt/--command")
-    report = submit(open_queue(ctx), items, atomic=atomic, template=_template(ctx),
-                    sources=sources)
-    if as_json:
-        echo_json({"added": [{"id": n.id, "name": str(n)} for n in report.added],
-                   "refused": [{"item": w, "reason": r} for w, r in report.refused]})
-    else:
-        for name in report.added:
-            click.echo(f"added    {name.id:<30} queue/{'waiting' if name.due else 'pending'}/{name}")
-        for where, why in report.refused:
+    rows = chain(_rows(files, prompt_files), [("options", options)] if options else [])
+    report = _Printer(as_json)
+    refused = stream(open_queue(ctx), rows, atomic=atomic, template=_template(ctx),
+                     on_added=report.added, on_refused=report.refused)
+    report.close(atomic)
+    sys.exit(EXIT_FAILURES if refused else 0)
+
+
+class _Printer:
+    """Prints each added item as it is published (a million of them are never held in
+    memory); refusals, which are few, at the end. ``--json``: one JSON document."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json, self.count = as_json, 0
+        self.refusals: list[tuple[str, str]] = []
+        if as_json:
+            click.echo('{"added": [', nl=False)
+
+    def added(self, name: ItemName) -> None:
+        if self.as_json:
+            sep = "," if self.count else ""
+            click.echo(f'{sep}\n  {{"id": "{name.id}", "name": "{name}"}}', nl=False)
+        else:
+            state = "waiting" if name.due else "pending"
+            click.echo(f"added    {name.id:<30} queue/{state}/{name}")
+        self.count += 1
+
+    def refused(self, where: str, why: str) -> None:
+        self.refusals.append((where, why))
+
+    def close(self, atomic: bool) -> None:
+        if self.as_json:
+            refused = orjson.dumps([{"item": w, "reason": r} for w, r in self.refusals]).decode()
+            click.echo(f'\n], "refused": {refused}}}')
+            return
+        for where, why in self.refusals:
             click.echo(f"refused  {where}: {why}", err=True)
-        note = " (--atomic: nothing added)" if atomic and report.refused else ""
-        click.echo(f"{len(report.added)} added, {len(report.refused)} refused{note}")
-    sys.exit(EXIT_FAILURES if report.refused else 0)
+        note = " (--atomic: nothing added)" if atomic and self.refusals else ""
+        click.echo(f"{self.count} added, {len(self.refusals)} refused{note}")
 
 
 @click.command(name="ls")

@@ -65,7 +65,15 @@ def render_text(s: dict[str, Any]) -> str:
                          f"  {(w['doing'] or '')[:60]}")
     for f in s["recent_failures"]:
         lines.append(f"failed   {f['item']}: {clip(f['reason'], 160)}")
+    if s.get("no_changes"):
+        lines.append(no_changes_text(s["no_changes"]))
     return "\n".join(lines)
+
+
+def no_changes_text(items: list[str]) -> str:
+    """The items that succeeded without changing anything, on one line."""
+    return (f"NO CHANGES  {len(items)} done item(s) changed nothing: {clip(', '.join(items), 120)}"
+            " (`parallel-harness show ID`)")
 
 
 def paused_text(s: dict[str, Any]) -> str:
@@ -117,6 +125,7 @@ def render_event(ev: dict[str, Any]) -> str | None:
     attempt = f"{item}~{ev.get('attempt')}"
     if kind == "attempt-end":
         text = f"{worker} {attempt} {ev.get('reason')} -> {ev.get('queue')}: {ev.get('detail')}"
+        text += " (NO CHANGES)" if ev.get("no_changes") else ""
     elif kind == "revoke":  # its item is the claimed/ name
         name = names.try_parse(str(item))
         text = (f"revoked {f'{name.id}~{name.attempt}' if name else item} ({ev.get('why')})"
@@ -209,6 +218,8 @@ def render_run_summary(report: dict[str, Any], root: str, width: int = 100) -> s
         lines.append(textwrap.fill(reason, width, initial_indent=f"  failed {item}: ",
                                    subsequent_indent=" " * 4, break_long_words=False,
                                    break_on_hyphens=False))
+    if report.get("no_changes"):
+        lines.append("  " + no_changes_text(report["no_changes"]))
     lines.append(f"look at: {root}/queue/{{done,failed}}  {root}/state/events.jsonl  {root}/logs/")
     return "\n".join(lines)
 
@@ -236,8 +247,14 @@ def render_item(report: dict[str, Any]) -> str:
                                    subsequent_indent=" " * 14, break_long_words=False))
     lines.append(f"  branch      {report['branch']}")
     for a in report["attempts"]:
-        lines.append(f"  attempt {a['attempt']:<3} {a['reason']:<16} {a['tokens']:>8} tok"
-                     f"  ${a['cost_usd'] or 0:.4f}  {clip(a.get('detail') or '', 70)}")
+        head = (f"  attempt {a['attempt']:<3} {a['reason']:<16} {a['tokens']:>8} tok"
+                f"  ${a['cost_usd'] or 0:.4f}{attempt_notes(a)}")
+        if a["reason"] in ("succeeded", "running", "unfinished"):
+            lines.append(f"{head}  {clip(a.get('detail') or '', 70)}")
+        else:  # why it failed, whole: the agent's stderr tail is often at its end
+            lines.append(head)
+            lines.append(textwrap.fill(a.get("detail") or "", 100, initial_indent=" " * 14,
+                                       subsequent_indent=" " * 14, break_long_words=False))
         pushed = a.get("pushed")
         if isinstance(pushed, dict):
             lines.append(f"              pushed {str(pushed.get('sha'))[:12]} to"
@@ -246,6 +263,18 @@ def render_item(report: dict[str, Any]) -> str:
             lines.append(f"              pull request {a['pr_url']}")
         lines.append(f"              {a['log_dir']}")
     return "\n".join(lines)
+
+
+def attempt_notes(a: dict[str, Any]) -> str:
+    """What else ``show`` says about an attempt: no changes made, a resumed session,
+    token counts that stop where the agent was killed."""
+    res, m = a.get("result") or {}, a.get("metrics") or {}
+    notes = ["NO CHANGES"] if res.get("no_changes") else []
+    if isinstance(res.get("resumed_from"), dict):
+        notes.append(f"resumed the session of attempt {res['resumed_from'].get('attempt')}")
+    if m.get("partial"):
+        notes.append("tokens partial")
+    return f"  [{'; '.join(notes)}]" if notes else ""
 
 
 def render_settings(rows: list[dict[str, Any]]) -> str:

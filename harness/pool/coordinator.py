@@ -46,6 +46,7 @@ from harness.pool import delivery
 from harness.pool.faults import FaultWatch
 from harness.pool.guards import Guards
 from harness.pool.hostwatch import DuplicateHost, HostFenced, HostWatch
+from harness.pool.pacing import Paced
 from harness.pool.worker import EXIT_SLOT_UNSAFE
 from harness.pool.runstats import RunStats
 from harness.workspace import EventTail, Workspace
@@ -115,8 +116,11 @@ class Coordinator:
         self.stats = RunStats()
         self.lock = FileLock(str(self.ws.coordinator_lock))
         self.doomed: list[tuple[ProcessIdentity, float]] = []
-        self.next_drop_scan = 0.0
-        self.known_names: set[str] = set()  # see recovery.adopt_dropped
+        # Whole-queue scans, paced by their cost (pool.pacing): O(backlog) each, so not
+        # every tick once the backlog is large.
+        self.drop_scan = Paced(DROP_SCAN_INTERVAL, clock=self.clock)
+        self.count_scan = Paced(0.0, clock=self.clock)
+        self.counts: dict[str, int] = {}
 
     @property
     def budget_hit(self) -> str | None:
@@ -282,19 +286,20 @@ class Coordinator:
     def finished(self) -> bool:
         """The batch is over: nothing live, no worker still recording, nothing left to deliver.
 
-        Read afresh, in this order: heartbeats, then events, then the queue. A worker
-        logs an attempt's end before its heartbeat goes idle, so an idle heartbeat read
-        first means that attempt-end is in the events read next, and its item reaches
-        the integration queue. (The tick's own readings are too old: a whole attempt can
-        start and end while the tick's integration step pushes.)
+        The tick's paced count screens first (cheap). Then, read afresh in this
+        order: heartbeats, events, the queue. A worker logs an attempt's end before its
+        heartbeat goes idle, so an idle heartbeat read first means that attempt-end is
+        in the events read next, and its item reaches the integration queue. (The
+        tick's own readings are too old: a whole attempt can start and end while the
+        tick's integration step pushes.) A run ends only on a count taken now.
         """
+        if not self.counts or self._live(self.counts):
+            return False
         hbs = heartbeat.read_all(self.ws.heartbeats_dir)
         if any(hb.get("state") == "working" for hb in hbs.values()):
             return False
         self.watch_events()
-        counts = {state: len(names.entries(self.queue.dir(state))) - self.queue.stuck_in(state)
-                  for state in ("pending", "claimed", "waiting")}
-        if counts["claimed"] or (not self.budget_hit and counts["pending"] + counts["waiting"]):
+        if self._live(self.queue.counts()):
             return False
         return not self._integration_pending()
 
@@ -309,6 +314,11 @@ class Coordinator:
             self.undelivered = len(merges.pending)
             return False
         return True
+
+    def _live(self, counts: dict[str, int]) -> bool:
+        """Whether ``counts`` show an item still to run (junk left in place not counted)."""
+        live = {state: n - self.queue.stuck_in(state) for state, n in counts.items()}
+        return bool(live["claimed"] or (not self.budget_hit and live["pending"] + live["waiting"]))
 
     # -- worker health ---------------------------------------------------------
 
@@ -444,11 +454,9 @@ class Coordinator:
 
     def take_in_dropped_files(self) -> None:
         """Enqueue or dead-letter files an operator dropped into the queue by hand."""
-        now = self.clock()
-        if now < self.next_drop_scan:
+        if not self.drop_scan.due():
             return
-        self.next_drop_scan = now + DROP_SCAN_INTERVAL
-        for action in adopt_dropped(self.queue, self.known_names):
+        for action in self.drop_scan.run(lambda: adopt_dropped(self.queue)):
             self.event("dropped-file", action=action)
 
     def desired_workers(self) -> int:
@@ -589,7 +597,8 @@ class Coordinator:
         from harness.pool.metrics import write_prometheus
 
         alive = sum(1 for slot in self.slots.values() if slot.running) if running else 0
-        self.counts = self.queue.counts()
+        if self.count_scan.due() or not running:
+            self.counts = self.count_scan.run(self.queue.counts)
         snap = self.stats.snapshot(self.counts, alive, self.desired_workers() if running else 0,
                                    self.ws.interrupt_file.exists(), running=running)
         snap["integration_lag"] = len(self.merges.pending) if self.merges else 0

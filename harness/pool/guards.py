@@ -15,6 +15,9 @@ from harness.workspace import Workspace
 
 # Attempts that say nothing about the item or the agent being broken.
 OK_REASONS: Final = frozenset({"succeeded", "fenced", "rate_limited", "cancelled", "released"})
+# The API's trouble, retried or already pausing the pool with its own message: neither a
+# failure in a row nor proof that things work.
+NEUTRAL_REASONS: Final = frozenset({"overloaded", "auth_failed", "quota"})
 
 
 class Guards:
@@ -29,6 +32,8 @@ class Guards:
         """Count a failed attempt; pause after ``max_consecutive_failures`` in a row."""
         if ev.get("reason") in OK_REASONS:
             self.consecutive_failures = 0
+            return
+        if ev.get("reason") in NEUTRAL_REASONS and ev.get("queue") != "failed":
             return
         self.consecutive_failures += 1
         limit = self.run.max_consecutive_failures

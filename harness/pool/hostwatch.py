@@ -8,7 +8,10 @@ tick the coordinator calls :meth:`HostWatch.tick`, which
    (the coordinator then stops at once and records nothing);
 3. observes every other host's counter on this process's monotonic clock and
    buries the ones silent for ``host_stale_after``, returning them so that the
-   coordinator takes their claims back.
+   coordinator takes their claims back. A tick that comes more than half of
+   ``host_stale_after`` after the previous one (this host was itself frozen, or
+   the NFS server was away and every host blocked alike) forgets what it saw and
+   buries no one: otherwise hosts that stood still together would bury each other.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class HostWatch:
         self.generation = secrets.token_hex(6)
         self.staleness = heartbeat.Staleness(clock)
         self.writer: heartbeat.HeartbeatWriter | None = None
+        self.last_tick: float | None = None
 
     def start(self) -> None:
         """Refuse a host id another live coordinator uses; then take the lease."""
@@ -82,6 +86,13 @@ class HostWatch:
         assert self.writer is not None
         self.check()
         self.writer.beat()
+        now = self.clock()
+        gap, self.last_tick = now - (self.last_tick or now), now
+        if gap > self.stale_after / 2:
+            # This host itself stood still (frozen, or the NFS server was away and every
+            # host blocked alike): what it saw of the others before means nothing now.
+            self.staleness = heartbeat.Staleness(self.clock)
+            return []
         dead = []
         for lease in hosts.leases(self.ws).values():
             if lease.host == self.host:

@@ -26,6 +26,8 @@ def check(ws: Workspace, cfg: Config) -> None:
 
         path = ws.root / cfg.paths.bootstrap
         prompts.check_static(prompts.load_template(path), str(path))
+    if cfg.agent.resume:
+        _check_resume_prompt(cfg)
     if cfg.agent.preset == "custom" and not cfg.agent.command:
         raise PreflightError(f"{ws.config_file}: agent.command: preset 'custom' needs an"
                              " argv template")
@@ -62,6 +64,18 @@ def _check_remote(cfg: Config) -> None:
         raise cfg.error("git.pr_command", "integrate = \"pr\" runs this command after the push,"
                         " e.g. [\"gh\", \"pr\", \"create\", \"--head\", \"{{BRANCH}}\","
                         " \"--title\", \"{{TITLE}}\", \"--body-file\", \"{{SUMMARY}}\"]")
+
+
+def _check_resume_prompt(cfg: Config) -> None:
+    """A misspelt variable in [agent] resume_prompt would fail every resumed attempt."""
+    from harness.agents import prompts
+
+    unknown = sorted(v for v in prompts.variables_in(cfg.agent.resume_prompt)
+                     if v not in prompts.BUILTIN | {"REASON"} and not v.startswith("meta."))
+    if unknown:
+        known = ", ".join(["REASON", *sorted(prompts.BUILTIN)])
+        raise cfg.error("agent.resume_prompt", "unknown variable(s) " + ", ".join(
+            "{{%s}}" % v for v in unknown) + f"; known: {known} and meta.KEY")
 
 
 def _check_target_branch(cfg: Config, repo: Path) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 THROUGHPUT_WINDOW: Final = 600.0  # seconds of completions behind the items/minute figure
+NO_CHANGES_LISTED: Final = 20  # items done without changes named in run.json
 
 
 @dataclass
@@ -28,6 +29,7 @@ class RunStats:
     restarts: int = 0
     done_times: list[float] = field(default_factory=list)
     slots_started: set[Any] = field(default_factory=set)
+    no_changes: list[str] = field(default_factory=list)  # done, but the agent changed nothing
     done_before: int = 0    # items in done/ and failed/ when the run started
     failed_before: int = 0
 
@@ -55,6 +57,8 @@ class RunStats:
             if ev.get("queue") == "done":
                 self.completions += 1
                 self.done_times.append(float(ev.get("ts") or time.time()))
+                if ev.get("no_changes"):
+                    self.no_changes.append(str(ev.get("item")))
 
     def snapshot(self, counts: dict[str, int], alive: int, desired: int, paused: bool,
                  running: bool = True) -> dict[str, Any]:
@@ -77,6 +81,7 @@ class RunStats:
                 "eta_s": round(left / per_min * 60.0) if per_min > 0 and left else None,
                 "this_run": {"done": max(0, counts["done"] - self.done_before),
                              "failed": max(0, counts["failed"] - self.failed_before)},
+                "no_changes": self.no_changes[-NO_CHANGES_LISTED:],
                 "running": running, "ended_at": None if running else now}
 
     def report(self, done: int, failed: dict[str, str]) -> dict[str, Any]:
@@ -90,7 +95,8 @@ class RunStats:
                 "attempts": dict(self.attempts), "tokens": sum(self.tokens.values()),
                 "tokens_by_kind": dict(self.tokens), "cost_usd": round(self.cost_usd, 6),
                 "elapsed_s": round(time.time() - self.started_at, 1),
-                "reclaims": self.reclaims, "restarts": self.restarts}
+                "reclaims": self.reclaims, "restarts": self.restarts,
+                "no_changes": list(self.no_changes)}
 
 
 def reason_key(reason: str) -> str:

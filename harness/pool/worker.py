@@ -23,24 +23,23 @@ import signal
 import sys
 import time
 import traceback
-import uuid
 from pathlib import Path
 from typing import Any
 
 import orjson
-import psutil
 
-from harness.agents import orphans, presets, prompts, runner, session
-from harness.liveness import heartbeat, hosts
-from harness.repo import remote, worktrees
 from harness import config as config_mod
+from harness.agents import orphans
 from harness.config import Config
-from harness.repo.integration import attempt_branch, item_branch
+from harness.liveness import heartbeat, hosts
 from harness.liveness.process import ProcessIdentity, hold_lock
+from harness.paths import UnsafePath, is_unsafe, private_files
+from harness.pool.attempt import PAUSING, Attempt, AttemptRunner
 from harness.pool.faults import Backoff
-from harness.paths import UnsafePath, check_inside, is_unsafe, private_files
-from harness.queue.names import ItemName
 from harness.queue.core import Claim, Fenced, Queue
+from harness.queue.names import ItemName
+from harness.repo import worktrees
+from harness.repo.integration import attempt_branch, item_branch
 from harness.workspace import Workspace
 
 EXIT_SLOT_TAKEN = 3
@@ -50,20 +49,6 @@ ORPHAN_DEATH_WAIT = 5.0  # seconds to wait for killed leftovers to be gone
 RECORD_RETRY_FOR = 300.0  # seconds to keep retrying the record of an outcome through a fault
 RATE_LIMIT_DEFAULT_PAUSE = 900.0  # seconds, when the agent does not say when its quota resets
 
-
-class Attempt:
-    """What one attempt produced: terminal reason, detail, commit, metrics."""
-
-    def __init__(self) -> None:
-        self.reason, self.detail = "failed", ""
-        self.sha: str | None = None
-        self.base: str | None = None  # the commit the attempt started from
-        self.stream = session.StreamState()
-        self.resets_at: float | None = None
-
-    def end(self, reason: str, detail: str) -> Attempt:
-        self.reason, self.detail = reason, detail
-        return self
 
 
 class Worker:
@@ -79,7 +64,8 @@ class Worker:
         self.repo = (ws.root / cfg.git.repo).resolve()
         self.template_path = ws.root / cfg.paths.bootstrap
         self.stopping = False
-        self._committed_clean = False  # our last commit_attempt left the worktree clean
+        self.committed_clean = False  # our last commit_attempt left the worktree clean
+        self.runner = AttemptRunner(self)
         self._last_beat = 0.0
         self._coordinator_gone_since: float | None = None
         self._coordinator_checked = -1e9
@@ -272,7 +258,7 @@ class Worker:
             return
         self.log("claim", item=claim.id, attempt=claim.attempt)
         try:
-            att = self.attempt(claim, log_dir)
+            att = self.runner.run(claim, log_dir)
         except UnsafePath as exc:
             att = self._give_back(claim, exc)
         except Exception as exc:  # noqa: BLE001 -- an item must never kill its worker
@@ -296,18 +282,20 @@ class Worker:
         """
         metrics = att.stream.metrics.as_dict()
         metrics["duration_s"] = round(time.time() - started, 3)
+        no_changes = att.reason == "succeeded" and att.sha is not None and att.sha == att.base
         result = {"item": claim.id, "attempt": claim.attempt, "worker": self.id,
                   "generation": self.generation, "reason": att.reason, "detail": att.detail,
                   "queue": queue_state, "branch": attempt_branch(claim.id, claim.attempt),
-                  "commit": att.sha, "base": att.base, "started_at": started,
-                  "ended_at": time.time()}
+                  "commit": att.sha, "base": att.base, "session_id": att.stream.session_id,
+                  "resumed_from": att.resumed, "no_changes": no_changes,
+                  "started_at": started, "ended_at": time.time()}
         try:
             _write_json(log_dir / "metrics.json", metrics)
             _write_json(log_dir / "result.json", result)
         except OSError as exc:
             self._fault("result files", exc)
         self.log("attempt-end", item=claim.id, attempt=claim.attempt, reason=att.reason,
-                 queue=queue_state, detail=att.detail[:500],
+                 queue=queue_state, detail=att.detail[:500], no_changes=no_changes,
                  metrics={k: metrics[k] for k in ("input_tokens", "output_tokens",
                                                   "cache_creation_tokens", "cache_read_tokens",
                                                   "cost_usd")})
@@ -334,131 +322,12 @@ class Worker:
             pass  # still in claimed/: the coordinator revokes it as an orphan
         self.log("released", item=claim.id, attempt=claim.attempt, why=why)
 
-    def attempt(self, claim: Claim, log_dir: Path) -> Attempt:
-        """Prepare the worktree, run the agent and verify; never raises for agent trouble."""
-        att = Attempt()
-        target = self.cfg.git.target_branch
-        session_id = str(uuid.uuid4())
-        try:
-            argv = self._argv(claim, log_dir, session_id)
-            self.beat(force=True, doing="preparing worktree")
-            wt = worktrees.ensure_worktree(self.repo, self.ws.worktree(self.id), target,
-                                           within=self.ws.root)
-            clean, self._committed_clean = self._committed_clean, False
-            att.base = worktrees.start_attempt(wt, self._base(), attempt_branch(
-                claim.id, claim.attempt), assume_clean=clean)
-        except (presets.AgentError, prompts.PromptError) as exc:
-            return att.end("failed", str(exc))
-        except worktrees.GitError as exc:
-            return att.end("failed", f"worktree: {exc}")
-        try:
-            check_inside(self.ws.root, wt)  # at the moment of use: the agent runs there
-            self._run_agent(claim, att, argv, wt, log_dir, session_id)
-        except runner.SpawnError as exc:
-            return att.end("failed", str(exc))
-        if att.reason in ("fenced", "rate_limited", "cancelled"):
-            return att  # nothing of this attempt is kept
-        check_inside(self.ws.root, wt)  # git add -A runs there
-        try:
-            att.sha = worktrees.commit_attempt(wt, f"harness: {claim.id} attempt {claim.attempt}"
-                                                   f"\n\n{claim.item.title}".strip())
-        except worktrees.GitError as exc:
-            return att.end("failed", f"commit: {exc}")
-        self._committed_clean = not self.cfg.git.verify  # verify may leave files behind
-        if att.reason == "succeeded" and self.cfg.git.verify:
-            check_inside(self.ws.root, wt)
-            self._verify(claim, att, wt, log_dir)
-        return att
-
     def _give_back(self, claim: Claim, exc: UnsafePath) -> Attempt:
         """The worktree turned into a symlink after the claim: return the item uncounted,
         refuse the slot."""
         self.refused = exc.reason
         self.stopping = True
         return Attempt().end("released", f"slot refused: {exc}")
-
-    def _base(self) -> str:
-        """What the attempt starts from: the remote's target as fetched at most
-        ``fetch_interval`` ago (one fetch shared by every worker), else the local target."""
-        git = self.cfg.git
-        if not git.remote:
-            return git.target_branch
-        self.beat(force=True, doing=f"fetching {git.target_branch} from the remote")
-        sha, note = remote.fresh_base(remote.Remote(self.repo, git.remote), git.target_branch,
-                                      git.fetch_interval)
-        if note:
-            self.log("stale-base", note=note)
-        return sha or git.target_branch
-
-    def _argv(self, claim: Claim, log_dir: Path, session_id: str) -> list[str]:
-        item = claim.item
-        values = prompts.item_values(item, session_id=session_id, attempt=claim.attempt,
-                                     worker=self.id)
-        ctx = {"prompt": item.prompt or item.title, "session_id": session_id,
-               "system_prompt_file": str(log_dir / "prompt.md"),
-               "prompt_file": str(log_dir / "prompt.md"), "item_file": str(log_dir / "item.json"),
-               "model": self.cfg.agent.model, "worktree": str(self.ws.worktree(self.id)),
-               "attempt": str(claim.attempt), "item_id": claim.id, "python": sys.executable}
-        if self.cfg.agent.preset != "shell":
-            template = prompts.load_template(self.template_path)
-            rendered = prompts.render(template, str(self.template_path), values)
-            (log_dir / "prompt.md").write_text(rendered)
-        return presets.build_argv(self.cfg.agent, item, ctx)
-
-    def _run_agent(self, claim: Claim, att: Attempt, argv: list[str], wt: Path, log_dir: Path,
-                   session_id: str) -> None:
-        run, agent = self.cfg.run, self.cfg.agent
-        streams = agent.streams
-        env = runner.clean_env({**agent.env, **self._marks(claim),
-                                "HARNESS_SESSION_ID": session_id})
-        limits = runner.Limits(timeout=run.session_timeout,
-                               stall_after=run.stall_after if streams else None,
-                               result_grace=run.result_grace, log_cap_bytes=run.log_cap_mb * 2**20)
-        outcome = runner.run(
-            argv, cwd=wt, env=env, limits=limits, poll=min(0.2, run.heartbeat_interval),
-            stdout=log_dir / ("events.jsonl" if streams else "stdout.log"),
-            stderr=log_dir / "stderr.log", preexec=presets.resource_limiter(agent),
-            on_start=lambda p: self._agent_started(claim, p),
-            on_poll=lambda: self._poll(claim, att),
-            on_line=att.stream.feed if streams else None,
-            result_seen=lambda: att.stream.result is not None)
-        att.stream.metrics.truncated_bytes = outcome.truncated_bytes
-        if outcome.aborted == "cancelled":
-            att.end("cancelled", "cancelled by the operator (parallel-harness cancel)")
-        elif outcome.aborted:
-            att.end("fenced", "the claim was revoked while the agent ran")
-        elif streams:
-            att.end(*session.classify(outcome.exit_code, outcome.signal, att.stream,
-                                      timed_out=outcome.timed_out, stalled=outcome.stalled,
-                                      killed_after_result=outcome.killed_after_result))
-            if att.stream.rate_limit:
-                att.resets_at = att.stream.rate_limit.get("resets_at")
-        else:
-            att.end(*_classify_exit(outcome))
-
-    def _verify(self, claim: Claim, att: Attempt, wt: Path, log_dir: Path) -> None:
-        verify = self.cfg.git.verify
-        argv = list(verify) if isinstance(verify, list) else ["/bin/sh", "-c", verify]
-        self.beat(force=True, doing="verifying")
-        try:
-            outcome = runner.run(
-                argv, cwd=wt, env=runner.clean_env(self._marks(claim)),
-                limits=runner.Limits(timeout=self.cfg.git.verify_timeout),
-                poll=min(0.2, self.cfg.run.heartbeat_interval), stdout=log_dir / "verify.log",
-                stderr=log_dir / "verify.log", on_start=lambda p: self._agent_started(claim, p),
-                on_poll=lambda: self._poll(claim, att))
-        except runner.SpawnError as exc:
-            att.end("verify_failed", f"verify: {exc}")
-            return
-        if outcome.aborted:
-            att.end(outcome.aborted, f"{outcome.aborted} during verify")
-        elif outcome.exit_code != 0:
-            how = "timed out" if outcome.timed_out else f"exit {outcome.exit_code}"
-            att.end("verify_failed", f"verify {how}; see {log_dir / 'verify.log'}")
-
-    def _marks(self, claim: Claim) -> dict[str, str]:
-        """Who owns the process about to start (harness.agents.orphans)."""
-        return orphans.marks(self.ws.root, self.id, self.generation, claim.id, claim.attempt)
 
     def _kill_leftovers(self, why: str, found: list[orphans.Marked]) -> None:
         """Kill processes of earlier attempts before the worktree is touched again."""
@@ -473,22 +342,6 @@ class Worker:
         while time.monotonic() < deadline and orphans.marked(self.ws.root, pids):
             time.sleep(0.01)
 
-    def _agent_started(self, claim: Claim, proc: psutil.Process) -> None:
-        self.beat(force=True, doing="running", agent_pid=proc.pid, agent_start=proc.create_time())
-        self.log("agent-start", item=claim.id, attempt=claim.attempt,
-                          agent_pid=proc.pid, agent_start=proc.create_time())
-
-    def _poll(self, claim: Claim, att: Attempt) -> str | None:
-        """Between agent reads: refresh the heartbeat; abort if the claim was revoked."""
-        m = att.stream.metrics
-        self.beat(doing=att.stream.activity, last_tool=att.stream.last_tool, turns=m.turns,
-                  tokens=m.input_tokens + m.output_tokens + m.cache_creation_tokens
-                  + m.cache_read_tokens, cost_usd=round(m.cost_usd, 6),
-                  progress_at=time.time())
-        if not claim.is_live() or self.buried():
-            return "fenced"
-        return "cancelled" if self.ws.cancel_requested(claim.id) else None
-
     def record(self, claim: Claim, att: Attempt) -> str:
         """Move the claim to its outcome; return the queue state it went to."""
         try:
@@ -498,9 +351,15 @@ class Worker:
                 return self._complete(claim, att)
             if att.reason == "rate_limited":
                 return self._pause_for_quota(claim, att)
+            if att.reason in PAUSING:
+                return self._pause_for_fix(claim, att)
+            if att.reason == "overloaded":
+                return self._back_off(claim, att)
             if att.reason == "released":
                 claim.release(0.0)
                 return "waiting"  # due at once, this attempt not counted
+            if att.reason == "prompt_too_long":  # the same prompt fails the same way
+                return claim.fail(f"{att.reason}: {att.detail}", retry=False)
             if att.reason == "cancelled":
                 (self.ws.cancel_dir / claim.id).unlink(missing_ok=True)
                 return claim.fail(f"cancelled: {att.detail}", retry=False)
@@ -534,6 +393,25 @@ class Worker:
         self.log("stale-lock-removed", lock=str(lock),
                           why="older than every running git process")
 
+    def _pause_for_fix(self, claim: Claim, att: Attempt) -> str:
+        """auth_failed, quota: every item would fail the same way. Pause the pool with the
+        agent's message and the fix; the item waits, its attempt not counted."""
+        fix = att.stream.FIXES.get(att.reason, "fix the agent's account")
+        claim.release(0.0)
+        self.ws.pause(f"{att.reason}: {att.detail} (item {claim.id}, worker {self.id}). Fix:"
+                      f" {fix}; then `parallel-harness resume`")
+        self.log("agent-paused-pool", item=claim.id, reason=att.reason)
+        return "waiting"
+
+    def _back_off(self, claim: Claim, att: Attempt) -> str:
+        """overloaded: the API's trouble, not the item's. Retry later with backoff, the
+        attempt not counted, up to ``[agent] transient_retries`` free attempts per item."""
+        if claim.name.free >= self.cfg.agent.transient_retries:
+            return claim.fail(f"overloaded: {att.detail} (after {claim.name.free} free"
+                              " retries, [agent] transient_retries)")
+        claim.release(self.queue.backoff(claim.name.free + 1))
+        return "waiting"
+
     def _pause_for_quota(self, claim: Claim, att: Attempt) -> str:
         """Pause the whole pool until the quota resets; the item waits, its attempt not counted."""
         resume = att.resets_at or time.time() + RATE_LIMIT_DEFAULT_PAUSE
@@ -542,16 +420,6 @@ class Worker:
         self.ws.pause(f"rate limited: {att.detail} (item {claim.id}, worker {self.id})", resume)
         self.log("rate-limited", item=claim.id, resume_at=resume)
         return "waiting"
-
-
-def _classify_exit(outcome: runner.ProcessOutcome) -> tuple[str, str]:
-    if outcome.timed_out:
-        return "timed_out", f"killed after {outcome.duration:.1f}s (session_timeout)"
-    if outcome.signal:
-        return "crashed", f"agent killed by signal {outcome.signal}"
-    if outcome.exit_code == 0:
-        return "succeeded", "exit 0"
-    return "failed", f"agent exited with status {outcome.exit_code}"
 
 
 def _harness_error(exc: Exception, log_dir: Path) -> str:

@@ -53,6 +53,10 @@ def read_regular(path: Path | str) -> bytes:
     ``O_NOFOLLOW`` refuses a symlink, ``O_NONBLOCK`` keeps a FIFO from blocking the
     open, and fstat refuses everything but a regular file before a byte is read.
     Raises NotAFile for those, FileNotFoundError and other OSErrors as usual.
+
+    The fstat also gives the size, so an item file (immutable) is read with one
+    ``read`` of size + 1 bytes: getting exactly the size back means the read met the
+    end of the file. Anything else (the file changed meanwhile) reads on to EOF.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -63,10 +67,13 @@ def read_regular(path: Path | str) -> bytes:
             raise NotAFile(path, kind_of(os.lstat(path).st_mode)) from None
         raise
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise NotAFile(path, kind_of(mode))
-        chunks = []
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotAFile(path, kind_of(st.st_mode))
+        data = os.read(fd, st.st_size + 1)
+        if len(data) == st.st_size:
+            return data
+        chunks = [data]
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)
         return b"".join(chunks)

@@ -79,18 +79,29 @@ def validate(data: Item | dict[str, Any], source: str = "item") -> Item:
         raise InvalidItem(source, _describe(exc)) from None
 
 
-def refuse_nul(item: Item, source: str) -> Item:
-    """``item``, unless a NUL byte is anywhere in it (InvalidItem naming the field).
-
-    No program argument, environment variable or C string can carry one, so an agent
-    could never start for it. Checked at enqueue, not on the claim path.
-    """
-    for key, value in item.model_dump(exclude_none=True).items():
+def _refuse_nul(doc: dict[str, Any], source: str) -> None:
+    """InvalidItem naming the field if a NUL byte is anywhere in the document: no program
+    argument, environment variable or C string can carry one, so an agent could never
+    start for it. Checked at enqueue, not on the claim path."""
+    for key, value in doc.items():
         if _has_nul(value):
             raise InvalidItem(source, f"field {key!r}: contains a NUL byte (\\x00), which no"
                                       " program argument, environment variable or prompt"
                                       " option can carry; remove it")
-    return item
+
+
+def document(item: Item, source: str) -> tuple[str, bytes]:
+    """(id, file bytes) of ``item`` as enqueued: refused if it holds a NUL byte, stamped
+    with an id and an enqueue time when it has none (as :meth:`Item.stamped`).
+
+    One dump of the model serves the NUL check and the bytes: the bulk enqueue's cost
+    per item was three model traversals (check, stamp, dump) before.
+    """
+    doc = item.model_dump(exclude_none=True)
+    _refuse_nul(doc, source)
+    doc["id"] = item.id or names.new_id()
+    doc["enqueued_at"] = item.enqueued_at or time.time()
+    return doc["id"], orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
 
 
 def _has_nul(value: Any) -> bool:

@@ -146,8 +146,11 @@ def parse_staged(entry: str) -> ItemName | None:
     return try_parse(entry.split(STAGED_SEP, 1)[0])
 
 
-_NAME = re.compile(r"([0-9])\.([0-9a-f]{16})\.([^~]+)~([1-9][0-9]*)(?:\+([1-9][0-9]*))?"
-                   r"(?:~(0|[1-9][0-9]*|dep))?", re.ASCII)
+# The id's character set and length are in the pattern, so a claim parses a name with
+# one match and two string tests: validate_id's second regex and call per name were a
+# tenth of a claim.
+_NAME = re.compile(r"([0-9])\.([0-9a-f]{16})\.([A-Za-z0-9][A-Za-z0-9._-]{0,%d})~([1-9][0-9]*)"
+                   r"(?:\+([1-9][0-9]*))?(?:~(0|[1-9][0-9]*|dep))?" % (ID_MAX_LEN - 1), re.ASCII)
 
 
 def parse(name: str) -> ItemName:
@@ -161,10 +164,9 @@ def parse(name: str) -> ItemName:
     if m is None:
         raise BadName(f"{name!r} is not a queue name")
     prio, order, item_id, attempt, free, due = m.groups()
-    try:
-        validate_id(item_id)
-    except ValueError as exc:
-        raise BadName(f"{name!r} is not a queue name ({exc})") from None
+    if ".." in item_id or item_id.endswith((".", ".lock")):
+        raise BadName(f"{name!r} is not a queue name (its id has '..' or ends in '.' or"
+                      " '.lock')")
     if free is not None and int(free) >= int(attempt):
         raise BadName(f"{name!r} is not a queue name (more free attempts than attempts)")
     return ItemName(int(prio), order, item_id, int(attempt),
@@ -189,3 +191,26 @@ def entries(directory: str | os.PathLike[str]) -> list[str]:
     # is_entry inlined: a function call per name was a tenth of a claimant's re-list.
     return [n for n in os.listdir(directory)
             if n[:1] != "." and not n.endswith(REASON_SUFFIX)]
+
+
+# A line that is a queue name without a free count and whose id has no "..", ends in
+# neither "." nor ".lock": those need no parse. Every other line is a suspect.
+_SUSPECT = re.compile(
+    r"^(?![0-9]\.[0-9a-f]{16}\.[A-Za-z0-9][A-Za-z0-9._-]{0,%d}~[1-9][0-9]*"
+    r"(?:~(?:0|[1-9][0-9]*|dep))?$)[^\n]*$|^[^\n]*(?:\.\.|\.~|\.lock~)[^\n]*$"
+    % (ID_MAX_LEN - 1), re.ASCII | re.MULTILINE)
+
+
+def foreign(entries: list[str]) -> list[str]:
+    """The entries that are not queue names (``try_parse`` is None), in listing order.
+
+    One regex pass over all of them joined by newlines screens out the plain names
+    (0.2 s for a million, where parsing each took 3 s); only the suspects are parsed.
+    A name with a newline in it defeats the screen, so then every entry is parsed.
+    """
+    if not entries:
+        return []  # "" would be one (empty) suspect line
+    text = "\n".join(entries)
+    if text.count("\n") != len(entries) - 1:
+        return [e for e in entries if try_parse(e) is None]
+    return [e for e in dict.fromkeys(_SUSPECT.findall(text)) if try_parse(e) is None]

@@ -18,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Final
 
-from harness.queue import fsops, names
+from harness.queue import bulk, fsops, names
 from harness.queue.item import InvalidItem, load
 from harness.queue.names import ItemName
 from harness.queue.core import DuplicateId, Queue
@@ -57,6 +57,10 @@ def _finish_staged(queue: Queue, actions: list[str]) -> None:
     tmp = queue.dir("tmp")
     for entry in os.listdir(tmp):
         path = tmp / entry
+        if bulk.is_batch(entry) and os.path.isdir(path) and not os.path.islink(path):
+            actions += bulk.recover_batch(queue.root, path,
+                                          lambda p, e: _roll_forward(queue, p, e))
+            continue
         if entry.startswith("."):
             if _older_than(path, STAGING_DEBRIS_AGE) and fsops.unlink_quiet(path):
                 actions.append(f"removed stale staging file tmp/{entry}")
@@ -115,38 +119,26 @@ def _junk_named(queue: Queue, state: str) -> None:
             queue.junk(path, _kind(path))
 
 
-def adopt_dropped(queue: Queue, known: set[str], settle: float = DROP_SETTLE_AGE) -> list[str]:
+def adopt_dropped(queue: Queue, settle: float = DROP_SETTLE_AGE) -> list[str]:
     """Take in files dropped by hand into pending/, claimed/ or waiting/ while the queue
     runs, as :func:`recover` does at start: enqueue them, or dead-letter them with the
-    reason. For the coordinator's tick; workers never touch such files, and without this
-    a batch run would wait for them forever.
+    reason. For the coordinator's tick (paced by its cost there); workers never touch
+    such files, and without this a batch run would wait for them forever.
 
     A file changed within ``settle`` seconds may still be being written: it is left for a
-    later call. ``known`` holds the entries earlier calls found to be queue names; it is
-    updated in place, so each call parses only new entries: with 100,000 items pending the
-    first call takes ~0.25 s here, later ones ~0.09 s, most of it listing the directories.
+    later call. Only entries that are not queue names are looked at (``names.foreign``: a
+    screen, no parse per name), so a call costs about the listing of the directories.
     """
     actions: list[str] = []
-    listed: list[str] = []
     for state in ("pending", "claimed", "waiting"):
-        listed += _adopt_foreign(queue, state, actions, settle, known)
-    known.intersection_update(listed)
+        _adopt_foreign(queue, state, actions, settle)
     return actions
 
 
-def _adopt_foreign(queue: Queue, state: str, actions: list[str], settle: float = 0.0,
-                   known: set[str] | None = None) -> list[str]:
-    """Enqueue hand-dropped item files properly, or dead-letter them with the reason.
-
-    Returns the entries listed; those found to be queue names are added to ``known``.
-    """
-    listed = names.entries(queue.dir(state))
-    for entry in listed:
-        if known is not None and entry in known or f"{state}/{entry}" in queue.stuck:
-            continue
-        if names.try_parse(entry) is not None:
-            if known is not None:
-                known.add(entry)
+def _adopt_foreign(queue: Queue, state: str, actions: list[str], settle: float = 0.0) -> None:
+    """Enqueue hand-dropped item files properly, or dead-letter them with the reason."""
+    for entry in names.foreign(names.entries(queue.dir(state))):
+        if f"{state}/{entry}" in queue.stuck:
             continue
         path = queue.dir(state) / entry
         if settle and not _older_than(path, settle):
@@ -178,7 +170,6 @@ def _adopt_foreign(queue: Queue, state: str, actions: list[str], settle: float =
             continue
         _remove_adopted(queue, path)
         actions.append(f"enqueued hand-dropped {state}/{entry} as {name}")
-    return listed
 
 
 def _remove_adopted(queue: Queue, path: Path) -> None:

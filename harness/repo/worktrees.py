@@ -165,6 +165,15 @@ def common_dir(repo: Path) -> Path:
     return _common_dir(Path(repo))
 
 
+def git_dirs(wt: Path) -> tuple[Path, Path]:
+    """(the worktree's own git dir, the common git dir), resolved, read from the files
+    git keeps (no git process). GitError if ``wt`` is no worktree."""
+    gitdir = _gitdir_of(Path(wt))
+    if gitdir is None or not (gitdir / "HEAD").is_file():
+        raise GitError("not a git worktree (no .git pointing at a git dir)", path=Path(wt))
+    return gitdir.resolve(), _common_of_gitdir(gitdir).resolve()
+
+
 def _common_dir(repo: Path) -> Path:
     """The repository's common git dir (``.git`` of the main worktree, or a bare repo)."""
     repo = Path(repo)

@@ -167,6 +167,8 @@ def metrics_from_dict(data: dict) -> Metrics:
         value, default = data.get(f.name), getattr(m, f.name)
         if f.name == "model":
             m.model = value if isinstance(value, str) else None
+        elif isinstance(default, bool):
+            setattr(m, f.name, value is True)
         elif isinstance(default, dict):
             if isinstance(value, dict):
                 setattr(m, f.name, {str(k): int(v) for k, v in value.items()

@@ -44,7 +44,8 @@ def collect(ws: Workspace) -> dict[str, Any]:
         })
     coordinator = heartbeat.read(ws.coordinator_file)
     coordinator_alive = lock_is_held(ws.coordinator_lock)
-    run = heartbeat.read(ws.run_file) if coordinator_alive else None
+    last_run = heartbeat.read(ws.run_file)
+    run = last_run if coordinator_alive else None
     host_list = _hosts(ws, now)
     if run is None and host_list:
         run = _sum_runs(ws, [h["host"] for h in host_list if h["alive"]])
@@ -60,6 +61,8 @@ def collect(ws: Workspace) -> dict[str, Any]:
                         "alive": coordinator_alive} if coordinator else None,
         "hosts": host_list,
         "recent_failures": failures(ws, failed, last=RECENT_FAILURES)[::-1],
+        # the last run's items that succeeded without changing anything (also after it ended)
+        "no_changes": (last_run or {}).get("no_changes") or [],
         "corrupt_heartbeats": [
             {"worker": w, "path": str(ws.heartbeat_file(w).relative_to(ws.root)), "error": e,
              "alive": lock_is_held(ws.worker_lock(w))} for w, e in sorted(corrupt.items())],

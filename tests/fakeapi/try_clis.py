@@ -1,6 +1,6 @@
 """Drive the real agent CLIs against the fake API and record what they emit.
 
-Not a test (it needs the CLIs installed, see tools/agent-cli-versions.toml);
+Not a test (it needs the CLIs installed, see harness/agents/tested_versions.toml);
 a script to re-learn the CLIs when a version changes::
 
     python -m tests.fakeapi.try_clis --claude 2.1.332 --codex 0.171.0 \\
