@@ -194,6 +194,42 @@ def test_a_lease_written_by_someone_else_refuses_the_host_id(tmp_path):
         beating.join()
 
 
+def test_a_live_host_on_another_machine_with_this_hostname_refuses_the_start(tmp_path):
+    """Two NFS clients with one hostname share one NFSv4 client identity (the server then
+    drops the first one's locks): a second machine with this hostname is refused even
+    with its own host id; another host id on this machine (same boot) is not."""
+    import socket
+    import threading
+
+    from harness.liveness import heartbeat
+    from harness.liveness.process import boot_id
+    from harness.pool.hostwatch import DuplicateHost, HostWatch
+
+    ws = Workspace.at(tmp_path, host="here")
+    ws.make_dirs()
+
+    def live_lease(host: str, boot: str) -> None:
+        writer = heartbeat.HeartbeatWriter(
+            hosts.path_of(ws, host), ws.tmp_dir, host=socket.gethostname(), boot_id=boot,
+            pid=1, start_time=0.0, host_id=host, generation="g1")
+        writer.beat()
+        threads.append(threading.Thread(target=lambda: [writer.beat() for _ in iter(
+            lambda: stop.wait(0.05), True)]))
+        threads[-1].start()
+
+    stop, threads = threading.Event(), []
+    try:
+        live_lease("neighbour", boot_id())
+        HostWatch(ws, 60.0, lambda *a, **k: None).start()  # this machine: allowed
+        live_lease("there", "another-machine")
+        with pytest.raises(DuplicateHost, match="host name .* is in use by live host 'there'"):
+            HostWatch(Workspace.at(tmp_path, host="also-here"), 60.0,
+                      lambda *a, **k: None).start()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+
 MOUNTINFO = """\
 22 1 8:1 / / rw,relatime - ext4 /dev/vda rw
 40 22 0:40 / /mnt/nolock rw,relatime - nfs4 srv:/x rw,vers=4.2,local_lock=all,addr=10.0.0.1
