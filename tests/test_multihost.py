@@ -194,6 +194,42 @@ def test_a_lease_written_by_someone_else_refuses_the_host_id(tmp_path):
         beating.join()
 
 
+def test_a_live_host_on_another_machine_with_this_hostname_refuses_the_start(tmp_path):
+    """Two NFS clients with one hostname share one NFSv4 client identity (the server then
+    drops the first one's locks): a second machine with this hostname is refused even
+    with its own host id; another host id on this machine (same boot) is not."""
+    import socket
+    import threading
+
+    from harness.liveness import heartbeat
+    from harness.liveness.process import boot_id
+    from harness.pool.hostwatch import DuplicateHost, HostWatch
+
+    ws = Workspace.at(tmp_path, host="here")
+    ws.make_dirs()
+
+    def live_lease(host: str, boot: str) -> None:
+        writer = heartbeat.HeartbeatWriter(
+            hosts.path_of(ws, host), ws.tmp_dir, host=socket.gethostname(), boot_id=boot,
+            pid=1, start_time=0.0, host_id=host, generation="g1")
+        writer.beat()
+        threads.append(threading.Thread(target=lambda: [writer.beat() for _ in iter(
+            lambda: stop.wait(0.05), True)]))
+        threads[-1].start()
+
+    stop, threads = threading.Event(), []
+    try:
+        live_lease("neighbour", boot_id())
+        HostWatch(ws, 60.0, lambda *a, **k: None).start()  # this machine: allowed
+        live_lease("there", "another-machine")
+        with pytest.raises(DuplicateHost, match="host name .* is in use by live host 'there'"):
+            HostWatch(Workspace.at(tmp_path, host="also-here"), 60.0,
+                      lambda *a, **k: None).start()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+
 MOUNTINFO = """\
 22 1 8:1 / / rw,relatime - ext4 /dev/vda rw
 40 22 0:40 / /mnt/nolock rw,relatime - nfs4 srv:/x rw,vers=4.2,local_lock=all,addr=10.0.0.1
@@ -243,6 +279,31 @@ def test_workspace_names_are_per_host(tmp_path):
     single = Workspace.at(tmp_path)
     assert single.worker_name(3) == "w3" and single.events_file.name == "events.jsonl"
     assert Path(single.coordinator_lock).name == "coordinator.lock"
+
+
+def test_a_host_buried_while_its_tick_runs_stops_at_the_end_of_that_tick(ws, monkeypatch):
+    """Found in the NFS lab (bench/nfs_lab.py freeze): a guest frozen in the middle of a
+    tick, after the tick's fence check, woke after its burial, finished that tick (a
+    worker-start-timeout, a spawn), found the batch finished and exited 0. The fence is
+    checked again at the end of every tick: exit 3, host-fenced, no 'batch finished'."""
+    from harness import config
+    from harness.pool.coordinator import EXIT_FENCED, Coordinator
+
+    monkeypatch.setenv(hosts.HOST_ID_ENV, "hostA")
+    cfg = config.load(ws.config_file, {"run": {"agents": 0}})
+    coord = Coordinator(ws, cfg, forever=False)
+    coord.start()
+    real_promote = coord.promote
+
+    def promote_then_buried() -> None:  # as if frozen here while host B buried this host
+        real_promote()
+        hosts.bury(coord.ws, "hostA", coord.hostwatch.generation, by="hostB")
+
+    coord.promote = promote_then_buried
+    assert coord.run() == EXIT_FENCED
+    evs = [e for e in events(ws) if e.get("source") == "coordinator"]
+    assert [e.get("by") for e in evs if e["event"] == "host-fenced"] == ["hostB"]
+    assert not [e for e in evs if e["event"] == "shutdown"]
 
 
 def test_a_host_that_stood_still_itself_buries_no_one(tmp_path):

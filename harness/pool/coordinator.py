@@ -154,6 +154,10 @@ class Coordinator:
             while not self.stop_requested:
                 try:
                     self.tick()
+                    if self.hostwatch is not None:
+                        # A host paused within the tick (after its first step) may have been
+                        # buried meanwhile: it stops now, not "batch finished" (exit 0).
+                        self.hostwatch.check()
                 except HostFenced as exc:
                     self._stop_fenced(exc)
                     break

@@ -64,29 +64,47 @@ class HostWatch:
         self.writer.beat()
 
     def _refuse_duplicate(self) -> None:
-        """The host lock is per host and NFS may lose it (two clients with one hostname look
-        like one client rebooting): a lease whose counter still moves is the proof."""
-        first = hosts.leases(self.ws).get(self.host)
-        if first is None:
+        """DuplicateHost if a live coordinator holds this host id, or runs on another
+        machine with this machine's hostname.
+
+        The host lock alone cannot tell: two NFS clients with one hostname share one NFSv4
+        client identity, so the server takes the second for a reboot of the first and drops
+        the first one's locks and opens. A lease whose counter moves while we watch is the
+        proof of life. Same hostname and same boot id is this machine (several host ids on
+        one machine, containers): allowed.
+        """
+        me = ProcessIdentity.of()
+        suspects = {h: lease for h, lease in hosts.leases(self.ws).items()
+                    if h == self.host or (lease.record.get("host") == me.host
+                                          and lease.record.get("boot_id") != me.boot_id)}
+        if not suspects:
             return
         deadline = self.clock() + DUPLICATE_PROBE
         while self.clock() < deadline:
             time.sleep(0.1)
-            now = hosts.leases(self.ws).get(self.host)
-            if now is not None and now.counter != first.counter:
-                raise DuplicateHost(
-                    f"host id {self.host!r} is in use: its lease {hosts.path_of(self.ws, self.host)}"
-                    f" is being written by pid {now.record.get('pid')} on"
-                    f" {now.record.get('host')} (boot {str(now.record.get('boot_id'))[:8]});"
-                    " give each host its own id (HARNESS_HOST_ID), and each cloned VM its own"
-                    " hostname and nfs4_unique_id")
+            now = hosts.leases(self.ws)
+            for h, first in suspects.items():
+                lease = now.get(h)
+                if lease is not None and lease.counter != first.counter:
+                    raise DuplicateHost(self._duplicate_reason(lease))
+
+    def _duplicate_reason(self, lease: hosts.Lease) -> str:
+        r = lease.record
+        where = (f"its lease {hosts.path_of(self.ws, lease.host)} is being written by pid"
+                 f" {r.get('pid')} on {r.get('host')} (boot {str(r.get('boot_id'))[:8]})")
+        if lease.host == self.host:
+            return (f"host id {self.host!r} is in use: {where}; give each host its own id"
+                    f" ({hosts.HOST_ID_ENV}), and each cloned VM its own hostname and"
+                    " nfs4_unique_id")
+        return (f"host name {r.get('host')!r} is in use by live host {lease.host!r}: {where};"
+                " two NFS clients with one hostname look like one client to the server, which"
+                " then drops the first one's locks: give each machine its own hostname (and"
+                " each cloned VM its own nfs4_unique_id)")
 
     def tick(self) -> list[hosts.Lease]:
         """Advance the lease; HostFenced if buried; the hosts this call buried."""
         assert self.writer is not None
-        tomb = hosts.buried(self.ws, self.host, self.generation)
-        if tomb is not None:
-            raise HostFenced(self.host, str(tomb.get("by")))
+        self.check()
         self.writer.beat()
         now = self.clock()
         gap, self.last_tick = now - (self.last_tick or now), now
@@ -107,6 +125,12 @@ class HostWatch:
                            silent_s=round(silent, 1), stale_after=self.stale_after)
                 dead.append(lease)
         return dead
+
+    def check(self) -> None:
+        """HostFenced if another host has buried this host's generation."""
+        tomb = hosts.buried(self.ws, self.host, self.generation)
+        if tomb is not None:
+            raise HostFenced(self.host, str(tomb.get("by")))
 
     def fenced(self) -> bool:
         """Checked before a transition outside the tick (a late merge): buried meanwhile?"""
