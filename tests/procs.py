@@ -35,6 +35,20 @@ import orjson
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve()
 
+BACKLOG_ENV = "HARNESS_TEST_BACKLOG"
+
+
+def queue_size(default: int) -> int:
+    """How many items the hammer and chaos tests put in the queue: ``default`` in the
+    suite; ``HARNESS_TEST_BACKLOG`` when bench/backlog_chaos.py runs them at 100,000."""
+    return int(os.environ.get(BACKLOG_ENV, "0")) or default
+
+
+def scaled(seconds: float, default: int) -> float:
+    """A hang guard sized for ``default`` items, grown in proportion to queue_size."""
+    return seconds * max(1.0, queue_size(default) / default)
+
+
 EXIT_OK, EXIT_ANOMALY, EXIT_FENCED, EXIT_DEADLINE, EXIT_OSERROR, EXIT_UNEXPECTED = 0, 2, 3, 4, 5, 6
 
 

@@ -387,6 +387,13 @@ def test_render_event_shows_what_an_operator_follows_and_skips_the_rest():
     revoke = {"ts": ts, "event": "revoke", "item": "5.18ea4ca34480c2cd.t1~2", "why": "worker died",
               "outcome": "retry"}
     assert render_event(revoke) == "06:30:05 revoked t1~2 (worker died) -> retry"
+    dead = {"ts": ts, "event": "host-dead", "host": "hostA-1f2e", "silent_s": 45.2}
+    assert render_event(dead) == \
+        "06:30:05 host hostA-1f2e declared dead (its lease silent 45.2s): its claims are taken back"
+    wait = {"ts": ts, "event": "host-lease-wait", "hosts": ["twin"], "up_to_s": 300.0}
+    assert render_event(wait).startswith("06:30:05 waiting up to 5m00s for the lease of twin")
+    fenced = {"ts": ts, "event": "host-fenced", "host": "hostA-1f2e", "by": "hostB-9c0d"}
+    assert "declared dead by hostB-9c0d: stopping" in render_event(fenced)
     shown = {"revoke": {"item": "x", "why": "orphaned", "outcome": "retry"},
              "worker-dead": {"worker": "w1", "why": "lock free"},
              "worker-adopted": {"worker": "w1", "pid": 7},

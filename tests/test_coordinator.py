@@ -16,6 +16,7 @@ import pytest
 from harness.queue import names
 from harness.queue.invariants import check
 from harness.queue.core import Queue
+from tests.procs import queue_size, scaled
 from tests.wsutil import (events, gone, heartbeat_of, kill_all, live_recorded, make_workspace,
                           start_coordinator, wait_for)
 
@@ -253,18 +254,42 @@ def _send(proc: psutil.Process, sig: int) -> bool:
     return True
 
 
+def cli(ws, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=ws.root,
+                          capture_output=True, text=True, timeout=600)
+
+
+def enqueue_backlog(ws, n: int) -> list[str]:
+    """``n`` low-priority shell items behind the test's own (a JSONL file, streamed)."""
+    ids = [f"b{i:06d}" for i in range(n)]
+    if ids:
+        path = ws.root / "backlog.jsonl"
+        path.write_text("".join(f'{{"id": "{i}", "priority": 9, "command": "true"}}\n'
+                                for i in ids))
+        done = cli(ws, "enqueue", str(path))
+        assert done.returncode == 0, done.stderr
+    return ids
+
+
+@pytest.mark.timeout(scaled(120, 150))
 def test_chaos_kills_and_stops_lose_nothing(tmp_path):
+    """Random SIGKILLs of workers and the coordinator, SIGSTOP/SIGCONT of workers. Under
+    bench/backlog_chaos.py (HARNESS_TEST_BACKLOG=100000) the 150 items run while the
+    rest of a queue that size waits behind them; what is left of it is then cancelled."""
     ws = make_workspace(tmp_path / "ws", stale_after=1.0, stale_kill_grace=1.0)
     q = Queue(ws.queue_dir)
     ids = [f"c{i:03d}" for i in range(150)]
     for item_id in ids:
         q.enqueue({"id": item_id, "command": f"echo {item_id} > out.txt"})
+    backlog = enqueue_backlog(ws, queue_size(len(ids)) - len(ids))
+    wanted = set(ids)
     rng = random.Random(7)
     coord = start_coordinator(ws, "--agents", "8")
     stopped: list[psutil.Process] = []
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and len(names_in(ws, "done")) < len(ids):
+        deadline = time.monotonic() + scaled(90, len(ids))
+        while time.monotonic() < deadline and \
+                len({n.id for n in names_in(ws, "done")} & wanted) < len(ids):
             time.sleep(rng.uniform(0.1, 0.4))
             victim = _process_of(heartbeat_of(ws, f"w{rng.randint(1, 8)}"))
             action = rng.random()
@@ -281,13 +306,17 @@ def test_chaos_kills_and_stops_lose_nothing(tmp_path):
                 coord = start_coordinator(ws, "--agents", "8")
         for proc in stopped:
             _send(proc, signal.SIGCONT)
+        if backlog:
+            cancelled = cli(ws, "cancel", "--pending")
+            assert cancelled.returncode == 0, cancelled.stderr
         if coord.poll() is not None:
             coord = start_coordinator(ws, "--agents", "8")
-        assert finish(coord, 90) in (0, 1)
+        assert finish(coord, scaled(90, len(ids))) in (0, 1)
     finally:
         kill_all(ws, coord)
-    assert check(ws.queue_dir, enqueued=ids, expect_finished=True) == []
-    assert len(names_in(ws, "done")) + len(names_in(ws, "failed")) == len(ids)
+    everything = ids + backlog
+    assert check(ws.queue_dir, enqueued=everything, expect_finished=True) == []
+    assert len(names_in(ws, "done")) + len(names_in(ws, "failed")) == len(everything)
     assert live_recorded(ws) == []
 
 

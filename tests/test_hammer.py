@@ -24,12 +24,12 @@ from harness.queue import names
 from harness.queue.invariants import check
 from harness.queue.core import Queue
 from harness.queue.recovery import recover
-from tests.procs import Procs, read_report, touch, wait_for
+from tests.procs import Procs, queue_size, read_report, scaled, touch, wait_for
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(scaled(120, 3000))
 
 WORKERS = 8
-DEADLINE = 60.0  # guards against hangs only; a healthy run takes a few seconds
+DEADLINE = scaled(60.0, 3000)  # guards against hangs only; a healthy run takes seconds
 
 
 
@@ -98,7 +98,7 @@ def test_eight_processes_claim_and_complete_every_item_exactly_once(tmp_path, pr
     root, work = tmp_path / "queue", tmp_path / "work"
     work.mkdir()
     q = Queue(root)
-    ids = [f"h{i:05d}" for i in range(3000)]
+    ids = [f"h{i:06d}" for i in range(queue_size(3000))]
     for item_id in ids:
         q.enqueue({"id": item_id, "priority": int(item_id[-1]) % 10})
 
@@ -132,7 +132,7 @@ def test_chaos_failures_and_coordinator_revokes_keep_every_item_in_one_terminal_
     root, work = tmp_path / "queue", tmp_path / "work"
     work.mkdir()
     q = Queue(root)
-    ids = [f"c{i:05d}" for i in range(2000)]
+    ids = [f"c{i:06d}" for i in range(queue_size(2000))]
     for item_id in ids:
         q.enqueue({"id": item_id, "max_attempts": 4})
 

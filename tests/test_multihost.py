@@ -230,6 +230,30 @@ def test_a_live_host_on_another_machine_with_this_hostname_refuses_the_start(tmp
         for t in threads:
             t.join()
 
+
+def test_a_silent_lease_of_this_host_id_from_elsewhere_is_waited_out_and_then_fenced(tmp_path):
+    """Found in the NFS lab: a 1.5 s watch let a second coordinator with one host id run
+    next to the first, whose NFS state the server had just dropped (it wrote nothing for
+    longer than that). A matching lease from another machine must now stand still for
+    host_stale_after; if its coordinator wakes after that, it finds a newer generation in
+    its lease and stops (HostFenced) before it records anything."""
+    from harness.pool.hostwatch import HostFenced, HostWatch
+
+    seen = []
+    first = HostWatch(Workspace.at(tmp_path, host="twin"), 1.0, lambda *a, **k: None)
+    first.ws.make_dirs()
+    first.start()
+    first.writer.beat(boot_id="another-machine")  # as if written from elsewhere, then frozen
+    second = HostWatch(Workspace.at(tmp_path, host="twin"), 1.0,
+                       lambda kind, **f: seen.append((kind, f)))
+    second.start()
+    assert [k for k, _ in seen] == ["host-lease-wait"] and seen[0][1]["hosts"] == ["twin"]
+    second.check()
+    with pytest.raises(HostFenced, match="a newer coordinator of host id twin"):
+        first.check()
+    with pytest.raises(HostFenced):
+        first.tick()
+
 MOUNTINFO = """\
 22 1 8:1 / / rw,relatime - ext4 /dev/vda rw
 40 22 0:40 / /mnt/nolock rw,relatime - nfs4 srv:/x rw,vers=4.2,local_lock=all,addr=10.0.0.1

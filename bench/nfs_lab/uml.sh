@@ -34,7 +34,10 @@ uml_boot() {  # uml_boot UMID MAC EXTRA-ARGS... ; prints the pid
 }
 
 up() {
-    if [ ! -S $U/switch.ctl ]; then
+    # A socket left by a switch that is gone (the machine restarted) answers nobody:
+    # only a switch whose recorded pid lives counts.
+    if ! { [ -f $U/pids/switch.pid ] && kill -0 $(cat $U/pids/switch.pid) 2>/dev/null; }; then
+        rm -f $U/switch.ctl
         setsid uml_switch -unix $U/switch.ctl </dev/null >$U/console/switch.log 2>&1 &
         echo $! > $U/pids/switch.pid
         sleep 0.5

@@ -117,6 +117,18 @@ _EDGE_EVENTS: dict[str, Any] = {
                              " waiting due time(s) moved with it",
 }
 
+_HOST_EVENTS: dict[str, Any] = {
+    "host-dead": lambda ev: f"host {ev.get('host')} declared dead" + (
+        f" (its lease silent {ev['silent_s']}s)" if ev.get("silent_s") is not None
+        else " (its lease stale)") + ": its claims are taken back",
+    "host-fenced": lambda ev: f"this host ({ev.get('host')}) was declared dead by"
+                              f" {ev.get('by')}: stopping without recording anything",
+    "host-lease-wait": lambda ev: "waiting up to " + duration(ev.get("up_to_s"))
+                                  + " for the lease of " + ", ".join(ev.get("hosts") or [])
+                                  + " to stand still (it may be a live coordinator with this"
+                                  " host id or hostname on another machine)",
+}
+
 
 def render_event(ev: dict[str, Any]) -> str | None:
     """One line for an event an operator watching ``run`` wants to see; None for the rest
@@ -161,6 +173,8 @@ def render_event(ev: dict[str, Any]) -> str | None:
         text = _MERGE_EVENTS[kind](ev)
     elif kind in _EDGE_EVENTS:
         text = _EDGE_EVENTS[kind](ev)
+    elif kind in _HOST_EVENTS:
+        text = _HOST_EVENTS[kind](ev)
     elif kind == "dropped-file":
         text = f"hand-dropped file: {ev.get('action')}"
     elif kind == "memory-floor":

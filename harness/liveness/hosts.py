@@ -65,23 +65,24 @@ class Lease:
 
 def leases(ws: Workspace) -> dict[str, Lease]:
     """Every host's lease in the workspace, keyed by host id."""
-    out = {}
     try:
         entries = os.listdir(ws.hosts_dir)
     except FileNotFoundError:
-        return out
-    for entry in entries:
-        if entry.endswith(".json") and not entry.startswith(".") and \
-                not entry.endswith(".run.json"):
-            try:
-                record = orjson.loads(fsops.read_regular(ws.hosts_dir / entry))
-            except (OSError, ValueError, fsops.NotAFile):
-                continue
-            if isinstance(record, dict):
-                host = entry.removesuffix(".json")
-                out[host] = Lease(host, record.get("counter"), str(record.get("generation")),
-                                  record)
-    return out
+        return {}
+    found = (lease_of(ws, e.removesuffix(".json")) for e in entries
+             if e.endswith(".json") and not e.startswith(".") and not e.endswith(".run.json"))
+    return {lease.host: lease for lease in found if lease is not None}
+
+
+def lease_of(ws: Workspace, host: str) -> Lease | None:
+    """``host``'s lease, or None if it has none (or it is unreadable)."""
+    try:
+        record = orjson.loads(fsops.read_regular(path_of(ws, host)))
+    except (OSError, ValueError, fsops.NotAFile):
+        return None
+    if not isinstance(record, dict):
+        return None
+    return Lease(host, record.get("counter"), str(record.get("generation")), record)
 
 
 def bury(ws: Workspace, host: str, generation: str, by: str) -> bool:

@@ -68,8 +68,9 @@ class Coordinator:
     def __post_init__(self) -> None:
         if self.cfg.run.multi_host and self.ws.host is None:
             self.ws = self.ws.for_host(hosts.host_id())
-        self.hostwatch = (HostWatch(self.ws, self.cfg.run.host_stale_after, self.event,
+        self.hostwatch = (HostWatch(self.ws, self.cfg.run.host_stale_after, self._host_event,
                                     self.clock) if self.ws.host else None)
+        self.tail: EventTail | None = None
         self.fenced: HostFenced | None = None
         self.faults = FaultWatch(self.ws, self.event, self.on_fault,
                                  self.cfg.run.fault_pause_after, self.clock)
@@ -116,6 +117,7 @@ class Coordinator:
                 f" on {other.get('host', '?')}, started {other.get('started_at', '?')}"
                 f" (lock {self.ws.coordinator_lock})") from None
         self.queue.probe()
+        self.tail = EventTail(self.ws.events_file)  # from here on: run prints what it reads
         if self.hostwatch is not None:
             try:
                 self.hostwatch.start()
@@ -129,7 +131,6 @@ class Coordinator:
                                       started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z")).beat()
         # A pool size set by `scale` belongs to the run that was scaled, not to this one.
         self.ws.desired_workers_file.unlink(missing_ok=True)
-        self.tail = EventTail(self.ws.events_file)  # from here on: run prints what it reads
         for action in recover(self.queue):
             self.event("recovered", action=action)
         # Names, not ids: an item retried and failed again has a new name.
@@ -360,9 +361,15 @@ class Coordinator:
                 self.pool.kill_now(slot, hbs.get(slot.id))
                 slot.generation = ""
 
+    def _host_event(self, kind: str, /, **fields: Any) -> None:
+        """A host event is shown at once: the start may wait on another lease for
+        host_stale_after before the first tick reads the events."""
+        self.event(kind, **fields)
+        self.read_events()
+
     def read_events(self) -> list[dict[str, Any]]:
         """The events logged since the last read: counted in the stats, handed to on_event."""
-        evs = self.tail.read()
+        evs = self.tail.read() if self.tail is not None else []
         for ev in evs:
             self.stats.observe(ev)
             if self.on_event is not None:

@@ -65,28 +65,69 @@ class HostWatch:
 
     def _refuse_duplicate(self) -> None:
         """DuplicateHost if a live coordinator holds this host id, or runs on another
-        machine with this machine's hostname.
+        machine with this machine's hostname; else return once no such lease can be live.
 
         The host lock alone cannot tell: two NFS clients with one hostname share one NFSv4
         client identity, so the server takes the second for a reboot of the first and drops
-        the first one's locks and opens. A lease whose counter moves while we watch is the
-        proof of life. Same hostname and same boot id is this machine (several host ids on
-        one machine, containers): allowed.
+        the first one's locks and opens. Same hostname and same boot id is this machine
+        (several host ids on one machine, containers): allowed. Of the leases that match,
+        one written by a process of this machine is judged at once by that process; any
+        other must stand still for ``host_stale_after`` (the rule hosts bury each other
+        by), or have been last written that long ago by its writer's clock, and is then
+        buried. A shorter watch (1.5 s) let a second coordinator with one host id run
+        beside the first in the NFS lab: the first, its NFS state just dropped by the
+        server, did not write its lease for longer than that.
         """
         me = ProcessIdentity.of()
-        suspects = {h: lease for h, lease in hosts.leases(self.ws).items()
-                    if h == self.host or (lease.record.get("host") == me.host
-                                          and lease.record.get("boot_id") != me.boot_id)}
-        if not suspects:
-            return
-        deadline = self.clock() + DUPLICATE_PROBE
-        while self.clock() < deadline:
-            time.sleep(0.1)
+        watching = {h: lease for h, lease in hosts.leases(self.ws).items()
+                    if self._may_be_me(h, lease, me)}
+        watching = {h: lease for h, lease in watching.items() if not self._dead_now(lease)}
+        if watching:
+            self.event("host-lease-wait", hosts=sorted(watching), up_to_s=self.stale_after)
+        staleness = heartbeat.Staleness(self.clock)
+        for h, lease in watching.items():
+            staleness.observe(h, lease.generation, lease.counter)
+        while watching:
+            time.sleep(0.2)
             now = hosts.leases(self.ws)
-            for h, first in suspects.items():
+            for h, first in list(watching.items()):
                 lease = now.get(h)
-                if lease is not None and lease.counter != first.counter:
+                if lease is None or hosts.buried(self.ws, h, first.generation):
+                    del watching[h]
+                elif (lease.generation, lease.counter) != (first.generation, first.counter):
                     raise DuplicateHost(self._duplicate_reason(lease))
+                elif staleness.observe(h, first.generation, first.counter) > self.stale_after:
+                    self._bury_stale(first)
+                    del watching[h]
+
+    def _may_be_me(self, host: str, lease: hosts.Lease, me: ProcessIdentity) -> bool:
+        """Could this lease's coordinator collide with us: our id, or our hostname from
+        another machine?"""
+        return host == self.host or (lease.record.get("host") == me.host
+                                     and lease.record.get("boot_id") != me.boot_id)
+
+    def _dead_now(self, lease: hosts.Lease) -> bool:
+        """Judged without watching: its writer is a process of this machine (alive: a
+        duplicate; gone: dead), or it was last written ``host_stale_after`` ago."""
+        writer = ProcessIdentity.from_record(lease.record)
+        running = writer.is_running() if writer else None
+        if running:
+            raise DuplicateHost(self._duplicate_reason(lease))
+        written = lease.record.get("written_at")
+        old = isinstance(written, (int, float)) and time.time() - written > self.stale_after
+        if (running is False or old) and lease.host != self.host:
+            self._bury_stale(lease)
+        return running is False or old or hosts.buried(self.ws, lease.host,
+                                                       lease.generation) is not None
+
+    def _bury_stale(self, lease: hosts.Lease) -> None:
+        """Bury another host id's dead lease, so that its coordinator, should it wake, stops.
+        (A lease of our own id needs no tombstone: our lease replaces its generation, which
+        :meth:`check` reads.)"""
+        if lease.host != self.host and hosts.bury(self.ws, lease.host, lease.generation,
+                                                  by=self.host):
+            self.event("host-dead", host=lease.host, generation=lease.generation,
+                       silent_s=None, stale_after=self.stale_after)
 
     def _duplicate_reason(self, lease: hosts.Lease) -> str:
         r = lease.record
@@ -127,10 +168,17 @@ class HostWatch:
         return dead
 
     def check(self) -> None:
-        """HostFenced if another host has buried this host's generation."""
+        """HostFenced if another host has buried this host's generation, or a newer
+        coordinator of this host id has taken the lease (this one was frozen past
+        host_stale_after and was waited out)."""
         tomb = hosts.buried(self.ws, self.host, self.generation)
         if tomb is not None:
             raise HostFenced(self.host, str(tomb.get("by")))
+        lease = hosts.lease_of(self.ws, self.host)
+        if lease is not None and lease.generation != self.generation:
+            raise HostFenced(self.host, f"a newer coordinator of host id {self.host}"
+                                        f" (pid {lease.record.get('pid')} on"
+                                        f" {lease.record.get('host')})")
 
     def fenced(self) -> bool:
         """Checked before a transition outside the tick (a late merge): buried meanwhile?"""

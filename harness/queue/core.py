@@ -532,13 +532,14 @@ class Queue:
         self.write_reason(dst, reason)
         return True
 
-    def requeue_failed(self, item_id: str) -> ItemName:
+    def requeue_failed(self, item_id: str, name: ItemName | None = None) -> ItemName:
         """Operator retry: failed/N to pending/ at the next attempt, with a fresh attempt budget.
 
-        The earlier attempts are marked free so ``max_attempts`` counts anew.
-        Raises QueueError if the item is not in failed/.
+        The earlier attempts are marked free so ``max_attempts`` counts anew. ``name``
+        is the failed/ name when the caller has it (from :meth:`locate`), saving a scan.
+        Raises QueueError if the item is not in failed/ (or no longer under ``name``).
         """
-        name = self.find(item_id, ("failed",))
+        name = name or self.find(item_id, ("failed",))
         if name is None:
             raise QueueError(self.dir("failed"), f"item {item_id!r} is not in failed/")
         new = replace(name.with_attempt(name.attempt + 1), free=name.attempt)
@@ -550,23 +551,32 @@ class Queue:
         fsops.unlink_quiet(self.dir("failed") / (str(name) + names.REASON_SUFFIX))
         return new
 
-    def cancel_unclaimed(self, item_id: str, reason: str) -> bool:
+    def cancel_unclaimed(self, item_id: str, reason: str,
+                         seen: tuple[str, ItemName] | None = None) -> bool:
         """Dead-letter a pending or waiting item with ``reason``; True if this call did.
 
-        False if the item is in neither state, another claimant won it first, or it
-        turned out malformed (dead-lettered with that reason instead).
+        ``seen`` is the (state, name) the caller last saw the item under (from
+        :meth:`locate`, for bulk cancels): tried first, then the item is looked for
+        afresh. False if the item is in neither state, another claimant won it
+        first, or it turned out malformed (dead-lettered with that reason instead).
 
         A pending item is first claimed by name (the same rename workers use),
         so a cancel and a worker's claim cannot both win.
         """
-        waiting = self.find(item_id, ("waiting",))
-        if waiting is not None and self._dead_letter(self.dir("waiting") / str(waiting), waiting,
-                                                     reason):
+        if seen is not None and self._cancel_name(*seen, reason):
             return True
-        pending = self.find(item_id, ("pending",))
-        if pending is None:
+        for state in ("waiting", "pending"):
+            name = self.find(item_id, (state,))
+            if name is not None and self._cancel_name(state, name, reason):
+                return True
+        return False
+
+    def _cancel_name(self, state: str, name: ItemName, reason: str) -> bool:
+        if state == "waiting":
+            return self._dead_letter(self.dir("waiting") / str(name), name, reason)
+        if state != "pending":
             return False
-        claim = self._try_claim(pending, None)
+        claim = self._try_claim(name, None)
         if claim is None or not _readable(claim):
             return False
         claim.fail(reason, retry=False)
@@ -626,6 +636,22 @@ class Queue:
         fsops.unlink_quiet(self.dir("failed") / (str(name) + names.REASON_SUFFIX))
         self._sync("ids", state)
         return removed
+
+    def locate(self, states: tuple[str, ...] = STATES) -> dict[str, tuple[str, ItemName]]:
+        """Every item's (state, name), from one listing of each of ``states``.
+
+        For operations on many items (a bulk cancel or retry), where :meth:`find` per
+        item would list the queue once per item. An id with names in two states (a
+        crash mid-transition, until recover) gets the first of ``states``. A snapshot:
+        items move while it is used, so whoever acts on a name handles its absence.
+        """
+        found: dict[str, tuple[str, ItemName]] = {}
+        for state in states:
+            for entry in names.entries(self.dir(state)):
+                parsed = names.try_parse(entry)
+                if parsed is not None:
+                    found.setdefault(parsed.id, (state, parsed))
+        return found
 
     def find(self, item_id: str, states: tuple[str, ...] = STATES) -> ItemName | None:
         """The name of ``item_id`` in the first of ``states`` that has it (a directory scan)."""
