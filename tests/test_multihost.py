@@ -350,6 +350,7 @@ def test_a_host_that_stood_still_itself_buries_no_one(tmp_path):
         b.tick()
     clock.advance(60.0)  # both stood still
     assert a.tick() == [] and b.tick() == []
+    assert quiet == [("host-stalled",)]  # said, so that a slow failover has its reason
     for _ in range(12):  # hostB ticks again, hostA watches: fine
         clock.advance(1.0)
         b.tick()

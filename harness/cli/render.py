@@ -123,6 +123,9 @@ _HOST_EVENTS: dict[str, Any] = {
         else " (its lease stale)") + ": its claims are taken back",
     "host-fenced": lambda ev: f"this host ({ev.get('host')}) was declared dead by"
                               f" {ev.get('by')}: stopping without recording anything",
+    "host-stalled": lambda ev: f"this host stood still {ev.get('seconds')}s between ticks"
+                               " (frozen, or its NFS calls blocked): the other hosts' silence"
+                               " is counted afresh",
     "host-lease-wait": lambda ev: "waiting up to " + duration(ev.get("up_to_s"))
                                   + " for the lease of " + ", ".join(ev.get("hosts") or [])
                                   + " to stand still (it may be a live coordinator with this"

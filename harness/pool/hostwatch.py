@@ -153,6 +153,7 @@ class HostWatch:
             # This host itself stood still (frozen, or the NFS server was away and every
             # host blocked alike): what it saw of the others before means nothing now.
             self.staleness = heartbeat.Staleness(self.clock)
+            self.event("host-stalled", host=self.host, seconds=round(gap, 1))
             return []
         dead = []
         for lease in hosts.leases(self.ws).values():
