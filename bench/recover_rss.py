@@ -2,9 +2,9 @@
 """Peak RSS and time of ``recover()`` over a big queue, before and after a change.
 
 A queue of --items pending items (``Queue.batch``, untimed; kept with --queue DIR so a
-second run reuses it) is recovered by three kinds of fresh child process, each timed
-and measured (``VmHWM``, the peak RSS of its own image, and the RSS after its imports, so the figure recover adds
-is the difference):
+second run reuses it) is recovered by four kinds of fresh child process, each timed and
+measured (``VmHWM``, the peak RSS of its own image, and the RSS after its imports, so
+the figure recover adds is the difference):
 
 - ``scandir``: the baseline, a bare ``os.scandir`` loop over the directories recover
   reads (ids/, the five state directories, tmp/), counting names;
@@ -64,7 +64,10 @@ if kind.startswith("scandir"):
     for d in %r:
         with os.scandir(os.path.join(root, d)) as it:
             for e in it:
-                n += 1 if kind == "scandir" or d != "ids" else e.stat(follow_symlinks=False).st_nlink
+                if kind == "scandir" or d != "ids":
+                    n += 1
+                else:
+                    n += e.stat(follow_symlinks=False).st_nlink
     out = n
 else:
     out = len(recover(Queue(root)))
