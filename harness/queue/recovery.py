@@ -320,8 +320,8 @@ def _keep_one(queue: Queue, item_id: str, held: list[tuple[str, ItemName]],
 def _dead_letter_lost(queue: Queue, item_id: str, actions: list[str]) -> None:
     """An id whose reservation is its only link has no name anywhere: put it in failed/.
 
-    The link count is read again here: between the scan and now an enqueue's
-    roll-forward may have linked it (a name never comes back otherwise).
+    The link count is read again at the moment of use: the scan's may be seconds old.
+    No protocol step gives a lost id a name back, but a hand-made link can.
     """
     path = queue.dir("ids") / item_id
     try:

@@ -106,11 +106,12 @@ def failures(ws: Workspace, failed: list[str] | None = None, last: int | None = 
              ) -> list[dict[str, str]]:
     """Items in failed/ with their reasons, in the order they entered failed/, oldest first.
 
-    That order is the entry's ctime (set by the rename or link into failed/; the mtime is
-    the enqueue's write, as the file is never modified). ``last``: only the most recent
-    ones (reasons are read only for those). ``failed``: the entries of failed/ if the
-    caller has listed it. An entry gone meanwhile sorts first; a missing reason reads
-    "(no reason recorded)". Raises OSError (not ENOENT) from the listing or a read.
+    That order is the entry's ctime (set by the rename or link into failed/, as
+    Queue.terminal_ages has it; the mtime is the enqueue's write, the file is never
+    modified). ``last``: only the most recent ones (reasons are read only for those).
+    ``failed``: the entries of failed/ if the caller has listed it. An entry gone
+    meanwhile sorts first; a missing reason reads "(no reason recorded)". Raises
+    OSError (not ENOENT) from the listing or a read.
     """
     failed_dir = ws.queue_dir / "failed"
     if failed is None:
@@ -131,21 +132,16 @@ def failures(ws: Workspace, failed: list[str] | None = None, last: int | None = 
 
 
 def _by_ctime(directory: str, entries: list[str]) -> list[str]:
-    """``entries`` of ``directory`` sorted by ctime: one ``fstatat`` per entry on a
-    directory fd, no path object (paths built per entry were 2/3 of the cost)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except FileNotFoundError:
-        return list(entries)  # the queue was removed meanwhile: nothing to sort by
-    try:
-        def ctime(entry: str) -> float:
-            try:
-                return os.stat(entry, dir_fd=fd, follow_symlinks=False).st_ctime
-            except FileNotFoundError:
-                return 0.0
-        return sorted(entries, key=ctime)
-    finally:
-        os.close(fd)
+    """``entries`` of ``directory`` sorted by ctime: an ``lstat`` of a plain string per
+    entry (a ``Path`` built per entry was 2/3 of the cost); one gone sorts first."""
+    prefix = directory + os.sep
+
+    def ctime(entry: str) -> float:
+        try:
+            return os.lstat(prefix + entry).st_ctime
+        except FileNotFoundError:
+            return 0.0
+    return sorted(entries, key=ctime)
 
 
 def list_state(ws: Workspace, state: str) -> list[dict[str, Any]]:
