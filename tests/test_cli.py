@@ -322,6 +322,21 @@ def test_status_json_agrees_with_a_directory_scan_and_cancel_stops_a_running_age
     assert ids_in(ws, "done") == [f"slow-{i}" for i in range(6)]
 
 
+def test_status_lists_the_latest_failures_by_when_they_failed_not_when_enqueued(ws):
+    # The item files are never modified, so their mtime is the enqueue's: the order of
+    # failure is the ctime the rename into failed/ sets (and status needs no path per item).
+    q = Queue(ws.queue_dir)
+    for i in range(4):
+        q.enqueue({"id": f"f{i}"})
+    for i in (2, 0, 3, 1):
+        q.cancel_unclaimed(f"f{i}", f"cancelled {i}")
+        time.sleep(0.05)  # ctimes come from a coarse clock: keep them apart
+    snapshot = orjson.loads(cli(ws, "status", "--json").stdout)
+    assert [f["item"] for f in snapshot["recent_failures"]] == ["f1", "f3", "f0", "f2"]
+    assert snapshot["recent_failures"][0]["reason"] == "cancelled 1"
+    assert snapshot["counts"]["failed"] == 4
+
+
 def test_status_watch_draws_the_workers_in_a_terminal(ws):
     q = Queue(ws.queue_dir)
     for i in range(3):

@@ -286,3 +286,12 @@ def test_entries_skip_dotfiles_and_reason_sidecars(tmp_path):
                 unique=True))
 def test_foreign_is_exactly_what_does_not_parse(entries):
     assert names.foreign(entries) == [e for e in entries if names.try_parse(e) is None]
+
+
+@settings(max_examples=300)
+@given(st.lists(st.one_of(item_names().map(str), st.text(min_size=1, max_size=30),
+                          st.sampled_from([".probe-1", ".reason", "a.reason", "a\n.reason",
+                                           "x\n.y", "a.reason\nb", ".nfs0001.reason"])),
+                unique=True))
+def test_count_entries_counts_what_entries_keeps(listing):
+    assert names.count_entries(listing) == len([e for e in listing if names.is_entry(e)])

@@ -498,6 +498,46 @@ def test_recover_removes_a_duplicate_name_made_by_hand(queue):
     clean(queue, enqueued=["a"])
 
 
+def test_recover_finds_duplicates_and_lost_ids_by_link_count_across_chunks(queue, monkeypatch):
+    # recover() reads ids/ alone to find the ids to look at (link count != 2) and then
+    # looks their names up a chunk of ids at a time: a chunk of 2 makes three lookups
+    # here. Beside the debris: items in flight (a locked batch's staged item, reserved
+    # but unpublished, nlink 2; one mid-publish, nlink 3) and a hand-made *copy* that
+    # outranks the genuine name (another inode): none of those may be touched.
+    monkeypatch.setattr(names, "CHUNK", 2)
+    n = {i: queue.enqueue({"id": i}) for i in ("d1", "d2", "d3", "l1", "l2", "ok", "copied")}
+    for i in ("d1", "d2", "d3"):                    # a hand link: claimed/N beside pending/N
+        os.link(queue.dir("pending") / str(n[i]), queue.dir("claimed") / str(n[i]))
+    for i in ("l1", "l2"):                          # the only name removed by hand
+        os.unlink(queue.dir("pending") / str(n[i]))
+    copy = queue.dir("claimed") / str(n["copied"])
+    copy.write_bytes((queue.dir("pending") / str(n["copied"])).read_bytes())
+    batch = queue.batch(atomic=True)
+    batch.add(*queue.prepare({"id": "staged"}))
+    publishing = queue.batch()
+    publishing.add(*queue.prepare({"id": "mid"}))
+    os.link(queue.dir("ids") / "mid", publishing.dir / "as-if-mid-publish")
+
+    actions = recover(queue)
+    assert sorted(a.split(" as failed/")[0] for a in actions) == [
+        *(f"dead-lettered lost item {i!r}" for i in ("l1", "l2")),
+        *(f"removed pending/{n[i]}: superseded by claimed/{n[i]}" for i in ("d1", "d2", "d3"))]
+    assert recover(queue) == []
+    for i in ("d1", "d2", "d3"):
+        assert state_of(queue, i) == ("claimed", n[i])
+    for i in ("l1", "l2"):
+        assert state_of(queue, i)[0] == "failed" and "lost" in queue.failure_reason(i)
+    assert (queue.dir("pending") / str(n["copied"])).exists() and copy.exists()
+    assert sorted(v.code for v in check(queue.root) if v.item == "copied") == [
+        "not-same-item", "two-live-names"]          # left for a human
+    copy.unlink()
+    os.unlink(publishing.dir / "as-if-mid-publish")
+    publishing.close()
+    batch.commit()
+    batch.close()
+    clean(queue, enqueued=[*n, "staged", "mid"])
+
+
 def test_claim_makes_one_pass_when_every_name_is_taken_by_others(queue, monkeypatch):
     for n in range(5):
         queue.enqueue({"id": f"i{n}"})

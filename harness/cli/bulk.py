@@ -136,7 +136,8 @@ def apply(selection: Selection, states: tuple[str, ...], act: Any, *, verb: str,
 
 
 def failed_ids(ws: Any, reason: str | None) -> list[str]:
-    """Ids in failed/, oldest name first; with ``reason``, those whose reason kind matches."""
+    """Ids in failed/, in the order they failed; with ``reason``, those whose reason kind
+    matches."""
     from harness.pool.runstats import reason_key
     from harness.views.status import failures
 

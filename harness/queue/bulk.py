@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final
 
@@ -190,8 +190,14 @@ def _was_atomic(batch: Path) -> bool:
     return os.path.exists(batch / ATOMIC)
 
 
-def _staged(batch: Path) -> list[str]:
-    return [e for e in os.listdir(batch) if not e.startswith(".")]
+def _staged(batch: Path) -> Iterator[str]:
+    """The staged items' names in ``batch``, streamed: a crashed batch of a million
+    items is finished or rolled back without holding its listing. The callers only
+    remove entries while this reads, so each remaining one is yielded once."""
+    with os.scandir(batch) as it:
+        for e in it:
+            if not e.name.startswith("."):
+                yield e.name
 
 
 def _roll_back(batch: Path, root: Path) -> int:

@@ -777,8 +777,9 @@ class Queue:
         return True
 
     def counts(self) -> dict[str, int]:
-        """Items per state, from directory listings only (no file is opened)."""
-        return {state: len(names.entries(self.dir(state))) for state in STATES}
+        """Items per state, from directory listings only (no file is opened), streamed:
+        the coordinator's paced count must not hold a million names for a moment."""
+        return {state: names.count(self.dir(state)) for state in STATES}
 
     def scan(self) -> dict[str, list[ItemName]]:
         """Parsed names per state, plus unparseable entries under ``foreign/<state>``.

@@ -22,6 +22,7 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -191,6 +192,53 @@ def entries(directory: str | os.PathLike[str]) -> list[str]:
     # is_entry inlined: a function call per name was a tenth of a claimant's re-list.
     return [n for n in os.listdir(directory)
             if n[:1] != "." and not n.endswith(REASON_SUFFIX)]
+
+
+def count_entries(listing: list[str]) -> int:
+    """How many names of ``listing`` (an ``os.listdir``) scanners consider (see is_entry).
+
+    For counts of a whole directory (``status``): one join and two ``str.count`` passes
+    in C instead of a test per name in Python (0.09 s against 0.13-0.25 s for 700,000
+    names). A listing with a dot name or a name with a newline in it (rare: probe and
+    NFS silly-rename files) is counted name by name.
+    """
+    if not listing:
+        return 0
+    text = "\n".join(listing)
+    if text[:1] == "." or "\n." in text or text.count("\n") != len(listing) - 1:
+        return sum(1 for n in listing if n[:1] != "." and not n.endswith(REASON_SUFFIX))
+    return len(listing) - text.count(REASON_SUFFIX + "\n") - text.endswith(REASON_SUFFIX)
+
+
+CHUNK: Final = 65_536  # names a streaming scan holds at a time (a few MB)
+
+
+def chunks(directory: str | os.PathLike[str], size: int = CHUNK) -> Iterator[list[str]]:
+    """The names of ``directory`` that scanners consider, ``size`` at a time, unsorted.
+
+    For scans of a whole state directory that must not hold a million names at once
+    (recover, the coordinator's paced scans): ``os.scandir`` reads the directory a
+    block at a time (it costs about 1.3x a ``listdir``, which holds every name: ~90 MB
+    for a million). A name added or removed during the scan may or may not be
+    yielded (readdir's rule); none is yielded twice. Raises what scandir raises
+    (FileNotFoundError for a missing directory) on the first ``next``.
+    """
+    batch: list[str] = []
+    with os.scandir(directory) as it:
+        for e in it:
+            n = e.name
+            if n[:1] != "." and not n.endswith(REASON_SUFFIX):
+                batch.append(n)
+                if len(batch) >= size:
+                    yield batch
+                    batch = []
+    if batch:
+        yield batch
+
+
+def count(directory: str | os.PathLike[str]) -> int:
+    """How many names of ``directory`` scanners consider, in O(1) memory (see chunks)."""
+    return sum(len(c) for c in chunks(directory))
 
 
 # A line that is a queue name without a free count and whose id has no "..", ends in

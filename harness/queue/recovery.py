@@ -42,8 +42,7 @@ def recover(queue: Queue, *, revoke_claims: bool = False) -> list[str]:
         _junk_named(queue, state)
     for state in ("pending", "claimed", "waiting"):
         _adopt_foreign(queue, state, actions)
-    seen = _dedupe_names(queue, actions)
-    _dead_letter_lost(queue, seen, actions)
+    _dedupe_and_dead_letter_lost(queue, actions)
     _fix_reasons(queue, actions)
     if revoke_claims:
         for entry in names.entries(queue.dir("claimed")):
@@ -112,11 +111,18 @@ def _kind(path: Path) -> str:
 
 
 def _junk_named(queue: Queue, state: str) -> None:
-    """Move entries with queue names that are not regular files (an lstat each) aside."""
-    for entry in names.entries(queue.dir(state)):
-        path = queue.dir(state) / entry
-        if fsops.is_regular(path) is False and f"{state}/{entry}" not in queue.stuck:
-            queue.junk(path, _kind(path))
+    """Move entries with queue names that are not regular files aside.
+
+    Streamed: the directory entry's type (d_type) screens, an lstat confirms.
+    """
+    with os.scandir(queue.dir(state)) as it:
+        for e in it:
+            if e.name[:1] == "." or e.name.endswith(names.REASON_SUFFIX) \
+                    or e.is_file(follow_symlinks=False):
+                continue
+            path = queue.dir(state) / e.name
+            if fsops.is_regular(path) is False and f"{state}/{e.name}" not in queue.stuck:
+                queue.junk(path, _kind(path))
 
 
 def adopt_dropped(queue: Queue, settle: float = DROP_SETTLE_AGE) -> list[str]:
@@ -137,7 +143,7 @@ def adopt_dropped(queue: Queue, settle: float = DROP_SETTLE_AGE) -> list[str]:
 
 def _adopt_foreign(queue: Queue, state: str, actions: list[str], settle: float = 0.0) -> None:
     """Enqueue hand-dropped item files properly, or dead-letter them with the reason."""
-    for entry in names.foreign(names.entries(queue.dir(state))):
+    for entry in (e for chunk in names.chunks(queue.dir(state)) for e in names.foreign(chunk)):
         if f"{state}/{entry}" in queue.stuck:
             continue
         path = queue.dir(state) / entry
@@ -220,22 +226,66 @@ def _dead_letter_file(queue: Queue, path: Path, entry: str, reason: str) -> str:
     raise RuntimeError(f"{path}: no free name in failed/")
 
 
-def _dedupe_names(queue: Queue, actions: list[str]) -> set[str]:
-    """Leave each id one name: terminal beats live, higher attempt beats lower.
+def _dedupe_and_dead_letter_lost(queue: Queue, actions: list[str]) -> None:
+    """Leave each id one name, and put ids with no name left into failed/.
 
-    Returns every id seen. Only names that are links to the id's own inode
-    are removed; removing one deletes no data.
+    Every genuine name of an item is a hard link to ``ids/<id>`` (one inode per
+    item, §1 of docs/protocol.md), so the reservation's link count says which ids
+    need a look, without listing any state directory: 2 is the one name (or a
+    staged enqueue), ``>= 3`` two names or an enqueue publishing (*suspect*), 1 no
+    name (*lost*, unless a hand-made copy carries the id). One streaming pass over
+    ids/ (an lstat each) finds the suspects; only when there are some, the state
+    directories are read once per ``names.CHUNK`` of them, keeping the names of
+    those ids alone. So memory holds a chunk of suspects, never every name.
     """
-    by_id: dict[str, list[tuple[str, ItemName]]] = defaultdict(list)
-    for state in ("pending", "claimed", "waiting", "done", "failed"):
-        for entry in names.entries(queue.dir(state)):
-            parsed = names.try_parse(entry)
-            if parsed:
-                by_id[parsed.id].append((state, parsed))
-    for item_id, held in by_id.items():
-        if len(held) > 1:
-            _keep_one(queue, item_id, held, actions)
-    return set(by_id)
+    suspects: dict[str, int] = {}
+    with os.scandir(queue.dir("ids")) as it:
+        for e in it:
+            if e.name[:1] == ".":
+                continue
+            try:
+                nlink = e.stat(follow_symlinks=False).st_nlink
+            except FileNotFoundError:
+                continue
+            if nlink != 2:
+                suspects[e.name] = nlink
+                if len(suspects) >= names.CHUNK:
+                    _resolve(queue, suspects, actions)
+                    suspects.clear()
+    if suspects:
+        _resolve(queue, suspects, actions)
+
+
+def _resolve(queue: Queue, suspects: dict[str, int], actions: list[str]) -> None:
+    """Find the suspects' names (``{id: st_nlink}``) in the state directories: dedupe
+    those with several, dead-letter those with none and one link.
+
+    A name that moves during the directory scans may be seen twice (each unlink is
+    checked again at the moment of use) or not at all (a name is only missed if it
+    exists under another one, so the id's link count is above 1 and nothing is done).
+    """
+    held = _names_of(queue, suspects)
+    for item_id, nlink in suspects.items():
+        found = held.get(item_id, [])
+        if len(found) > 1:
+            _keep_one(queue, item_id, found, actions)
+        elif not found and nlink == 1:
+            _dead_letter_lost(queue, item_id, actions)
+
+
+def _names_of(queue: Queue, ids: dict[str, int]) -> dict[str, list[tuple[str, ItemName]]]:
+    """The parsed names in the five state directories whose id is one of ``ids``."""
+    held: dict[str, list[tuple[str, ItemName]]] = defaultdict(list)
+    for state in names.STATES:
+        for chunk in names.chunks(queue.dir(state)):
+            for entry in chunk:
+                # The id sits between the 19th character and the first "~" after it in
+                # every name; a slice screens in a fraction of a parse.
+                if entry[19:entry.find("~", 19)] in ids:
+                    parsed = names.try_parse(entry)
+                    if parsed is not None and parsed.id in ids:
+                        held[parsed.id].append((state, parsed))
+    return held
 
 
 def _rank(state: str, name: ItemName) -> tuple[int, int, int]:
@@ -245,9 +295,20 @@ def _rank(state: str, name: ItemName) -> tuple[int, int, int]:
 
 def _keep_one(queue: Queue, item_id: str, held: list[tuple[str, ItemName]],
               actions: list[str]) -> None:
-    held = sorted(held, key=lambda sn: _rank(*sn), reverse=True)
-    keep_state, keep = held[0]
+    """Of the names in ``held`` that are links to ``ids/<id>``, keep the highest ranked
+    and unlink the other live ones.
+
+    Copies (other inodes) are neither kept nor removed: ranking one above the genuine
+    names would unlink every link of the item in favour of a file the protocol never
+    made (fsck reports it as ``not-same-item``). Two terminal names are left alone.
+    """
     reservation = queue.dir("ids") / item_id
+    held = sorted((sn for sn in held
+                   if fsops.same_file(queue.dir(sn[0]) / str(sn[1]), reservation)),
+                  key=lambda sn: _rank(*sn), reverse=True)
+    if len(held) < 2:
+        return
+    keep_state, keep = held[0]
     for state, name in held[1:]:
         if state in ("done", "failed"):
             continue  # two terminal names need a human; fsck reports them
@@ -256,49 +317,56 @@ def _keep_one(queue: Queue, item_id: str, held: list[tuple[str, ItemName]],
             actions.append(f"removed {state}/{name}: superseded by {keep_state}/{keep}")
 
 
-def _dead_letter_lost(queue: Queue, seen: set[str], actions: list[str]) -> None:
-    """An id whose reservation is its only link has no name anywhere: put it in failed/."""
-    for item_id in os.listdir(queue.dir("ids")):
-        if item_id in seen or item_id.startswith("."):
-            continue
-        path = queue.dir("ids") / item_id
-        try:
-            if os.lstat(path).st_nlink != 1:
-                continue
-            item = load(fsops.read_regular(path), f"ids/{item_id}")
-        except FileNotFoundError:
-            continue
-        except fsops.NotAFile as exc:
-            queue.junk(path, exc.kind)
-            continue
-        except InvalidItem:
-            item = None
-        order = f"{int((item.enqueued_at if item else 0) * 1e9):016x}"
-        prio = item.priority if item else names.DEFAULT_PRIORITY
-        dst = queue.dir("failed") / str(ItemName(prio, order, item_id, 1))
-        try:
-            os.link(path, dst)
-        except FileExistsError:
-            continue
-        queue.write_reason(dst, "lost: the item had no queue name left (removed by hand?);"
-                                f" `parallel-harness retry {item_id}` requeues it")
-        actions.append(f"dead-lettered lost item {item_id!r} as failed/{dst.name}")
+def _dead_letter_lost(queue: Queue, item_id: str, actions: list[str]) -> None:
+    """An id whose reservation is its only link has no name anywhere: put it in failed/.
+
+    The link count is read again at the moment of use: the scan's may be seconds old.
+    No protocol step gives a lost id a name back, but a hand-made link can.
+    """
+    path = queue.dir("ids") / item_id
+    try:
+        if os.lstat(path).st_nlink != 1:
+            return
+        item = load(fsops.read_regular(path), f"ids/{item_id}")
+    except FileNotFoundError:
+        return
+    except fsops.NotAFile as exc:
+        queue.junk(path, exc.kind)
+        return
+    except InvalidItem:
+        item = None
+    order = f"{int((item.enqueued_at if item else 0) * 1e9):016x}"
+    prio = item.priority if item else names.DEFAULT_PRIORITY
+    dst = queue.dir("failed") / str(ItemName(prio, order, item_id, 1))
+    try:
+        os.link(path, dst)
+    except FileExistsError:
+        return
+    queue.write_reason(dst, "lost: the item had no queue name left (removed by hand?);"
+                            f" `parallel-harness retry {item_id}` requeues it")
+    actions.append(f"dead-lettered lost item {item_id!r} as failed/{dst.name}")
 
 
 def _fix_reasons(queue: Queue, actions: list[str]) -> None:
+    """Remove reasons whose item is gone; give each failed/ entry without one a reason.
+
+    Streamed: the partner of each entry is looked up (an lstat), not remembered. A
+    reason this writes may be met later in the scan; its item is there, so it stays.
+    """
     failed = queue.dir("failed")
-    present = set(os.listdir(failed))
-    for entry in present:
-        if entry.startswith("."):
-            continue
-        if entry.endswith(names.REASON_SUFFIX):
-            if entry.removesuffix(names.REASON_SUFFIX) not in present:
-                fsops.unlink_quiet(failed / entry)
-                actions.append(f"removed orphan reason file failed/{entry}")
-        elif entry + names.REASON_SUFFIX not in present:
-            queue.write_reason(failed / entry, "no reason recorded (crashed before writing it)",
-                               replace=False)
-            actions.append(f"wrote missing reason for failed/{entry}")
+    with os.scandir(failed) as it:
+        for e in it:
+            entry = e.name
+            if entry[:1] == ".":
+                continue
+            if entry.endswith(names.REASON_SUFFIX):
+                if not os.path.lexists(failed / entry.removesuffix(names.REASON_SUFFIX)):
+                    fsops.unlink_quiet(failed / entry)
+                    actions.append(f"removed orphan reason file failed/{entry}")
+            elif not os.path.lexists(failed / (entry + names.REASON_SUFFIX)):
+                queue.write_reason(failed / entry, "no reason recorded (crashed before"
+                                   " writing it)", replace=False)
+                actions.append(f"wrote missing reason for failed/{entry}")
 
 
 def _older_than(path: Path, seconds: float) -> bool:

@@ -25,12 +25,14 @@ def collect(ws: Workspace) -> dict[str, Any]:
     failed: list[str] = []
     for state in names.STATES:
         try:
-            entries = names.entries(ws.queue_dir / state)
+            listing = os.listdir(ws.queue_dir / state)
         except FileNotFoundError:
-            entries = []
-        counts[state] = len(entries)
+            listing = []
         if state == "failed":
-            failed = entries
+            failed = [n for n in listing if names.is_entry(n)]
+            counts[state] = len(failed)
+        else:
+            counts[state] = names.count_entries(listing)  # no test per name: 1M of them
     workers = []
     heartbeats, corrupt = heartbeat.scan(ws.heartbeats_dir)
     for worker, hb in sorted(heartbeats.items()):
@@ -102,32 +104,44 @@ def _sum_runs(ws: Workspace, live: list[str]) -> dict[str, Any] | None:
 
 def failures(ws: Workspace, failed: list[str] | None = None, last: int | None = None
              ) -> list[dict[str, str]]:
-    """Items in failed/ with their reasons, oldest failure first (by the name's mtime).
+    """Items in failed/ with their reasons, in the order they entered failed/, oldest first.
 
-    ``last``: only the most recent ones (reasons are read only for those).
+    That order is the entry's ctime (set by the rename or link into failed/, as
+    Queue.terminal_ages has it; the mtime is the enqueue's write, the file is never
+    modified). ``last``: only the most recent ones (reasons are read only for those).
+    ``failed``: the entries of failed/ if the caller has listed it. An entry gone
+    meanwhile sorts first; a missing reason reads "(no reason recorded)". Raises
+    OSError (not ENOENT) from the listing or a read.
     """
+    failed_dir = ws.queue_dir / "failed"
     if failed is None:
         try:
-            failed = names.entries(ws.queue_dir / "failed")
+            failed = names.entries(failed_dir)
         except FileNotFoundError:
             failed = []
-
-    def mtime(entry: str) -> float:
-        try:
-            return os.stat(ws.queue_dir / "failed" / entry).st_mtime
-        except FileNotFoundError:
-            return 0.0
-
+    chosen = _by_ctime(str(failed_dir), failed) if failed else []
     out = []
-    chosen = sorted(failed, key=mtime)
     for entry in chosen[-last:] if last else chosen:
         parsed = names.try_parse(entry)
         try:
-            reason = (ws.queue_dir / "failed" / (entry + names.REASON_SUFFIX)).read_text().strip()
+            reason = (failed_dir / (entry + names.REASON_SUFFIX)).read_text().strip()
         except FileNotFoundError:
             reason = "(no reason recorded)"
         out.append({"item": parsed.id if parsed else entry, "reason": reason})
     return out
+
+
+def _by_ctime(directory: str, entries: list[str]) -> list[str]:
+    """``entries`` of ``directory`` sorted by ctime: an ``lstat`` of a plain string per
+    entry (a ``Path`` built per entry was 2/3 of the cost); one gone sorts first."""
+    prefix = directory + os.sep
+
+    def ctime(entry: str) -> float:
+        try:
+            return os.lstat(prefix + entry).st_ctime
+        except FileNotFoundError:
+            return 0.0
+    return sorted(entries, key=ctime)
 
 
 def list_state(ws: Workspace, state: str) -> list[dict[str, Any]]:
