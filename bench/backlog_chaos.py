@@ -17,8 +17,9 @@ Each test's own assertions are the verdict (queue.invariants.check, the reports 
 every claim); this script prints each test's outcome and time, and exits non-zero if
 one failed. Too slow for the default suite (minutes per test at 100,000).
 
-    python3 bench/backlog_chaos.py                 # N = 100,000
+    python3 bench/backlog_chaos.py                 # N = 100,000 (pytest from .venv if there)
     python3 bench/backlog_chaos.py --items 20000 --quick
+    python3 bench/backlog_chaos.py --only 3        # the third test alone
 """
 
 from __future__ import annotations
@@ -40,10 +41,17 @@ TESTS = [
 ]
 
 
+def test_python() -> str:
+    """The checkout's venv (the README's test command makes it), which has the test extras;
+    else this interpreter."""
+    venv = REPO / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
+
+
 def run_one(test: str, items: int, base: Path) -> tuple[bool, float, str]:
     env = {**os.environ, "HARNESS_TEST_BACKLOG": str(items)}
     t0 = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+    done = subprocess.run([test_python(), "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            f"--basetemp={base}", test], cwd=REPO, env=env,
                           capture_output=True, text=True)
     tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
@@ -54,8 +62,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--items", type=int, default=100_000, help="items in the queue")
     ap.add_argument("--quick", action="store_true", help="the two queue tests only")
+    ap.add_argument("--only", type=int, choices=range(1, len(TESTS) + 1), default=None,
+                    help="run only test number K (1-3, in the order above)")
     args = ap.parse_args()
-    tests = TESTS[:2] if args.quick else TESTS
+    tests = [TESTS[args.only - 1]] if args.only else TESTS[:2] if args.quick else TESTS
     print(f"queue of {args.items:,} items; load {os.getloadavg()[0]:.2f}; {os.cpu_count()} cpus")
     failed = 0
     with tempfile.TemporaryDirectory(prefix="backlog-chaos-") as tmp:
