@@ -25,7 +25,6 @@ from harness.liveness import heartbeat, hosts
 from harness.liveness.process import ProcessIdentity
 from harness.workspace import Workspace
 
-DUPLICATE_PROBE = 1.5  # seconds to watch our own lease for another writer at start
 
 
 class HostFenced(Exception):
@@ -79,9 +78,14 @@ class HostWatch:
         server, did not write its lease for longer than that.
         """
         me = ProcessIdentity.of()
-        watching = {h: lease for h, lease in hosts.leases(self.ws).items()
-                    if self._may_be_me(h, lease, me)}
-        watching = {h: lease for h, lease in watching.items() if not self._dead_now(lease)}
+        watching = {}
+        for h, lease in hosts.leases(self.ws).items():
+            if not self._may_be_me(h, lease, me):
+                continue
+            if self._dead_now(lease):
+                self._bury_stale(lease)
+            elif hosts.buried(self.ws, h, lease.generation) is None:
+                watching[h] = lease
         if watching:
             self.event("host-lease-wait", hosts=sorted(watching), up_to_s=self.stale_after)
         staleness = heartbeat.Staleness(self.clock)
@@ -107,18 +111,15 @@ class HostWatch:
                                      and lease.record.get("boot_id") != me.boot_id)
 
     def _dead_now(self, lease: hosts.Lease) -> bool:
-        """Judged without watching: its writer is a process of this machine (alive: a
-        duplicate; gone: dead), or it was last written ``host_stale_after`` ago."""
+        """Judged without watching: its writer is a process of this machine (alive:
+        DuplicateHost; gone: dead), or it was last written ``host_stale_after`` ago."""
         writer = ProcessIdentity.from_record(lease.record)
         running = writer.is_running() if writer else None
         if running:
             raise DuplicateHost(self._duplicate_reason(lease))
         written = lease.record.get("written_at")
         old = isinstance(written, (int, float)) and time.time() - written > self.stale_after
-        if (running is False or old) and lease.host != self.host:
-            self._bury_stale(lease)
-        return running is False or old or hosts.buried(self.ws, lease.host,
-                                                       lease.generation) is not None
+        return running is False or old
 
     def _bury_stale(self, lease: hosts.Lease) -> None:
         """Bury another host id's dead lease, so that its coordinator, should it wake, stops.
@@ -182,8 +183,13 @@ class HostWatch:
                                         f" {lease.record.get('host')})")
 
     def fenced(self) -> bool:
-        """Checked before a transition outside the tick (a late merge): buried meanwhile?"""
-        return hosts.buried(self.ws, self.host, self.generation) is not None
+        """Checked before a transition outside the tick (a late merge): :meth:`check`'s
+        verdict, as a bool."""
+        try:
+            self.check()
+        except HostFenced:
+            return True
+        return False
 
     def record(self) -> dict[str, Any]:
         return dict(self.writer.record) if self.writer else {}
