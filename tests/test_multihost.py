@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.liveness import hosts
+from harness.liveness import heartbeat, hosts
 from harness.queue import names
 from harness.queue.core import Queue
 from harness.queue.invariants import check
@@ -139,8 +139,8 @@ def test_a_frozen_host_that_wakes_after_its_burial_stops_and_records_nothing(ws)
         wait_for(lambda: any(e.get("event") == "host-dead" for e in events(ws)), 60,
                  "host B to bury host A")
         buried_at = next(e["ts"] for e in events(ws) if e.get("event") == "host-dead")
-        wait_for(lambda: all((ws.queue_dir / "done").glob(f"*.{i}~*") for i in frozen), 60,
-                 "host B to run what host A held")
+        wait_for(lambda: all(any((ws.queue_dir / "done").glob(f"*.{i}~*")) for i in frozen),
+                 60, "host B to run what host A held")
         signal_host(ws, a, "hostA", signal.SIGCONT)
         assert a.wait(timeout=60) == 3, (ws.root / "hostA.out").read_text()
         assert "declared dead by host hostB" in (ws.root / "hostA.out").read_text()
@@ -157,6 +157,80 @@ def test_a_frozen_host_that_wakes_after_its_burial_stops_and_records_nothing(ws)
     assert late == [], f"host A recorded after its burial: {late}"
     done_once(ws, ids)
     assert any(e.get("event") == "host-fenced" for e in events(ws))
+
+
+def test_a_host_started_beside_a_working_one_leaves_its_agents_and_claims_alone(ws):
+    """Both hosts on one kernel: host B's start-up sweep for agents "left by an earlier
+    run" once killed host A's live agents (their marks name this workspace too)."""
+    ids = enqueue(ws, 2, seconds=2.0)
+    a = start_host(ws, "hostA", "--agents", "2")
+    b = None
+    try:
+        wait_for(lambda: all((heartbeat_of(ws, f"hostA.w{n}") or {}).get("agent_pid")
+                             for n in (1, 2)), 30, "both of host A's workers to be working")
+        b = start_host(ws, "hostB", "--agents", "1")
+        assert a.wait(timeout=60) == 0, (ws.root / "hostA.out").read_text()
+        assert b.wait(timeout=60) == 0, (ws.root / "hostB.out").read_text()
+    finally:
+        kill_all(ws, a)
+        if b is not None:
+            kill_all(ws, b)
+    assert [e for e in events(ws) if e.get("event") in ("orphans-killed", "revoke")] == []
+    ends = {e["item"]: (e["worker"], e["attempt"], e["reason"]) for e in events(ws)
+            if e.get("event") == "attempt-end"}
+    assert {w.split(".")[0] for w, _, _ in ends.values()} == {"hostA"}
+    assert {(n, r) for _, n, r in ends.values()} == {(1, "succeeded")}
+    done_once(ws, ids)
+
+
+def test_a_buried_workers_verdict_sticks(ws):
+    """The attempt's fence check read the tombstone; the loop asked again within the
+    heartbeat interval and, rate-limited, heard "not buried": it claimed again."""
+    from harness import config
+    from harness.pool.worker import Worker
+
+    host_ws = Workspace.at(ws.root, "hostA")
+    host_ws.make_dirs()
+    worker = Worker(host_ws, config.load(ws.config_file), "hostA.w1", "g1", "gen-A")
+    assert not worker.buried()
+    worker._buried_checked = -1e9
+    hosts.bury(host_ws, "hostA", "gen-A", by="hostB")
+    assert worker.buried() and worker.buried() and worker.buried()
+
+
+def test_a_claim_named_only_by_a_buried_hosts_heartbeat_is_revoked(ws, monkeypatch):
+    """A buried host's worker claimed in the moment before it read its tombstone, and was
+    killed: its heartbeat outlives it. The other host must not take that heartbeat for a
+    live worker's (the item sat in claimed/ for ever); a live host's claim stays."""
+    from harness import config
+    from harness.liveness.heartbeat import HeartbeatWriter
+    from harness.pool.coordinator import Coordinator
+    from tests.conftest import FakeClock
+
+    queue = Queue(ws.queue_dir)
+    for item_id in ("held-by-dead", "held-by-live"):
+        queue.enqueue({"id": item_id, "command": "true"})
+    claims = {c.id: c for c in (queue.claim(), queue.claim())}
+    for host, gen in (("hostA", "gen-A"), ("hostC", "gen-C")):
+        HeartbeatWriter(hosts.path_of(ws, host), ws.tmp_dir, generation=gen, host_id=host,
+                        pid=1, start_time=0).beat()
+    hosts.bury(ws, "hostA", "gen-A", by="hostC")
+    for worker, gen, item in (("hostA.w1", "gen-A", "held-by-dead"),
+                              ("hostC.w1", "gen-C", "held-by-live")):
+        HeartbeatWriter(ws.heartbeat_file(worker), ws.tmp_dir, worker=worker, pid=1,
+                        host_generation=gen, item=claims[item].path.name).beat()
+    monkeypatch.setenv(hosts.HOST_ID_ENV, "hostB")
+    clock = FakeClock(100.0)
+    coord = Coordinator(ws, config.load(ws.config_file, {"run": {"agents": 0}}),
+                        forever=True, clock=clock)
+    for _ in range(2):
+        coord.revoke_orphans(heartbeat.read_all(ws.heartbeats_dir))
+        clock.advance(coord.cfg.run.orphan_grace + 0.1)
+    pending = [names.parse(e).id for e in names.entries(ws.queue_dir / "pending")]
+    claimed = [names.parse(e).id for e in names.entries(ws.queue_dir / "claimed")]
+    assert (pending, claimed) == (["held-by-dead"], ["held-by-live"])
+    assert not ws.heartbeat_file("hostA.w1").exists()
+    assert ws.heartbeat_file("hostC.w1").exists()
 
 
 def test_a_second_coordinator_with_the_same_host_id_is_refused(ws):

@@ -113,6 +113,18 @@ def rise(ws: Workspace, host: str) -> None:
     fsops.unlink_quiet(ws.tombstone(host))
 
 
+def living(ws: Workspace) -> dict[str, str]:
+    """Host id -> generation, for every lease that no tombstone buries."""
+    return {h: lease.generation for h, lease in leases(ws).items()
+            if buried(ws, h, lease.generation) is None}
+
+
+def host_of(worker: str) -> str | None:
+    """The host id in a worker name ``<host>.w<N>`` (host ids have no dots), or None."""
+    host, dot, _ = worker.partition(".")
+    return host if dot else None
+
+
 def workers_of(host: str, names: Any) -> list[str]:
     """The worker names (``<host>.w<N>``) among ``names`` that belong to ``host``."""
     return [n for n in names if n.startswith(host + ".w") and n[len(host) + 2:].isdigit()]

@@ -287,10 +287,15 @@ class Coordinator:
     def kill_orphans(self, found: list[orphans.Marked], why: str) -> None:
         """Kill marked processes that no live attempt owns (agents of dead workers, their
         escaped children). Those re-parented to this process are reaped next tick."""
-        killed = orphans.kill(p for p in found if not self._owns(p))
+        killed = orphans.kill(p for p in found if self._ours(p) and not self._owns(p))
         if killed:
             self.event("orphans-killed", why=why, pids=[p.pid for p in killed],
                        owners=sorted({f"{p.worker}:{p.item}~{p.attempt}" for p in killed}))
+
+    def _ours(self, p: orphans.Marked) -> bool:
+        """Marked by one of this host's workers: other hosts on this machine (host ids
+        sharing one kernel: containers, the tests) supervise their own agents."""
+        return self.ws.host is None or bool(hosts.workers_of(self.ws.host, [p.worker]))
 
     def _owns(self, p: orphans.Marked) -> bool:
         """A live slot with that generation whose heartbeat names that attempt."""
@@ -300,8 +305,9 @@ class Coordinator:
                 and hb.get("item_id") == p.item and hb.get("attempt") == p.attempt)
 
     def revoke_orphans(self, hbs: dict[str, dict[str, Any]]) -> None:
-        """Revoke claims that no worker's heartbeat names, once they stay unnamed for the grace."""
-        named = {hb.get("item") for hb in hbs.values()}
+        """Revoke claims that no live worker's heartbeat names, once they stay unnamed for
+        the grace."""
+        named = {hb.get("item") for hb in self._living(hbs).values()}
         now = self.clock()
         claimed = set(names.entries(self.queue.dir("claimed")))
         self.orphans = {c: t for c, t in self.orphans.items() if c in claimed and c not in named}
@@ -311,6 +317,28 @@ class Coordinator:
                 outcome = self.queue.revoke(entry, "orphaned claim: no live worker names it")
                 self.event("revoke", item=entry, outcome=outcome, why="orphaned")
                 self.orphans.pop(entry)
+
+    def _living(self, hbs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """The heartbeats that may be a live worker's: this host's (its slots judge them),
+        and another host's while that host holds a lease and no tombstone buries the
+        generation the worker was started by. A buried host's worker can still claim in
+        the moment before it reads its tombstone, and its heartbeat outlives it: were it
+        trusted, that claim would never be revoked. Such a heartbeat is removed."""
+        if self.ws.host is None:
+            return hbs
+        alive = hosts.living(self.ws)
+        out = {}
+        for worker, hb in hbs.items():
+            host = hosts.host_of(worker)
+            if host == self.ws.host:
+                out[worker] = hb
+                continue
+            tomb = host and hosts.buried(self.ws, host, str(hb.get("host_generation")))
+            if tomb:
+                self.ws.heartbeat_file(worker).unlink(missing_ok=True)
+            elif host in alive:
+                out[worker] = hb
+        return out
 
     # -- pool size -------------------------------------------------------------
 

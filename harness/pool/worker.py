@@ -60,7 +60,8 @@ class Worker:
                            on_junk=lambda text: self.log("junk", action=text))
         self.hb = heartbeat.HeartbeatWriter(
             ws.heartbeat_file(worker_id), ws.tmp_dir, worker=worker_id, generation=generation,
-            **ProcessIdentity.of().as_record(), state="starting", item=None)
+            **ProcessIdentity.of().as_record(), state="starting", item=None,
+            **({"host_generation": host_generation} if ws.host else {}))
         self.repo = (ws.root / cfg.git.repo).resolve()
         self.template_path = ws.root / cfg.paths.bootstrap
         self.stopping = False
@@ -70,6 +71,7 @@ class Worker:
         self._coordinator_gone_since: float | None = None
         self._coordinator_checked = -1e9
         self._buried_checked = -1e9
+        self._buried = False
         self.refused: str | None = None  # why this slot may not be used, once found
         self.faults: dict[str, str] = {}  # operation -> its last error, until it works again
         self.events_lost = 0
@@ -229,14 +231,17 @@ class Worker:
 
     def buried(self) -> bool:
         """True once another host has declared this host dead (liveness.hosts): claim
-        nothing more. Checked at most once per heartbeat interval."""
+        nothing more. The tombstone is read at most once per heartbeat interval; once
+        seen, the answer stays True (the attempt's fence check and the loop both ask: a
+        "not yet" from the rate limit right after the attempt saw it let the loop claim)."""
         if not self.ws.host:
             return False
         now = time.monotonic()
-        if now - self._buried_checked < self.cfg.run.heartbeat_interval:
-            return False
+        if self._buried or now - self._buried_checked < self.cfg.run.heartbeat_interval:
+            return self._buried
         self._buried_checked = now
-        return hosts.buried(self.ws, self.ws.host, self.host_generation) is not None
+        self._buried = hosts.buried(self.ws, self.ws.host, self.host_generation) is not None
+        return self._buried
 
     def _record_claim(self, name: ItemName) -> None:
         self._claiming = name
