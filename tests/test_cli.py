@@ -295,7 +295,7 @@ def scan(ws):
 def test_status_json_agrees_with_a_directory_scan_and_cancel_stops_a_running_agent(ws):
     q = Queue(ws.queue_dir)
     for i in range(6):
-        q.enqueue({"id": f"slow-{i}", "meta": {"sim": {"behavior": "slow", "seconds": 3}}})
+        q.enqueue({"id": f"slow-{i}", "meta": {"sim": {"behavior": "slow", "seconds": 1.5}}})
     q.enqueue({"id": "forever", "priority": 0, "meta": {"sim": {"behavior": "slow",
                                                                  "seconds": 600}}})
     coord = start_coordinator(ws, "--agents", "3")
