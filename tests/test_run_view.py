@@ -165,3 +165,23 @@ def test_a_scale_down_stop_reads_as_planned(ws):
     assert not [e for e in events(ws) if e["event"] == "worker-dead"]
     out = (ws.root / "coordinator.out").read_text()
     assert "w2 stopped: retired by scale-down" in out and "dead" not in out
+
+
+def test_a_long_run_of_no_op_items_keeps_a_count_and_the_latest_names():
+    """A soak of 100,000 no-op items held every name in memory (the coordinator grew by
+    about 300 bytes an item); now a count and the last few names."""
+    from harness.cli.render import no_changes_text
+    from harness.pool.runstats import NO_CHANGES_LISTED, RunStats
+
+    stats = RunStats()
+    n = NO_CHANGES_LISTED + 5
+    for i in range(n):
+        stats.observe({"event": "attempt-end", "item": f"it-{i}", "queue": "done",
+                       "reason": "succeeded", "no_changes": True})
+    counts = dict.fromkeys(("pending", "claimed", "waiting", "done", "failed"), 0)
+    snap = stats.snapshot(counts, 0, 0, False)
+    assert snap["no_changes_total"] == n and len(snap["no_changes"]) == NO_CHANGES_LISTED
+    assert snap["no_changes"][-1] == f"it-{n - 1}"
+    text = no_changes_text(snap["no_changes"], snap["no_changes_total"])
+    assert text.startswith(f"NO CHANGES  {n} done item(s) changed nothing: latest it-5, it-6")
+    assert no_changes_text(["a"], 1).startswith("NO CHANGES  1 done item(s) changed nothing: a ")

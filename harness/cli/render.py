@@ -66,14 +66,17 @@ def render_text(s: dict[str, Any]) -> str:
     for f in s["recent_failures"]:
         lines.append(f"failed   {f['item']}: {clip(f['reason'], 160)}")
     if s.get("no_changes"):
-        lines.append(no_changes_text(s["no_changes"]))
+        lines.append(no_changes_text(s["no_changes"], s.get("no_changes_total")))
     return "\n".join(lines)
 
 
-def no_changes_text(items: list[str]) -> str:
-    """The items that succeeded without changing anything, on one line."""
-    return (f"NO CHANGES  {len(items)} done item(s) changed nothing: {clip(', '.join(items), 120)}"
-            " (`parallel-harness show ID`)")
+def no_changes_text(items: list[str], total: int | None = None) -> str:
+    """The items that succeeded without changing anything, on one line: ``total`` of them,
+    ``items`` the latest (run.json names only the last few)."""
+    total = max(total or 0, len(items))
+    latest = "" if total == len(items) else "latest "
+    return (f"NO CHANGES  {total} done item(s) changed nothing: {latest}"
+            f"{clip(', '.join(items), 120)} (`parallel-harness show ID`)")
 
 
 def paused_text(s: dict[str, Any]) -> str:
@@ -236,7 +239,7 @@ def render_run_summary(report: dict[str, Any], root: str, width: int = 100) -> s
                                    subsequent_indent=" " * 4, break_long_words=False,
                                    break_on_hyphens=False))
     if report.get("no_changes"):
-        lines.append("  " + no_changes_text(report["no_changes"]))
+        lines.append("  " + no_changes_text(report["no_changes"], report.get("no_changes_total")))
     lines.append(f"look at: {root}/queue/{{done,failed}}  {root}/state/events.jsonl  {root}/logs/")
     return "\n".join(lines)
 

@@ -7,6 +7,7 @@ Prometheus text format, to state/metrics.prom.
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -29,7 +30,10 @@ class RunStats:
     restarts: int = 0
     done_times: list[float] = field(default_factory=list)
     slots_started: set[Any] = field(default_factory=set)
-    no_changes: list[str] = field(default_factory=list)  # done, but the agent changed nothing
+    # Done, but the agent changed nothing: a count and the latest names (a run of a
+    # million no-op items must not hold a million names).
+    no_changes: deque[str] = field(default_factory=lambda: deque(maxlen=NO_CHANGES_LISTED))
+    no_changes_total: int = 0
     done_before: int = 0    # items in done/ and failed/ when the run started
     failed_before: int = 0
 
@@ -59,6 +63,7 @@ class RunStats:
                 self.done_times.append(float(ev.get("ts") or time.time()))
                 if ev.get("no_changes"):
                     self.no_changes.append(str(ev.get("item")))
+                    self.no_changes_total += 1
 
     def snapshot(self, counts: dict[str, int], alive: int, desired: int, paused: bool,
                  running: bool = True) -> dict[str, Any]:
@@ -81,7 +86,7 @@ class RunStats:
                 "eta_s": round(left / per_min * 60.0) if per_min > 0 and left else None,
                 "this_run": {"done": max(0, counts["done"] - self.done_before),
                              "failed": max(0, counts["failed"] - self.failed_before)},
-                "no_changes": self.no_changes[-NO_CHANGES_LISTED:],
+                "no_changes": list(self.no_changes), "no_changes_total": self.no_changes_total,
                 "running": running, "ended_at": None if running else now}
 
     def report(self, done: int, failed: dict[str, str]) -> dict[str, Any]:
@@ -96,7 +101,7 @@ class RunStats:
                 "tokens_by_kind": dict(self.tokens), "cost_usd": round(self.cost_usd, 6),
                 "elapsed_s": round(time.time() - self.started_at, 1),
                 "reclaims": self.reclaims, "restarts": self.restarts,
-                "no_changes": list(self.no_changes)}
+                "no_changes": list(self.no_changes), "no_changes_total": self.no_changes_total}
 
 
 def reason_key(reason: str) -> str:

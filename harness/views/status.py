@@ -65,6 +65,7 @@ def collect(ws: Workspace) -> dict[str, Any]:
         "recent_failures": failures(ws, failed, last=RECENT_FAILURES)[::-1],
         # the last run's items that succeeded without changing anything (also after it ended)
         "no_changes": (last_run or {}).get("no_changes") or [],
+        "no_changes_total": (last_run or {}).get("no_changes_total"),
         "corrupt_heartbeats": [
             {"worker": w, "path": str(ws.heartbeat_file(w).relative_to(ws.root)), "error": e,
              "alive": lock_is_held(ws.worker_lock(w))} for w, e in sorted(corrupt.items())],
