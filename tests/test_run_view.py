@@ -185,3 +185,22 @@ def test_a_long_run_of_no_op_items_keeps_a_count_and_the_latest_names():
     text = no_changes_text(snap["no_changes"], snap["no_changes_total"])
     assert text.startswith(f"NO CHANGES  {n} done item(s) changed nothing: latest it-5, it-6")
     assert no_changes_text(["a"], 1).startswith("NO CHANGES  1 done item(s) changed nothing: a ")
+
+
+def test_the_rate_counts_the_completions_of_the_last_ten_minutes():
+    import time
+
+    from harness.pool.runstats import THROUGHPUT_WINDOW, RunStats
+
+    now = time.time()
+    stats = RunStats(started_at=now - 1000)
+    done = [now - THROUGHPUT_WINDOW - 100] + [now - 60 + i for i in range(60)]
+    for ts in done:
+        stats.observe({"event": "attempt-end", "item": "x", "queue": "done",
+                       "reason": "succeeded", "ts": ts})
+    counts = dict.fromkeys(("pending", "claimed", "waiting", "done", "failed"), 0)
+    counts["pending"] = 12
+    snap = stats.snapshot(counts, 1, 1, False)
+    assert snap["throughput_per_min"] == 6.0  # 60 in the window of 600 s; the older one gone
+    assert snap["eta_s"] == 120
+    assert len(stats.done_per_second) <= 61

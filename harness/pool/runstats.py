@@ -28,7 +28,8 @@ class RunStats:
     completions: int = 0
     reclaims: int = 0
     restarts: int = 0
-    done_times: list[float] = field(default_factory=list)
+    # Completions per whole second of the window: bounded by the window, not the rate.
+    done_per_second: deque[list[int]] = field(default_factory=deque)
     slots_started: set[Any] = field(default_factory=set)
     # Done, but the agent changed nothing: a count and the latest names (a run of a
     # million no-op items must not hold a million names).
@@ -60,10 +61,17 @@ class RunStats:
             self.cost_usd += float(m.get("cost_usd") or 0.0)
             if ev.get("queue") == "done":
                 self.completions += 1
-                self.done_times.append(float(ev.get("ts") or time.time()))
+                self._count_done(int(float(ev.get("ts") or time.time())))
                 if ev.get("no_changes"):
                     self.no_changes.append(str(ev.get("item")))
                     self.no_changes_total += 1
+
+    def _count_done(self, second: int) -> None:
+        last = self.done_per_second[-1] if self.done_per_second else None
+        if last is not None and last[0] >= second:  # events arrive about in order
+            last[1] += 1
+        else:
+            self.done_per_second.append([second, 1])
 
     def snapshot(self, counts: dict[str, int], alive: int, desired: int, paused: bool,
                  running: bool = True) -> dict[str, Any]:
@@ -73,9 +81,10 @@ class RunStats:
         rejected at merge moves from done to failed, a purge makes it an estimate.
         """
         now = time.time()
-        self.done_times = [t for t in self.done_times if now - t <= THROUGHPUT_WINDOW]
+        while self.done_per_second and now - self.done_per_second[0][0] > THROUGHPUT_WINDOW:
+            self.done_per_second.popleft()
         window = min(THROUGHPUT_WINDOW, max(1.0, now - self.started_at))
-        per_min = len(self.done_times) * 60.0 / window
+        per_min = sum(n for _, n in self.done_per_second) * 60.0 / window
         left = counts["pending"] + counts["claimed"] + counts["waiting"]
         return {"started_at": self.started_at, "items": counts, "attempts": dict(self.attempts),
                 "workers_alive": alive, "workers_desired": desired,
