@@ -422,3 +422,29 @@ def test_a_batch_run_waits_for_an_item_that_ended_during_the_integration_step(tm
     finally:
         coord.pool.stop_all()
         coord._finish()
+
+
+def test_dependency_states_are_listed_at_a_pace_not_every_tick(ws):
+    """Items waiting on others made every tick list done/ and failed/ whole (a third of a
+    second at a million items); the listing is paced by its cost, fresh when asked."""
+    from harness import config
+    from harness.pool.coordinator import Coordinator
+    from tests.conftest import FakeClock
+
+    clock = FakeClock(100.0)
+    coord = Coordinator(ws, config.load(ws.config_file, {"run": {"agents": 0}}), clock=clock)
+    scans = []
+
+    def listing() -> dict[str, str]:
+        scans.append(clock.now)
+        clock.advance(0.01)  # what the listing costs
+        return {"a": "done"}
+
+    coord.queue.terminal_states = listing
+    assert coord._terminal_states(False) == {"a": "done"} and len(scans) == 1
+    clock.advance(0.1)
+    assert coord._terminal_states(False) == {"a": "done"} and len(scans) == 1  # not due
+    assert coord._terminal_states(True) and len(scans) == 2  # asked fresh
+    clock.advance(coord.terminal_scan.share * 0.01 + 0.01)
+    coord._terminal_states(False)
+    assert len(scans) == 3

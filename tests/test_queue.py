@@ -607,6 +607,33 @@ def test_failed_dependency_dead_letters_the_dependant_with_its_reason(queue):
     clean(queue, enqueued=["a", "b"], expect_finished=True)
 
 
+def test_an_older_listing_delays_a_promotion_and_a_dead_letter_is_decided_afresh(queue):
+    """A caller (the coordinator) answers dependency states from a paced listing: a stale
+    "not done" only delays; a stale "failed" (the dependency retried since) must not
+    dead-letter the dependant."""
+    queue.enqueue({"id": "a"})
+    dep = queue.enqueue({"id": "b", "depends_on": ["a"]})
+    claim_one(queue).complete()
+    asked = []
+
+    def states(fresh: bool) -> dict[str, str]:
+        asked.append(fresh)
+        return queue.terminal_states() if fresh else {"a": "failed"}
+
+    assert queue.promote(states=states) == [dep.ready()]  # failed, said stale: looked again
+    assert asked == [False, True]
+    b = claim_one(queue)
+    assert b.id == "b"
+    b.complete()
+    queue.enqueue({"id": "c"})
+    dep2 = queue.enqueue({"id": "d", "depends_on": ["c"]})
+    claim_one(queue).complete()
+    asked.clear()
+    assert queue.promote(states=lambda fresh: asked.append(fresh) or {}) == []
+    assert asked == [False] and state_of(queue, "d") == ("waiting", dep2)
+    assert queue.promote() == [dep2.ready()]
+
+
 def test_failure_propagates_down_a_dependency_chain(queue):
     queue.enqueue({"id": "a"})
     queue.enqueue({"id": "b", "depends_on": ["a"]})

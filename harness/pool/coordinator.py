@@ -95,6 +95,8 @@ class Coordinator:
         self.drop_scan = Paced(DROP_SCAN_INTERVAL, clock=self.clock)
         self.count_scan = Paced(0.0, clock=self.clock)
         self.counts: dict[str, int] = {}
+        self.terminal_scan = Paced(0.0, clock=self.clock)
+        self.terminal: dict[str, str] = {}  # done/failed by id, for items waiting on others
 
     @property
     def budget_hit(self) -> str | None:
@@ -431,8 +433,15 @@ class Coordinator:
         write_prometheus(self.ws.metrics_file, snap)
 
     def promote(self) -> None:
-        self.queue.promote()
+        self.queue.promote(states=self._terminal_states)
         self.waiting_seen = self.queue.waiting_seen
+
+    def _terminal_states(self, fresh: bool) -> dict[str, str]:
+        """done/ and failed/ by id, listed afresh when asked or when the paced scan is due
+        (a million done items take a third of a second to list: not every tick)."""
+        if fresh or self.terminal_scan.due():
+            self.terminal = self.terminal_scan.run(self.queue.terminal_states)
+        return self.terminal
 
     def watch_clock(self) -> None:
         """Follow a step of the wall clock (settimeofday, a VM resumed from a snapshot).

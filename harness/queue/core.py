@@ -663,20 +663,32 @@ class Queue:
                         return parsed
         return None
 
-    def promote(self, now: float | None = None) -> list[ItemName]:
+    def promote(self, now: float | None = None,
+                states: Callable[[bool], dict[str, str]] | None = None) -> list[ItemName]:
         """Move due retries, and items whose dependencies are all done, to pending/.
 
         An item whose dependency ended in failed/ is dead-lettered with that
-        reason. Returns the names now pending.
+        reason. Returns the names now pending. ``states(fresh)`` gives each
+        terminal item's state (default: :meth:`terminal_states`, a listing of
+        done/ and failed/); a caller may answer from an older listing when
+        ``fresh`` is False. That only delays a promotion (done is final), and a
+        dead-letter is decided on a fresh listing: a failed dependency may have
+        been retried since.
         """
         now_ms = int((self.clock() if now is None else now) * 1000)
         waiting = [n for n in map(names.try_parse, names.entries(self.dir("waiting"))) if n]
         self.waiting_seen = waiting
-        terminal = self._terminal_states() if any(n.due == names.DEP for n in waiting) else {}
+        lookup = states or (lambda fresh: self.terminal_states())
+        terminal: dict[str, str] | None = None
+        fresh = False
         promoted = []
         for name in waiting:
             if name.due == names.DEP:
+                terminal = lookup(False) if terminal is None else terminal
                 blocker = self._blocking_dependency(name, terminal)
+                if blocker is not None and blocker[1] and not fresh:
+                    terminal, fresh = lookup(True), True
+                    blocker = self._blocking_dependency(name, terminal)
                 if blocker is None:
                     pass
                 elif blocker[1]:
@@ -713,7 +725,8 @@ class Queue:
             self._sync("waiting")
         return moved
 
-    def _terminal_states(self) -> dict[str, str]:
+    def terminal_states(self) -> dict[str, str]:
+        """Item id -> "done" or "failed", for every item in those states (a listing of both)."""
         states = {}
         for state in ("done", "failed"):
             for entry in names.entries(self.dir(state)):
