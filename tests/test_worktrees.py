@@ -260,6 +260,39 @@ def test_accept_points_the_item_branch_at_the_attempt(repo, wt):
     assert branches(repo)["harness/a"] == sha
 
 
+def test_accept_reads_the_previous_value_from_the_ref_files_loose_or_packed(repo, wt):
+    """accept's compare-and-swap value comes from the files (a git process less per item);
+    packed refs, absent refs and a wrong reading all end with the branch right."""
+    common = worktrees.common_dir(repo)
+    worktrees.start_attempt(wt, "main", "harness-attempts/a/1")
+    (wt / "a.txt").write_text("a\n")
+    first = worktrees.commit_attempt(wt, "one")
+    assert worktrees._ref_in_files(common, "refs/heads/harness/a") is None
+    assert worktrees.accept(repo, "harness/a", first) is None
+    assert worktrees._ref_in_files(common, "refs/heads/harness/a") == first
+    git(repo, "pack-refs", "--all")
+    assert not (common / "refs/heads/harness/a").exists()
+    assert worktrees._ref_in_files(common, "refs/heads/harness/a") == first
+    assert worktrees._ref_in_files(common, "refs/heads/harness/b") is None
+    (wt / "b.txt").write_text("b\n")
+    second = worktrees.commit_attempt(wt, "two")
+    assert worktrees.accept(repo, "harness/a", second) == first
+    assert branches(repo)["harness/a"] == second
+
+
+def test_a_wrong_reading_of_the_ref_files_fails_only_the_swap_then_git_is_asked(
+        repo, wt, monkeypatch):
+    worktrees.start_attempt(wt, "main", "harness-attempts/a/1")
+    (wt / "a.txt").write_text("a\n")
+    first = worktrees.commit_attempt(wt, "one")
+    worktrees.accept(repo, "harness/a", first)
+    (wt / "b.txt").write_text("b\n")
+    second = worktrees.commit_attempt(wt, "two")
+    monkeypatch.setattr(worktrees, "_ref_in_files", lambda common, ref: None)  # stale
+    assert worktrees.accept(repo, "harness/a", second) == first
+    assert branches(repo)["harness/a"] == second
+
+
 # -- removal and stale locks -----------------------------------------------------------------
 
 
