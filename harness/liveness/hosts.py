@@ -113,9 +113,10 @@ def rise(ws: Workspace, host: str) -> None:
     fsops.unlink_quiet(ws.tombstone(host))
 
 
-def living(ws: Workspace) -> dict[str, str]:
-    """Host id -> generation, for every lease that no tombstone buries."""
-    return {h: lease.generation for h, lease in leases(ws).items()
+def living(ws: Workspace, found: dict[str, Lease] | None = None) -> dict[str, str]:
+    """Host id -> generation, for every lease (``found``, or read now) that no tombstone
+    buries."""
+    return {h: lease.generation for h, lease in (found or leases(ws)).items()
             if buried(ws, h, lease.generation) is None}
 
 

@@ -328,17 +328,16 @@ class Coordinator:
         trusted, that claim would never be revoked. Such a heartbeat is removed."""
         if self.ws.host is None:
             return hbs
-        alive = hosts.living(self.ws)
+        alive = hosts.living(self.ws, self.hostwatch.leases if self.hostwatch else None)
         out = {}
         for worker, hb in hbs.items():
             host = hosts.host_of(worker)
-            if host == self.ws.host:
+            generation = hb.get("host_generation")
+            if host == self.ws.host or (host in alive and generation in (None, alive[host])):
                 out[worker] = hb
-                continue
-            tomb = host and hosts.buried(self.ws, host, str(hb.get("host_generation")))
-            if tomb:
+            elif host and hosts.buried(self.ws, host, str(generation)):
                 self.ws.heartbeat_file(worker).unlink(missing_ok=True)
-            elif host in alive:
+            elif host in alive:  # started by an earlier generation of a live host (adopted)
                 out[worker] = hb
         return out
 

@@ -51,6 +51,7 @@ class HostWatch:
         self.staleness = heartbeat.Staleness(clock)
         self.writer: heartbeat.HeartbeatWriter | None = None
         self.last_tick: float | None = None
+        self.leases: dict[str, hosts.Lease] | None = None  # every host's, as the last tick read
 
     def start(self) -> None:
         """Refuse a host id another live coordinator uses; then take the lease."""
@@ -150,6 +151,7 @@ class HostWatch:
         self.writer.beat()
         now = self.clock()
         gap, self.last_tick = now - (self.last_tick or now), now
+        self.leases = seen = hosts.leases(self.ws)
         if gap > self.stale_after / 2:
             # This host itself stood still (frozen, or the NFS server was away and every
             # host blocked alike): what it saw of the others before means nothing now.
@@ -157,7 +159,7 @@ class HostWatch:
             self.event("host-stalled", host=self.host, seconds=round(gap, 1))
             return []
         dead = []
-        for lease in hosts.leases(self.ws).values():
+        for lease in seen.values():
             if lease.host == self.host:
                 continue
             silent = self.staleness.observe(lease.host, lease.generation, lease.counter)
