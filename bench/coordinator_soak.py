@@ -87,7 +87,8 @@ def report(samples: list[tuple[float, float, int]], items: int) -> float:
     print(f"throughput: {items / wall:.1f} items/s ({items} items in {wall:.0f}s)")
     ratio = peak / base
     print(f"target coordinator RSS flat within 10%: peak {peak:.1f} MB (at {at} done) vs"
-          f" settled {base:.1f} MB = {ratio:.3f}x {'PASS' if ratio <= TARGET else 'FAIL'}")
+          f" settled {base:.1f} MB = {ratio:.3f}x {'PASS' if ratio <= TARGET else 'FAIL'}",
+          flush=True)
     return ratio
 
 
@@ -102,8 +103,8 @@ def main() -> int:
         print(machine_line(bench.tempdir("probe")))
         print(f"command: python3 bench/coordinator_soak.py {' '.join(sys.argv[1:])}".rstrip())
         samples = soak(bench, args.items, args.agents, args.every)
-    report(samples, args.items)
-    print(f"load average at end: {load_avg()}")
+        report(samples, args.items)  # before the cleanup: removing 100k items' logs is slow
+        print(f"load average at end: {load_avg()}", flush=True)
     return 0
 
 

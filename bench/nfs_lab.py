@@ -443,7 +443,7 @@ def main() -> int:
     finally:
         if not args.keep:
             print(uml("down").strip(), flush=True)
-    print(f"\nscenario   items  double  lost  fenced  late  failover s (dead/revoke/reclaim)")
+    print("\nscenario   items  double  lost  fenced  late  failover s (dead/revoke/reclaim)")
     for name in chosen:
         f = results.get(name, {})
         if name == "nolock":

@@ -211,6 +211,7 @@ def count_entries(listing: list[str]) -> int:
 
 
 CHUNK: Final = 65_536  # names a streaming scan holds at a time (a few MB)
+TICK_CHUNK: Final = 4_096  # the same for scans in the coordinator's tick (under 0.5 MB)
 
 
 def chunks(directory: str | os.PathLike[str], size: int = CHUNK) -> Iterator[list[str]]:
@@ -237,8 +238,10 @@ def chunks(directory: str | os.PathLike[str], size: int = CHUNK) -> Iterator[lis
 
 
 def count(directory: str | os.PathLike[str]) -> int:
-    """How many names of ``directory`` scanners consider, in O(1) memory (see chunks)."""
-    return sum(len(c) for c in chunks(directory))
+    """How many names of ``directory`` scanners consider, in O(1) memory: no name is
+    kept (a chunk of them was the coordinator's RSS peak, 6 MB, in a 100k-item soak)."""
+    with os.scandir(directory) as it:
+        return sum(1 for e in it if e.name[:1] != "." and not e.name.endswith(REASON_SUFFIX))
 
 
 # A line that is a queue name without a free count and whose id has no "..", ends in

@@ -143,7 +143,8 @@ def adopt_dropped(queue: Queue, settle: float = DROP_SETTLE_AGE) -> list[str]:
 
 def _adopt_foreign(queue: Queue, state: str, actions: list[str], settle: float = 0.0) -> None:
     """Enqueue hand-dropped item files properly, or dead-letter them with the reason."""
-    for entry in (e for chunk in names.chunks(queue.dir(state)) for e in names.foreign(chunk)):
+    chunked = names.chunks(queue.dir(state), names.TICK_CHUNK)
+    for entry in (e for chunk in chunked for e in names.foreign(chunk)):
         if f"{state}/{entry}" in queue.stuck:
             continue
         path = queue.dir(state) / entry
