@@ -15,7 +15,16 @@ stdout of the CLI goes to /dev/null (it prints one line per item). Each CLI run'
 RSS is its own (os.wait4 in a small launcher: see LAUNCH), so streaming shows as a flat
 figure whatever --items is. Every run is checked: pending/ holds exactly --items names and
 tmp/ is empty. Rounds alternate
-the peers (--rounds, default 1); medians are reported with the other CPU load seen.
+the peers (--rounds, default 1; each round starts one peer later, so none always goes
+first); medians are reported with the other CPU load seen.
+
+No workspace is removed before the last peer of the last round has run. This disk is
+ext4 without a journal: there a new inode skips every inode freed in the last 60 s (360 s
+while its inode-table block is dirty; ext4 ``recently_deleted``), one buffer lookup each.
+Removing the raw loop's million files right before the CLI ran made each of the CLI's
+creates scan them (``recently_deleted`` and ``find_get_block_common`` were a fifth of its
+profile) while the raw loop, run first, scanned none. Each peer's files take ~4 KB of
+disk per item (12 GB a round at 1,000,000 items).
 
 Targets (issue 15): enqueue >= 0.5 x raw-create-link items/s; peak RSS <= 100 MB.
 
@@ -112,15 +121,17 @@ def main() -> int:
     n = args.items or (20_000 if args.quick else 1_000_000)
     results: dict[str, list[tuple[float, float, float]]] = {}
     bad = 0
+    roots: list[Path] = []
     with Bench("enqueue-bench-", keep=args.keep) as bench:
         src = bench.tempdir("input") / "items.jsonl"
         print(machine_line(src.parent))
         print(f"command: python3 bench/enqueue.py {' '.join(sys.argv[1:])}".rstrip())
         write_input(src, n)
         print(f"input: {n} items, {src.stat().st_size / 2**20:.1f} MiB of JSON Lines")
+        peers: list[tuple[str, tuple[str, ...] | None]] = [
+            ("raw-create-link", None), ("enqueue", ()), ("enqueue --atomic", ("--atomic",))]
         for r in range(args.rounds):
-            for peer, flags in (("raw-create-link", None), ("enqueue", ()),
-                                ("enqueue --atomic", ("--atomic",))):
+            for peer, flags in peers[r % 3:] + peers[:r % 3]:
                 root = fresh(bench, peer.replace(" ", ""))
                 os.sync()
                 busy0, t0 = cpu_busy(), time.perf_counter()
@@ -136,9 +147,12 @@ def main() -> int:
                 bad += verdict != "OK"
                 results.setdefault(peer, []).append((n / secs, rss, other))
                 print(f"round {r + 1} {peer:<18} {secs:8.1f} s {n / secs:9.0f} items/s"
-                      f"  peak RSS {rss:6.1f} MB  other-cpu {other:4.0%}  {verdict}", flush=True)
-                shutil.rmtree(root.parent, ignore_errors=True)
+                      f"  peak RSS {rss:6.1f} MB  other-cpu {other:4.0%}  {verdict}"
+                      f"  load {load_avg()}", flush=True)
+                roots.append(root)
         src.unlink()
+        for root in roots:  # only now: see the module doc (recently freed inodes)
+            shutil.rmtree(root.parent, ignore_errors=True)
     print()
     raw = med(r for r, _, _ in results["raw-create-link"])
     for peer in ("enqueue", "enqueue --atomic"):

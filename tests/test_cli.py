@@ -153,6 +153,25 @@ def test_enqueue_errors_name_the_input(ws, tmp_path):
     assert cli(ws, "enqueue").exit_code == 2
 
 
+def test_enqueue_refuses_a_nul_in_a_jsonl_line_naming_file_line_and_field(ws, tmp_path):
+    """The NUL check screens the dumped bytes for \\u0000 before walking the fields: the
+    refusal must still name the file, the line and the field; --atomic adds nothing,
+    without it the other lines are added. A literal backslash-u0000 (no NUL) is no hit."""
+    lines = ['{"id": "a", "title": "x"}', '{"id": "b", "meta": {"k\\u0000": 1}}',
+             '{"id": "c", "title": "not a NUL: \\\\u0000"}']
+    src = tmp_path / "nul.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    atomic = cli(ws, "enqueue", "--atomic", str(src))
+    assert atomic.exit_code == 1 and "nothing added" in atomic.output
+    assert f"{src}:2 (b)" in atomic.output and "field 'meta'" in atomic.output
+    assert ids_in(ws, "pending") == [] and os.listdir(ws.queue_dir / "ids") == []
+    partial = cli(ws, "enqueue", str(src))
+    assert partial.exit_code == 1 and "field 'meta'" in partial.output
+    assert sorted(ids_in(ws, "pending")) == ["a", "c"]
+    doc = orjson.loads((ws.queue_dir / "ids" / "c").read_bytes())
+    assert doc["title"] == "not a NUL: \\u0000"
+
+
 def test_enqueue_checks_meta_keys_the_prompt_template_uses(ws):
     (ws.root / "prompts" / "bootstrap.md").write_text("Ticket {{meta.ticket}}: {{TITLE}}\n")
     missing = cli(ws, "enqueue", "--id", "a", "--title", "t")

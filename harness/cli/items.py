@@ -125,21 +125,28 @@ def enqueue(ctx: click.Context, files: tuple[str, ...], item_id: str | None, tit
 
 class _Printer:
     """Prints each added item as it is published (a million of them are never held in
-    memory); refusals, which are few, at the end. ``--json``: one JSON document."""
+    memory); refusals, which are few, at the end. ``--json``: one JSON document.
+
+    The per-item lines go to ``sys.stdout`` unflushed (line-buffered on a terminal,
+    block-buffered into a pipe or file): ``click.echo`` flushed each one, a write(2)
+    per item that cost a tenth of an enqueue. Everything is flushed before the
+    refusals go to stderr and at the end, so the order on a terminal is unchanged.
+    """
 
     def __init__(self, as_json: bool) -> None:
         self.as_json, self.count = as_json, 0
         self.refusals: list[tuple[str, str]] = []
+        self._write = sys.stdout.write
         if as_json:
-            click.echo('{"added": [', nl=False)
+            self._write('{"added": [')
 
     def added(self, name: ItemName) -> None:
         if self.as_json:
             sep = "," if self.count else ""
-            click.echo(f'{sep}\n  {{"id": "{name.id}", "name": "{name}"}}', nl=False)
+            self._write(f'{sep}\n  {{"id": "{name.id}", "name": "{name}"}}')
         else:
             state = "waiting" if name.due else "pending"
-            click.echo(f"added    {name.id:<30} queue/{state}/{name}")
+            self._write(f"added    {name.id:<30} queue/{state}/{name}\n")
         self.count += 1
 
     def refused(self, where: str, why: str) -> None:
@@ -148,8 +155,10 @@ class _Printer:
     def close(self, atomic: bool) -> None:
         if self.as_json:
             refused = orjson.dumps([{"item": w, "reason": r} for w, r in self.refusals]).decode()
-            click.echo(f'\n], "refused": {refused}}}')
+            self._write(f'\n], "refused": {refused}}}\n')
+            sys.stdout.flush()
             return
+        sys.stdout.flush()
         for where, why in self.refusals:
             click.echo(f"refused  {where}: {why}", err=True)
         note = " (--atomic: nothing added)" if atomic and self.refusals else ""

@@ -6,7 +6,7 @@ item. A batch takes one lock for all its items instead, so an item costs a creat
 a write, two links and an unlink (docs/protocol.md §3, *bulk enqueue*)::
 
     tmp/batch-<16 hex>/          mkdir; .lock in it, flocked for the batch's life
-    tmp/batch-<hex>/S            create (O_EXCL), write, [fsync]    S = N@<hex>, as in tmp/
+    tmp/batch-<hex>/S            create (O_EXCL), write, [fsync]    S = N, the bare name
     link(S, ids/<id>)            the reservation: EEXIST → DuplicateId, S unlinked
     link(S, pending/N | waiting/N~dep); unlink(S)       (not atomic: at once, per item)
 
@@ -87,7 +87,12 @@ class Batch:
         self.close()
 
     def add(self, name: ItemName, data: bytes) -> None:
-        staged = self._prefix + names.staged_name(name)
+        # The bare queue name: the directory is this enqueuer's own and its order keys
+        # strictly increase (names.next_order), so no two items share a name here and
+        # the random suffix tmp/ needs (names.staged_name) would only cost a
+        # getrandom per item. O_EXCL refuses a clash all the same.
+        text = str(name)
+        staged = self._prefix + text
         fd = os.open(staged, _CREATE, self.mode)
         try:
             if self.mode & 0o070:
@@ -107,11 +112,12 @@ class Batch:
         self.staged += 1
         _fp_reserved()
         if not self.atomic:
-            self._publish(staged, name)
+            self._publish(staged, name, text)
 
-    def _publish(self, staged: str, name: ItemName) -> None:
+    def _publish(self, staged: str, name: ItemName, text: str) -> None:
+        """Link the staged file in as ``text`` (``str(name)``: rendered once per item)."""
         state = "waiting" if name.due == names.DEP else "pending"
-        os.link(staged, self._states[state] + str(name))
+        os.link(staged, self._states[state] + text)
         self._touched.add(state)
         _fp_published()
         os.unlink(staged)
@@ -132,7 +138,7 @@ class Batch:
                 for entry in it:
                     name = names.parse_staged(entry.name)
                     if name is not None:
-                        self._publish(entry.path, name)
+                        self._publish(entry.path, name, str(name))
                         on_published(name)
         self.atomic = False  # committed: close() must not roll it back
 
