@@ -366,7 +366,9 @@ def test_circuit_breaker_pauses_after_consecutive_failures(tmp_path):
         wait_for(lambda: "circuit breaker" in (ws.interrupt_reason() or ""), 30,
                  "the circuit breaker to pause the pool")
         failed_then = len(names_in(ws, "failed"))
-        assert any(e["event"] == "circuit-open" for e in events(ws))
+        # The pause is written first, the event right after it (in the same tick).
+        wait_for(lambda: any(e["event"] == "circuit-open" for e in events(ws)), 10,
+                 "the circuit-open event")
         assert finish_after_signal(coord) == 128 + signal.SIGTERM
     finally:
         kill_all(ws, coord)
