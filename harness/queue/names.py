@@ -240,7 +240,7 @@ def chunks(directory: str | os.PathLike[str], size: int = CHUNK) -> Iterator[lis
 def count(directory: str | os.PathLike[str]) -> int:
     """How many names of ``directory`` scanners consider, in O(1) memory: no name is
     kept (a chunk of them was the coordinator's RSS peak, 6 MB, in a 100k-item soak)."""
-    with os.scandir(directory) as it:
+    with os.scandir(directory) as it:  # is_entry inlined, as in entries()
         return sum(1 for e in it if e.name[:1] != "." and not e.name.endswith(REASON_SUFFIX))
 
 

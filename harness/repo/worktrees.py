@@ -253,8 +253,8 @@ def _head_sha(wt: Path) -> str:
         if head and _SHA.fullmatch(head):
             return head
         if head and head.startswith("ref: refs/heads/"):
-            sha = _read(_common_of_gitdir(gitdir) / head[len("ref: "):])
-            if sha and _SHA.fullmatch(sha):
+            sha = _ref_in_files(_common_of_gitdir(gitdir), head[len("ref: "):])
+            if isinstance(sha, str):
                 return sha
     return _git_wt(["rev-parse", "--verify", "HEAD^{commit}"], wt).stdout.strip()
 
