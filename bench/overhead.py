@@ -21,12 +21,17 @@ Peers, all measured in this run:
                     run are timed one by one (see the breakdown below)
   worktree cycle    one `git worktree add --detach` + `git worktree remove --force` (raw
                     git, --cycles times): what a fresh worktree per item would cost instead
+  GNU parallel      `parallel -j1 true ::: 1..N` (Debian's `parallel`), the peer the issue
+                    names: per job = (wall of N jobs - wall of 1 job) / (N - 1), so its
+                    Perl start-up is left out as the pipeline's is; its overhead = per job
+                    - bare spawn. Skipped (and said) where `parallel` is not installed
 
 Each round runs bare / pipeline / worker alone / in-process once (--items items each), the
 order rotated from round to round; per round a peer's figure is the median item (the
 pipeline's and worker-alone's from the event log, over windows of 10 items) and the mean;
 tables give medians over rounds. Harness overhead = pipeline ms/item - bare spawn
-ms/item. Target: <= 30 ms.
+ms/item. Targets (issue 15): <= 5 ms median, and under GNU parallel's overhead measured
+in the same run.
 
 Breakdown: the pipeline's event log splits each item into claim -> agent-start (argv,
 ensure_worktree, start_attempt), agent-start -> attempt-end (the agent, commit_attempt,
@@ -47,6 +52,7 @@ import cProfile
 import io
 import os
 import pstats
+import shutil
 import subprocess
 import sys
 import time
@@ -61,10 +67,12 @@ from harness import config as config_mod  # noqa: E402
 from harness.agents import runner  # noqa: E402
 from harness.liveness import heartbeat  # noqa: E402
 from harness.repo import gitenv, worktrees  # noqa: E402
+from harness.repo.refstream import RefStream  # noqa: E402
+from harness.repo.reuse import Reuse  # noqa: E402
 from harness.queue.core import Queue  # noqa: E402
 from harness.pool.worker import Worker  # noqa: E402
 
-TARGET_MS = 30.0
+TARGET_MS = 5.0
 
 
 def enqueue_true(ws, n: int, prefix: str = "t") -> None:
@@ -80,6 +88,22 @@ def bare_spawn(n: int) -> list[float]:
         subprocess.run(["true"])
         out.append(time.perf_counter() - t0)
     return out
+
+
+def gnu_parallel(n: int) -> float | None:
+    """Seconds per job of `parallel -j1 true` over n jobs, start-up left out; None if absent."""
+    exe = shutil.which("parallel")
+    if exe is None:
+        return None
+
+    def wall(jobs: int) -> float:
+        t0 = time.perf_counter()
+        subprocess.run([exe, "--will-cite", "-j1", "true", ":::", *map(str, range(jobs))],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return time.perf_counter() - t0
+
+    one = med(wall(1) for _ in range(3))
+    return (wall(n) - one) / (n - 1)
 
 
 def pipeline(bench: Bench, n: int) -> dict:
@@ -165,10 +189,18 @@ class GitTimer:
     def __init__(self) -> None:
         self.git: dict[str, list[float]] = defaultdict(list)
         self.agent: list[float] = []
-        self._git, self._run = worktrees._git, runner.run
+        self.streamed: list[float] = []  # transactions on a long-lived update-ref --stdin
+        self._git, self._run, self._apply = worktrees._git, runner.run, RefStream.apply
 
     def __enter__(self) -> GitTimer:
-        real_git, real_run = self._git, self._run
+        real_git, real_run, real_apply = self._git, self._run, self._apply
+
+        def apply(stream, command):
+            t0 = time.perf_counter()
+            try:
+                return real_apply(stream, command)
+            finally:
+                self.streamed.append(time.perf_counter() - t0)
 
         def git(args, cwd, **kw):
             sub = next((a for a in args if not a.startswith("-") and "=" not in a), "?")
@@ -185,11 +217,11 @@ class GitTimer:
             finally:
                 self.agent.append(time.perf_counter() - t0)
 
-        worktrees._git, runner.run = git, run
+        worktrees._git, runner.run, RefStream.apply = git, run, apply
         return self
 
     def __exit__(self, *exc: object) -> None:
-        worktrees._git, runner.run = self._git, self._run
+        worktrees._git, runner.run, RefStream.apply = self._git, self._run, self._apply
 
 
 def worker_loop(ws, n_expected: int) -> list[float]:
@@ -214,6 +246,7 @@ def worker_loop(ws, n_expected: int) -> list[float]:
             cycles.append(now - last)
         last = now
     w.hb.remove()
+    w.reuse.close()
     if done != n_expected:
         raise RuntimeError(f"in-process worker processed {done}/{n_expected} items")
     return cycles
@@ -238,16 +271,29 @@ def components(bench: Bench, reps: int) -> dict[str, list[float]]:
     logd = ws.root / "logs" / "parts"
     logd.mkdir(parents=True)
     env = runner.clean_env()
-    for i in range(reps):
-        timed("start_attempt (status, checkout -b, clean)", lambda: worktrees.start_attempt(
-            wt, "main", f"harness-attempts/c{i:05d}/1"))
+    memo = Reuse()
+    for i in range(3):  # until git has found the tree clean once, long enough ago
+        sha = worktrees.commit_attempt(wt, "noop", reuse=memo)
+        time.sleep(0.05)
+    for i in range(reps):  # as the worker runs them (a no-change item)
+        timed("start_attempt, reuse", lambda: worktrees.start_attempt(
+            wt, "main", f"harness-attempts/r{i:05d}/1", reuse=memo))
         timed("runner.run(['true']) (the worker's spawn)", lambda: runner.run(
             ["true"], cwd=wt, env=env, stdout=logd / "o", stderr=logd / "e",
             limits=runner.Limits(timeout=3600), poll=0.2, on_start=lambda p: p.create_time(),
             on_poll=lambda: None))
-        sha = timed("commit_attempt, nothing changed (status)",
+        sha = timed("commit_attempt, reuse, nothing changed",
+                    lambda: worktrees.commit_attempt(wt, "noop", reuse=memo))
+        timed("accept, reuse (a transaction on update-ref --stdin)",
+              lambda: worktrees.accept(ws.root, f"harness/r{i:05d}", sha, reuse=memo))
+    memo.close()
+    for i in range(reps):  # the same without reuse: a git process each
+        timed("start_attempt, no reuse (status, checkout -b)", lambda: worktrees.start_attempt(
+            wt, "main", f"harness-attempts/c{i:05d}/1"))
+        sha = timed("commit_attempt, no reuse, nothing changed (status)",
                     lambda: worktrees.commit_attempt(wt, "noop"))
-        timed("accept (update-ref)", lambda: worktrees.accept(ws.root, f"harness/c{i:05d}", sha))
+        timed("accept, no reuse (update-ref)",
+              lambda: worktrees.accept(ws.root, f"harness/c{i:05d}", sha))
         c = timed("queue claim (link, unlink, read+validate item)", lambda: q.claim())
         timed("queue complete (rename)", lambda: c.complete())
         timed("heartbeat beat (write tmp + rename)", lambda: hb.beat(state="x"))
@@ -328,6 +374,7 @@ def main() -> int:
                   f" in-process {out['inproc']['mean'] * 1000:6.2f}"
                   f" ({out['inproc']['med'] * 1000:6.2f}); load {load_avg()}", flush=True)
         raw, api = worktree_cycles(bench, cycles)
+        par = [gnu_parallel(n) for _ in range(rounds)]
         parts = components(bench, reps)
         prof = None if args.no_profile else profile(bench, n_prof, 25)
 
@@ -352,12 +399,21 @@ def main() -> int:
     print(f"{'git worktree add + remove (raw git), per cycle':<50} {med(raw) * 1000:>8.2f}"
           f" {sum(raw) / len(raw) * 1000:>8.2f}   (ensure_worktree + remove_worktree: median"
           f" {med(api) * 1000:.2f})")
+    if par[0] is None:
+        print(f"{'GNU parallel -j1 true, per job':<50} (not installed: apt-get install parallel)")
+    else:
+        print(f"{'GNU parallel -j1 true, per job (start-up out)':<50} {med(par) * 1000:>8.2f}")
     over = m("pipe", "steady_med") - m("bare", "med")
     over_mean = m("pipe", "steady") - m("bare", "mean")
     print(f"\nharness overhead = pipeline - bare spawn: median {over:.2f} ms/item, mean"
           f" {over_mean:.2f} ms/item; target <= {TARGET_MS:g} ms:"
           f" {'PASS' if over <= TARGET_MS else 'FAIL'} (median),"
           f" {'PASS' if over_mean <= TARGET_MS else 'FAIL'} (mean)")
+    if par[0] is not None:
+        par_over = med(par) * 1000 - m("bare", "med")
+        print(f"GNU parallel's overhead = per job - bare spawn: {par_over:.2f} ms/job; harness"
+              f" / GNU parallel = {over / par_over:.2f}x; target < 1.0x:"
+              f" {'PASS' if over < par_over else 'FAIL'}")
     print(f"(in-process loop - bare spawn: median {m('inproc', 'med') - m('bare', 'med'):.2f}"
           f" ms/item; a fresh worktree per item would add ~{med(raw) * 1000:.0f} ms of git"
           " worktree add+remove alone: the harness reuses one worktree per worker)")
@@ -380,9 +436,12 @@ def main() -> int:
     loop_ms = sum(x["inproc"]["mean"] for x in res) / rounds * 1000
     print(f"  {'all git':<26} {sum(len(v) for v in gt.git.values()) / total:4.1f} procs/item"
           f"  {total_git / total * 1000:7.2f}")
+    stream_ms = sum(gt.streamed) / total * 1000
+    print(f"  {'update-ref --stdin (stream)':<26} {len(gt.streamed) / total:4.1f} txns/item"
+          f"   {stream_ms:7.2f}  (no process: one long-lived git per worker)")
     print(f"  {'runner.run([true])':<26} {'':>15}  {agent_ms:7.2f}")
     print(f"  {'everything else (python)':<26} {'':>15}"
-          f"  {loop_ms - total_git / total * 1000 - agent_ms:7.2f}"
+          f"  {loop_ms - total_git / total * 1000 - agent_ms - stream_ms:7.2f}"
           f"   (of a mean loop time of {loop_ms:.2f})")
 
     print(f"\neach step alone ({reps} reps, median ms):")

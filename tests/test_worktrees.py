@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.repo import worktrees
+from harness.repo import gitfiles, worktrees
 from harness.repo.worktrees import GitError, UnsavedWork
 
 pytestmark = pytest.mark.timeout(60)
@@ -267,13 +267,13 @@ def test_accept_reads_the_previous_value_from_the_ref_files_loose_or_packed(repo
     worktrees.start_attempt(wt, "main", "harness-attempts/a/1")
     (wt / "a.txt").write_text("a\n")
     first = worktrees.commit_attempt(wt, "one")
-    assert worktrees._ref_in_files(common, "refs/heads/harness/a") is None
+    assert gitfiles.ref_in_files(common, "refs/heads/harness/a") is None
     assert worktrees.accept(repo, "harness/a", first) is None
-    assert worktrees._ref_in_files(common, "refs/heads/harness/a") == first
+    assert gitfiles.ref_in_files(common, "refs/heads/harness/a") == first
     git(repo, "pack-refs", "--all")
     assert not (common / "refs/heads/harness/a").exists()
-    assert worktrees._ref_in_files(common, "refs/heads/harness/a") == first
-    assert worktrees._ref_in_files(common, "refs/heads/harness/b") is None
+    assert gitfiles.ref_in_files(common, "refs/heads/harness/a") == first
+    assert gitfiles.ref_in_files(common, "refs/heads/harness/b") is None
     (wt / "b.txt").write_text("b\n")
     second = worktrees.commit_attempt(wt, "two")
     assert worktrees.accept(repo, "harness/a", second) == first
@@ -288,7 +288,7 @@ def test_a_wrong_reading_of_the_ref_files_fails_only_the_swap_then_git_is_asked(
     worktrees.accept(repo, "harness/a", first)
     (wt / "b.txt").write_text("b\n")
     second = worktrees.commit_attempt(wt, "two")
-    monkeypatch.setattr(worktrees, "_ref_in_files", lambda common, ref: None)  # stale
+    monkeypatch.setattr(gitfiles, "ref_in_files", lambda common, ref: None)  # stale
     assert worktrees.accept(repo, "harness/a", second) == first
     assert branches(repo)["harness/a"] == second
 

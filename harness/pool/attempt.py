@@ -84,7 +84,7 @@ class AttemptRunner:
                                            self.w.cfg.git.target_branch, within=self.w.ws.root)
             clean, self.w.committed_clean = self.w.committed_clean, False
             att.base = worktrees.start_attempt(wt, start, attempt_branch(claim.id, claim.attempt),
-                                               assume_clean=clean)
+                                               assume_clean=clean, reuse=self.w.reuse)
             if att.resumed:
                 att.base = att.resumed.get("base") or att.base
             argv, stdin = self._argv(claim, log_dir, session_id, wt, att.resumed)
@@ -103,7 +103,8 @@ class AttemptRunner:
         check_inside(self.w.ws.root, wt)  # git add -A runs there
         try:
             att.sha = worktrees.commit_attempt(wt, f"harness: {claim.id} attempt {claim.attempt}"
-                                                   f"\n\n{claim.item.title}".strip())
+                                                   f"\n\n{claim.item.title}".strip(),
+                                               reuse=self.w.reuse)
         except worktrees.GitError as exc:
             return att.end("failed", f"commit: {exc}")
         self.w.committed_clean = not self.w.cfg.git.verify  # verify may leave files behind

@@ -39,6 +39,7 @@ from harness.pool.faults import Backoff
 from harness.queue.core import Claim, Fenced, Queue
 from harness.queue.names import ItemName
 from harness.repo import worktrees
+from harness.repo.reuse import Reuse
 from harness.repo.integration import attempt_branch, item_branch
 from harness.workspace import Workspace
 
@@ -66,6 +67,7 @@ class Worker:
         self.template_path = ws.root / cfg.paths.bootstrap
         self.stopping = False
         self.committed_clean = False  # our last commit_attempt left the worktree clean
+        self.reuse = Reuse()  # what git last said of our worktree, and our ref-update stream
         self.runner = AttemptRunner(self)
         self._last_beat = 0.0
         self._coordinator_gone_since: float | None = None
@@ -119,6 +121,7 @@ class Worker:
         if self.refused:
             return self._refuse()
         self.log("worker-exit", generation=self.generation, reason=reason)
+        self.reuse.close()
         self.hb.remove()
         return 0
 
@@ -131,6 +134,7 @@ class Worker:
     def _refuse(self) -> int:
         """Stop without claiming: the coordinator starts no worker in this slot until the
         operator fixes the path, so no item is burned on it."""
+        self.reuse.close()
         self.log("slot-refused", generation=self.generation,
                           path=str(self.ws.worktree(self.id)), why=self.refused)
         self.beat(force=True, state="refused", doing=self.refused, item=None, item_id=None,
@@ -383,7 +387,7 @@ class Worker:
         branch = item_branch(claim.id)
         try:
             previous = worktrees.accept(self.repo, branch, att.sha or "",
-                                        on_stale_lock=self._stale_lock_removed)
+                                        on_stale_lock=self._stale_lock_removed, reuse=self.reuse)
         except worktrees.GitError as exc:
             att.end("failed", f"could not set branch {branch}: {exc}")
             return claim.fail(f"failed: {att.detail}")

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 import psutil
+
+from harness.repo import refstream
 
 _LOCK_IN_STDERR = re.compile(r"Unable to create '([^']+\.lock)': File exists")
 _MARGIN = 1.0  # seconds: a lock made within this of a git process's start may be its own
@@ -29,15 +32,24 @@ def lock_in(stderr: str) -> Path | None:
 
 
 def _git_processes_start() -> float | None:
-    """The earliest start time of a git process on this host (None if none runs)."""
-    earliest = None
-    for proc in psutil.process_iter(["name", "create_time"]):
+    """The earliest time a git process on this host may have taken a lock still held (None
+    if none runs): its start, or for a harness ref stream (repo.refstream), which holds
+    locks only inside one transaction, the start of the longest transaction it may run."""
+    earliest, now = None, time.time()
+    for proc in psutil.process_iter(["name", "create_time", "cmdline"]):
         name = proc.info.get("name") or ""
         if name == "git" or name.startswith("git-"):
             t = proc.info.get("create_time")
+            if t is not None and _is_ref_stream(proc.info.get("cmdline") or []):
+                t = max(t, now - refstream.HOLD_MAX)
             if t is not None and (earliest is None or t < earliest):
                 earliest = t
     return earliest
+
+
+def _is_ref_stream(argv: list[str]) -> bool:
+    return (len(argv) == 5 and argv[1:3] == ["update-ref", "-m"] and argv[4] == "--stdin"
+            and argv[3].startswith(refstream.MARK))
 
 
 def is_stale(lock: Path) -> bool:

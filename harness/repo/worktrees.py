@@ -31,10 +31,13 @@ Rules (research/fsqueue.md §3.3):
   is dead.
 
 The hot path reads git's administrative files directly where that is exact
-(is this directory a registered worktree? which sha is HEAD now?) and runs
-three git processes per ``start_attempt`` (status, checkout, clean) when the
-tree is already clean, four on the first attempt after creation (plus a
-reachability check of the detached HEAD). ``bench/worktree_cost.py`` measures it.
+(is this directory a registered worktree? which sha is HEAD now?,
+:mod:`harness.repo.gitfiles`). Without a :class:`~harness.repo.reuse.Reuse`, an
+item runs three git processes (status, checkout, update-ref) when the tree is
+already clean, four on the first attempt after creation (plus a reachability
+check of the detached HEAD); with one, an item that changes nothing runs none
+(see :mod:`harness.repo.reuse`). ``bench/overhead.py`` and
+``bench/worktree_cost.py`` measure it.
 """
 
 from __future__ import annotations
@@ -47,22 +50,23 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import filelock
 
 from harness.paths import UnsafePath, check_inside, user_umask
-from harness.repo import locks
+from harness.repo import gitfiles, locks, snapshot
+from harness.repo import reuse as reuse_mod
+from harness.repo.refstream import RefRejected
 from harness.repo.gitenv import git_env
 
 LOCK_NAME = "harness-worktrees.lock"
 LOCK_TIMEOUT = 600.0  # seconds; a worktree add of a large repo can take a while
 SAVE_MESSAGE = "harness: save uncommitted work before next attempt"
+ACCEPT_MESSAGE = "parallel-harness: accept"
 RESCUE_PREFIX = "harness-rescue/"
 # Branches the harness owns: uncommitted work found on them is committed onto them.
 HARNESS_BRANCH_PREFIXES = ("harness/", "harness-")
 
-_SHA = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 _UNSAFE_REF_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -133,34 +137,6 @@ def _git_wt(args: Sequence[str], wt: Path, **kw) -> subprocess.CompletedProcess[
 # -- reading git's administrative files -------------------------------------------------
 
 
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8", errors="surrogateescape").strip()
-    except (OSError, ValueError):
-        return None
-
-
-def _path_in(base: Path, text: str) -> Path:
-    p = Path(text)
-    return p if p.is_absolute() else base / p
-
-
-def _gitdir_of(wt: Path) -> Path | None:
-    """The git dir of a worktree: ``.git`` itself, or where its ``.git`` file points."""
-    dotgit = wt / ".git"
-    if dotgit.is_dir():
-        return dotgit
-    text = _read(dotgit)
-    if not text or not text.startswith("gitdir:"):
-        return None
-    return _path_in(wt, text[len("gitdir:"):].strip())
-
-
-def _common_of_gitdir(gitdir: Path) -> Path:
-    text = _read(gitdir / "commondir")
-    return _path_in(gitdir, text) if text else gitdir
-
-
 def common_dir(repo: Path) -> Path:
     """The repository's common git dir, resolved (where refs and locks live)."""
     return _common_dir(Path(repo))
@@ -169,22 +145,22 @@ def common_dir(repo: Path) -> Path:
 def git_dirs(wt: Path) -> tuple[Path, Path]:
     """(the worktree's own git dir, the common git dir), resolved, read from the files
     git keeps (no git process). GitError if ``wt`` is no worktree."""
-    gitdir = _gitdir_of(Path(wt))
+    gitdir = gitfiles.gitdir_of(Path(wt))
     if gitdir is None or not (gitdir / "HEAD").is_file():
         raise GitError("not a git worktree (no .git pointing at a git dir)", path=Path(wt))
-    return gitdir.resolve(), _common_of_gitdir(gitdir).resolve()
+    return gitdir.resolve(), gitfiles.common_of_gitdir(gitdir).resolve()
 
 
 def _common_dir(repo: Path) -> Path:
     """The repository's common git dir (``.git`` of the main worktree, or a bare repo)."""
     repo = Path(repo)
-    gitdir = _gitdir_of(repo)
+    gitdir = gitfiles.gitdir_of(repo)
     if gitdir is None and (repo / "HEAD").is_file() and (repo / "objects").is_dir():
         gitdir = repo  # bare repository
     if gitdir is not None and (gitdir / "HEAD").is_file():
-        return _common_of_gitdir(gitdir).resolve()
+        return gitfiles.common_of_gitdir(gitdir).resolve()
     proc = _git(["rev-parse", "--git-common-dir"], repo, what="find the repository")
-    return _path_in(repo, proc.stdout.strip()).resolve()
+    return gitfiles.path_in(repo, proc.stdout.strip()).resolve()
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -196,7 +172,7 @@ def _same(a: Path, b: Path) -> bool:
 
 def _initializing(admin: Path) -> bool:
     """``git worktree add`` writes ``locked`` = "initializing" first and removes it last."""
-    return _read(admin / "locked") == "initializing"
+    return gitfiles.read(admin / "locked") == "initializing"
 
 
 @dataclass(frozen=True)
@@ -212,17 +188,17 @@ def _classify(path: Path, common: Path) -> _Slot:
         return _Slot("symlink")  # never followed: it may lead to any checkout
     if not path.is_dir() or (path / ".git").is_dir():
         return _Slot("foreign")  # a file, or a repository of its own
-    gitdir = _gitdir_of(path)
+    gitdir = gitfiles.gitdir_of(path)
     if gitdir is None:
         return _Slot("unregistered")
     if not _same(gitdir.parent, common / "worktrees"):
         # Points into another repository: not ours to touch if that one knows it.
-        back = _read(gitdir / "gitdir")
-        if back and _same(_path_in(gitdir, back), path / ".git"):
+        back = gitfiles.read(gitdir / "gitdir")
+        if back and _same(gitfiles.path_in(gitdir, back), path / ".git"):
             return _Slot("foreign", gitdir)
         return _Slot("unregistered")
-    back = _read(gitdir / "gitdir")
-    if not back or not _same(_path_in(gitdir, back), path / ".git") \
+    back = gitfiles.read(gitdir / "gitdir")
+    if not back or not _same(gitfiles.path_in(gitdir, back), path / ".git") \
             or not (gitdir / "HEAD").is_file():
         return _Slot("unregistered")
     return _Slot("initializing" if _initializing(gitdir) else "ok", gitdir)
@@ -247,16 +223,9 @@ def _holds_files(path: Path) -> bool:
 
 def _head_sha(wt: Path) -> str:
     """HEAD's sha, from the files a ref update just wrote (no process); git as a fallback."""
-    gitdir = _gitdir_of(wt)
-    if gitdir is not None:
-        head = _read(gitdir / "HEAD")
-        if head and _SHA.fullmatch(head):
-            return head
-        if head and head.startswith("ref: refs/heads/"):
-            sha = _ref_in_files(_common_of_gitdir(gitdir), head[len("ref: "):])
-            if isinstance(sha, str):
-                return sha
-    return _git_wt(["rev-parse", "--verify", "HEAD^{commit}"], wt).stdout.strip()
+    gitdir = gitfiles.gitdir_of(wt)
+    sha = gitfiles.head_in_files(gitdir) if gitdir is not None else None
+    return sha or _git_wt(["rev-parse", "--verify", "HEAD^{commit}"], wt).stdout.strip()
 
 
 # -- status -------------------------------------------------------------------------------
@@ -366,12 +335,12 @@ def _discard_crashed_add(path: Path, common: Path) -> None:
     are git's partial checkout, never handed out to anyone.
     """
     for admin in _admins(common):
-        back = _read(admin / "gitdir")
+        back = gitfiles.read(admin / "gitdir")
         if not back or not _initializing(admin):
             continue
-        if os.path.realpath(_path_in(admin, back)) != os.path.realpath(path / ".git"):
+        if os.path.realpath(gitfiles.path_in(admin, back)) != os.path.realpath(path / ".git"):
             continue
-        gitdir = _gitdir_of(path) if path.is_dir() and not path.is_symlink() else None
+        gitdir = gitfiles.gitdir_of(path) if path.is_dir() and not path.is_symlink() else None
         if gitdir is not None and _same(gitdir, admin):
             shutil.rmtree(path)
         shutil.rmtree(admin, ignore_errors=True)
@@ -380,11 +349,11 @@ def _discard_crashed_add(path: Path, common: Path) -> None:
 def _prune(repo: Path, common: Path) -> None:
     """``git worktree prune``, after giving unreachable detached HEADs of the pruned a branch."""
     for admin in _admins(common):
-        back = _read(admin / "gitdir")
-        if (back and os.path.exists(_path_in(admin, back))) or (admin / "locked").exists():
+        back = gitfiles.read(admin / "gitdir")
+        if (back and os.path.exists(gitfiles.path_in(admin, back))) or (admin / "locked").exists():
             continue  # alive, or locked (also: an add in progress): prune keeps it
-        head = _read(admin / "HEAD")
-        if head and _SHA.fullmatch(head) and not _reachable(repo, head):
+        head = gitfiles.read(admin / "HEAD")
+        if head and gitfiles.SHA.fullmatch(head) and not _reachable(repo, head):
             _create_rescue_ref(repo, admin.name, head)
     _git(["worktree", "prune"], repo, what="git worktree prune")
 
@@ -504,7 +473,7 @@ def has_unsaved_work(wt: Path) -> bool:
     wt = Path(wt)
     if not os.path.lexists(wt):
         return False
-    gitdir = _gitdir_of(wt)
+    gitdir = gitfiles.gitdir_of(wt)
     if gitdir is None or not (gitdir / "HEAD").is_file():
         return _holds_files(wt)  # not (or no longer) a worktree: any file may be work
     st = _status(wt, optional_locks=False)
@@ -539,16 +508,23 @@ def _save(wt: Path, st: _Status) -> str | None:
 
 
 def start_attempt(wt: Path, target: str, branch: str, *, clean_ignored: bool = False,
-                  assume_clean: bool = False) -> str:
+                  assume_clean: bool = False, reuse: reuse_mod.Reuse | None = None) -> str:
     """Check out a fresh ``branch`` at ``target`` in the worktree, clean; return the start sha.
 
     Everything in the worktree is saved first (see :func:`save_work`). If
     ``branch`` already exists with commits that ``target`` lacks, they get a
     rescue branch before the branch is moved. ``assume_clean`` skips that
     check: only for a caller that has itself just committed everything here
-    (:func:`commit_attempt`) and has held the worktree since.
+    (:func:`commit_attempt`) and has held the worktree since. With ``reuse``, a tree that
+    nothing changed since git found it clean, already at ``target``, is switched to the
+    new branch without a git process (:func:`harness.repo.reuse.switch_in_place`).
     """
     wt = Path(wt)
+    if reuse is not None and not clean_ignored:
+        sha = reuse_mod.switch_in_place(reuse, wt, target, branch)
+        if sha is not None:
+            return sha
+        reuse.clean = None  # the checkout below may change files: git says clean again first
     dirty = False
     if not assume_clean:
         st = _status(wt)
@@ -572,10 +548,16 @@ def start_attempt(wt: Path, target: str, branch: str, *, clean_ignored: bool = F
     return _head_sha(wt)
 
 
-def commit_attempt(wt: Path, message: str) -> str:
-    """``git add -A`` and commit if anything changed; return HEAD's sha either way."""
+def commit_attempt(wt: Path, message: str, *, reuse: reuse_mod.Reuse | None = None) -> str:
+    """``git add -A`` and commit if anything changed; return HEAD's sha either way.
+
+    With ``reuse``: a tree that nothing changed since git last found it clean needs no
+    ``git status``; a clean status leaves a new snapshot in ``reuse`` for next time.
+    """
     wt = Path(wt)
-    st = _status(wt)
+    if reuse is not None and (sha := reuse_mod.still_clean(reuse, wt)) is not None:
+        return sha
+    st = _status(wt) if reuse is None else _status_remembered(wt, reuse)
     if not st.dirty:
         if st.oid is None:
             raise GitError("nothing committed yet (unborn HEAD)", path=wt)
@@ -584,65 +566,61 @@ def commit_attempt(wt: Path, message: str) -> str:
     return _head_sha(wt)
 
 
+def _status_remembered(wt: Path, reuse: reuse_mod.Reuse) -> _Status:
+    """``git status``, bracketed by two snapshots: when both agree, nothing changed while
+    git looked, so a clean verdict holds for the tree they recorded (``reuse.clean``)."""
+    reuse.clean = None
+    gitdir = gitfiles.gitdir_of(wt)
+    if gitdir is None:
+        return _status(wt)
+    common = gitfiles.common_of_gitdir(gitdir)
+    head = functools.partial(gitfiles.head_in_files, gitdir)
+    before = snapshot.take(wt, gitdir, common, head)
+    st = _status(wt)
+    if before is None or st.dirty or st.oid != before.head:
+        return st
+    after = snapshot.take(wt, gitdir, common, head)
+    if after is not None and after.head == before.head and after.tree == before.tree:
+        reuse.clean = after
+    return st
+
+
 def accept(repo: Path, item_branch: str, sha: str,
-           on_stale_lock: Callable[[Path], None] | None = None) -> str | None:
+           on_stale_lock: Callable[[Path], None] | None = None, *,
+           reuse: reuse_mod.Reuse | None = None) -> str | None:
     """Point ``refs/heads/<item_branch>`` at the accepted attempt's commit; return the
     commit it pointed at before (None if it did not exist).
 
     A stale ref lock (git's rule: older than every running git, see repo.locks) is
     removed, reported to ``on_stale_lock``, and the update tried once more; any other
-    failure raises GitError with git's message.
+    failure raises GitError with git's message. With ``reuse`` the update goes through
+    its long-lived ``git update-ref --stdin`` first; any refusal there is retried here.
     """
     if item_branch.startswith("refs/") or not item_branch:
         raise GitError(f"expected a branch name, got {item_branch!r}", path=repo)
-    if not _SHA.fullmatch(sha) or not sha.strip("0"):  # the null sha would delete the branch
+    if not gitfiles.SHA.fullmatch(sha) or not sha.strip("0"):  # the null sha would delete the branch
         raise GitError(f"expected a commit sha, got {sha!r}", path=repo)
     repo = Path(repo)
     ref = f"refs/heads/{item_branch}"
-    read = _ref_in_files(_common_dir(repo), ref)
-    previous = _ref_value(repo, ref) if read is _UNKNOWN else read
-    args = ["update-ref", "-m", "parallel-harness: accept", ref, sha]
+    read = gitfiles.ref_in_files(_common_dir(repo), ref)
+    previous = _ref_value(repo, ref) if read is gitfiles.UNKNOWN else read
+    if reuse is not None:
+        try:
+            reuse.stream(repo, ACCEPT_MESSAGE).update(ref, sha, previous)
+            return previous
+        except RefRejected:
+            pass  # a stale lock, a wrong read: the process path below tells which
+    args = ["update-ref", "-m", ACCEPT_MESSAGE, ref, sha]
     try:
         _git_unlocking(repo, [*args, previous or ""], f"update {item_branch}", on_stale_lock)
     except GitError:
         # The update is a compare-and-swap on the value read: a value read from the
         # files wrongly fails it and changes nothing. Read it the slow way and try again.
-        if read is _UNKNOWN or (actual := _ref_value(repo, ref)) == previous:
+        if read is gitfiles.UNKNOWN or (actual := _ref_value(repo, ref)) == previous:
             raise
         previous = actual
         _git_unlocking(repo, [*args, previous or ""], f"update {item_branch}", on_stale_lock)
     return previous
-
-
-_UNKNOWN: Any = object()  # the ref's files say nothing certain: ask git
-
-
-def _ref_in_files(common: Path, ref: str) -> str | None | Any:
-    """A branch's sha read from the files git keeps (no process): the loose ref, else
-    packed-refs; None if it is in neither; ``_UNKNOWN`` if the files cannot tell (a
-    symbolic or odd ref, the reftable format, a read error). Saves a git process per
-    item in :func:`accept`, where a wrong answer only fails the compare-and-swap."""
-    if (common / "reftable").exists():
-        return _UNKNOWN
-    try:
-        text = (common / ref).read_bytes().decode("ascii").strip()
-    except FileNotFoundError:
-        pass
-    except (OSError, ValueError):
-        return _UNKNOWN
-    else:
-        return text if _SHA.fullmatch(text) else _UNKNOWN
-    try:
-        packed = (common / "packed-refs").read_bytes().decode("utf-8", "surrogateescape")
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return _UNKNOWN
-    at = packed.find(f" {ref}\n")
-    if at < 0:
-        return None if packed.endswith("\n") or not packed else _UNKNOWN
-    line = packed[packed.rfind("\n", 0, at) + 1:at]
-    return line if _SHA.fullmatch(line) else _UNKNOWN
 
 
 def restore_branch(repo: Path, item_branch: str, previous: str | None, *, expect: str) -> bool:
@@ -687,7 +665,7 @@ def remove_stale_index_lock(wt: Path, owner_dead: bool) -> bool:
     """
     if not owner_dead or os.path.islink(wt):
         return False
-    gitdir = _gitdir_of(Path(wt))
+    gitdir = gitfiles.gitdir_of(Path(wt))
     if gitdir is None:
         return False
     removed = False
