@@ -246,7 +246,8 @@ def worker_loop(ws, n_expected: int) -> list[float]:
             cycles.append(now - last)
         last = now
     w.hb.remove()
-    w.reuse.close()
+    if w.reuse is not None:
+        w.reuse.close()
     if done != n_expected:
         raise RuntimeError(f"in-process worker processed {done}/{n_expected} items")
     return cycles

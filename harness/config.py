@@ -63,6 +63,7 @@ class GitConfig(_Section):
     target_branch: str = Field("main", description="every attempt starts from this branch; merges go here")
     verify: str | list[str] = Field("", description="command run in the worktree after the agent; failure = verify_failed")
     verify_timeout: float = Field(900.0, gt=0, description="seconds before verify is killed")
+    reuse: bool = Field(True, description="an item that changes no file runs no git process: git's last clean status stands while nothing in the worktree changed (docs/operations.md, What git runs for each item); false: status, checkout and update-ref processes every item")
     integrate: Literal["none", "merge", "push", "merge-push", "pr"] = Field("none", description="none: results stay on harness/<id>; merge: into target_branch here; push: harness/<id> to the remote; merge-push: merged into the remote's target_branch; pr: pushed, then pr_command")
     remote: str = Field("", description="git remote (a name such as origin, or a URL) for push, merge-push and pr; also the base every attempt starts from")
     push_prefix: str = Field("harness/", description="a done item's branch on the remote is this prefix + its id")

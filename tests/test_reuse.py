@@ -273,3 +273,58 @@ def test_a_stream_older_than_a_lock_does_not_keep_it_alive(repo, monkeypatch):
             plain.wait(timeout=10)
     finally:
         s.close()
+
+
+def _pool_git_calls(tmp_path: Path, monkeypatch, path: str, reuse_on: bool,
+                    items: int) -> dict[str, int]:
+    """Run ``items`` no-change items through a real coordinator and worker with a git shim
+    on PATH; return how many git processes of each subcommand ran."""
+    import shutil
+
+    from harness.queue.core import Queue
+    from tests.wsutil import events, make_workspace, start_coordinator
+
+    real = shutil.which("git")
+    shim_dir = tmp_path / "shim"
+    shim_dir.mkdir(parents=True)
+    log = tmp_path / "git-calls"
+    (shim_dir / "git").write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {log}\nexec {real} "$@"\n')
+    (shim_dir / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim_dir}:{path}")
+    ws = make_workspace(tmp_path / "ws", f"[git]\nreuse = {'true' if reuse_on else 'false'}\n")
+    q = Queue(ws.queue_dir)
+    for i in range(items):
+        q.enqueue({"id": f"n{i:02d}", "command": ["true"]})
+    log.write_text("")
+    coord = start_coordinator(ws, "--agents", "1")
+    try:
+        assert coord.wait(timeout=120) == 0
+    finally:
+        if coord.poll() is None:
+            os.killpg(coord.pid, 9)  # the session it was started in, recorded by Popen
+            coord.wait()
+    ends = [e for e in events(ws) if e["event"] == "attempt-end"]
+    assert sorted(e["item"] for e in ends if e.get("reason") == "succeeded") == \
+        [f"n{i:02d}" for i in range(items)]
+    main = git(ws.root, "rev-parse", "main")
+    for i in range(items):
+        assert git(ws.root, "rev-parse", f"harness/n{i:02d}") == main
+    counts: dict[str, int] = {}
+    for line in log.read_text().splitlines():
+        args = line.split()
+        while args and args[0] in ("-c", "-C"):
+            args = args[2:]
+        sub = " ".join(args[:1] + (["--stdin"] if "--stdin" in args else []))
+        counts[sub] = counts.get(sub, 0) + 1
+    return counts
+
+
+def test_the_pool_runs_no_git_per_no_change_item_unless_reuse_is_off(tmp_path, monkeypatch):
+    items = 12
+    path = os.environ["PATH"]
+    on = _pool_git_calls(tmp_path / "on", monkeypatch, path, True, items)
+    off = _pool_git_calls(tmp_path / "off", monkeypatch, path, False, items)
+    assert off.get("status", 0) >= items and off.get("checkout", 0) >= items
+    assert off.get("update-ref", 0) >= items and "update-ref --stdin" not in off
+    assert on.get("status", 0) + on.get("checkout", 0) + on.get("update-ref", 0) <= 6, on
+    assert on.get("update-ref --stdin", 0) == 2, on  # one worker: its two streams, all along

@@ -79,7 +79,7 @@ class AttemptRunner:
         session_id = att.resumed["session_id"] if att.resumed else str(uuid.uuid4())
         try:
             start = att.resumed["commit"] if att.resumed else self._base()
-            self.w.beat(force=True, doing="preparing worktree")
+            self.w.beat(doing="preparing worktree")  # written if due: the claim beat just was
             wt = worktrees.ensure_worktree(self.w.repo, self.w.ws.worktree(self.w.id),
                                            self.w.cfg.git.target_branch, within=self.w.ws.root)
             clean, self.w.committed_clean = self.w.committed_clean, False

@@ -67,9 +67,11 @@ class Worker:
         self.template_path = ws.root / cfg.paths.bootstrap
         self.stopping = False
         self.committed_clean = False  # our last commit_attempt left the worktree clean
-        self.reuse = Reuse()  # what git last said of our worktree, and our ref-update stream
+        # What git last said of our worktree, and our ref-update streams ([git] reuse).
+        self.reuse = Reuse() if cfg.git.reuse else None
         self.runner = AttemptRunner(self)
         self._last_beat = 0.0
+        self._idle_unwritten = False  # an attempt ended; the heartbeat still names its item
         self._coordinator_gone_since: float | None = None
         self._coordinator_checked = -1e9
         self._buried_checked = -1e9
@@ -113,7 +115,8 @@ class Worker:
             paused = self.ws.interrupt_reason()
             claim = None if paused else self._claim()
             if claim is None:
-                self.beat(state="paused" if paused else "idle", doing=paused, item=None,
+                self.beat(force=self._idle_unwritten, state="paused" if paused else "idle",
+                          doing=paused, item=None,
                           item_id=None, attempt=None)
                 time.sleep(IDLE_POLL)
                 continue
@@ -121,9 +124,13 @@ class Worker:
         if self.refused:
             return self._refuse()
         self.log("worker-exit", generation=self.generation, reason=reason)
-        self.reuse.close()
+        self._close_reuse()
         self.hb.remove()
         return 0
+
+    def _close_reuse(self) -> None:
+        if self.reuse is not None:
+            self.reuse.close()
 
     def _slot_is_safe(self) -> bool:
         """The worktree path is inside the workspace through no symlink (checked with lstat
@@ -134,7 +141,7 @@ class Worker:
     def _refuse(self) -> int:
         """Stop without claiming: the coordinator starts no worker in this slot until the
         operator fixes the path, so no item is burned on it."""
-        self.reuse.close()
+        self._close_reuse()
         self.log("slot-refused", generation=self.generation,
                           path=str(self.ws.worktree(self.id)), why=self.refused)
         self.beat(force=True, state="refused", doing=self.refused, item=None, item_id=None,
@@ -159,6 +166,7 @@ class Worker:
                 self._fault("heartbeat", exc)
                 return False
             self._last_beat = now
+            self._idle_unwritten = False
             self._fault_cleared("heartbeat")
         return True
 
@@ -274,9 +282,11 @@ class Worker:
             att = Attempt().end("failed", _harness_error(exc, log_dir))
         queue_state = self._record_retrying(claim, att)
         self._write_results(claim, att, log_dir, started, queue_state)
-        self.beat(force=True, state="idle", item=None, item_id=None, attempt=None,
+        # Written by the next claim's beat, or forced by the loop if nothing is claimed.
+        self.beat(state="idle", item=None, item_id=None, attempt=None,
                   claimed_at=None, doing=None, agent_pid=None, agent_start=None,
                   tokens=None, cost_usd=None, turns=None, last_tool=None)
+        self._idle_unwritten = True
         # What left the agent's process group and lost its parent is now our child.
         self._kill_leftovers(f"escaped from {claim.id}~{claim.attempt}",
                              orphans.marked(self.ws.root, orphans.children()))

@@ -110,8 +110,10 @@ def switch_in_place(reuse: Reuse, wt: Path, target: str, branch: str) -> str | N
         reuse.stream(wt, START_MESSAGE).create(f"refs/heads/{branch}", sha)
     except RefRejected:
         return None
-    # Crash point: the branch exists and HEAD is not on it yet. The fallback (and the
-    # next attempt after a crash) runs git checkout -B, which takes the branch over.
+    # The branch first, HEAD after: git updating a branch that HEAD names would also log
+    # to HEAD and take HEAD.lock. Crash point here: the branch exists and HEAD is not on
+    # it; the fallback (and the next attempt after a crash) runs git checkout -B, which
+    # takes the branch over.
     return sha if _point_head(gitdir, branch, sha) else None
 
 
