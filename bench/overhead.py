@@ -13,6 +13,8 @@ Peers, all measured in this run:
                     log files and events. ms/item = steady state, (last attempt-end - first
                     attempt-end) / (items - 1), which leaves out start-up and the first
                     item's `git worktree add`; the wall time is printed too
+  pipeline, reuse off  the same with HARNESS_GIT_REUSE=false: a git process per step
+                    (status, checkout -b, update-ref), what the worker ran before reuse
   worker alone      the same items run by one `python -m harness.pool.worker` process with no
                     coordinator (SIGTERM once done/ holds them all): tells the worker
                     process's own cost from the coordinator's effect on it
@@ -26,9 +28,9 @@ Peers, all measured in this run:
                     Perl start-up is left out as the pipeline's is; its overhead = per job
                     - bare spawn. Skipped (and said) where `parallel` is not installed
 
-Each round runs bare / pipeline / worker alone / in-process once (--items items each), the
-order rotated from round to round; per round a peer's figure is the median item (the
-pipeline's and worker-alone's from the event log, over windows of 10 items) and the mean;
+Each round runs bare / pipeline / reuse off / worker alone / in-process once (--items items
+each), the order rotated from round to round; per round a peer's figure is the median item
+(the pipelines' and worker-alone's from the event log, over windows of 10 items) and the mean;
 tables give medians over rounds. Harness overhead = pipeline ms/item - bare spawn
 ms/item. Targets (issue 15): <= 5 ms median, and under GNU parallel's overhead measured
 in the same run.
@@ -106,11 +108,15 @@ def gnu_parallel(n: int) -> float | None:
     return (wall(n) - one) / (n - 1)
 
 
-def pipeline(bench: Bench, n: int) -> dict:
-    ws = bench.workspace("pipeline")
+def pipeline(bench: Bench, n: int, reuse: bool = True) -> dict:
+    ws = bench.workspace("pipeline" if reuse else "pipeline-noreuse")
     enqueue_true(ws, n)
     t0 = time.perf_counter()
-    proc = bench.start_coordinator(ws, "--agents", "1")
+    os.environ["HARNESS_GIT_REUSE"] = "true" if reuse else "false"  # the pool inherits it
+    try:
+        proc = bench.start_coordinator(ws, "--agents", "1")
+    finally:
+        del os.environ["HARNESS_GIT_REUSE"]
     code = proc.wait(timeout=120 + n)
     wall = time.perf_counter() - t0
     evs = events(ws)
@@ -324,7 +330,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run")
     ap.add_argument("--items", type=int, default=None, help="items (default 200; quick 30)")
     ap.add_argument("--rounds", type=int, default=None,
-                    help="rounds of the four peers, order rotated (default 4; quick 1)")
+                    help="rounds of the five peers, order rotated (default 4; quick 1)")
     ap.add_argument("--cycles", type=int, default=None, help="worktree add+remove cycles (10)")
     ap.add_argument("--reps", type=int, default=None, help="reps per component (50; quick 10)")
     ap.add_argument("--no-profile", action="store_true", help="skip the cProfile section")
@@ -340,7 +346,7 @@ def main() -> int:
         print(machine_line(bench.tempdir("probe")))
         print(f"items {n}; agent command ['true'] (shell preset, no /bin/sh); repo ="
               " harness.cli.demo.make_repo (2 tracked files); "
-              f"{rounds} round(s) of the four peers, order rotated\n", flush=True)
+              f"{rounds} round(s) of the five peers, order rotated\n", flush=True)
         gt = GitTimer()
         res = []
         for r in range(rounds):
@@ -353,6 +359,9 @@ def main() -> int:
             def run_pipe() -> None:
                 out["pipe"] = pipeline(bench, n)
 
+            def run_noreuse() -> None:
+                out["noreuse"] = pipeline(bench, n, reuse=False)
+
             def run_alone() -> None:
                 out["alone"] = worker_alone(bench, n)
 
@@ -363,14 +372,16 @@ def main() -> int:
                     cyc = worker_loop(ws, n)
                 out["inproc"] = {"mean": sum(cyc) / len(cyc), "med": med(cyc)}
 
-            steps = [run_bare, run_pipe, run_alone, run_inproc]
-            for step in steps[r % 4:] + steps[:r % 4]:  # rotate the order over rounds
+            steps = [run_bare, run_pipe, run_noreuse, run_alone, run_inproc]
+            for step in steps[r % 5:] + steps[:r % 5]:  # rotate the order over rounds
                 step()
             res.append(out)
             print(f"  round {r + 1}/{rounds}, ms/item mean (median): bare"
                   f" {out['bare']['mean'] * 1000:5.2f} ({out['bare']['med'] * 1000:5.2f}),"
                   f" pipeline {out['pipe']['steady'] * 1000:6.2f}"
-                  f" ({out['pipe']['steady_med'] * 1000:6.2f}), worker alone"
+                  f" ({out['pipe']['steady_med'] * 1000:6.2f}), reuse off"
+                  f" {out['noreuse']['steady'] * 1000:6.2f}"
+                  f" ({out['noreuse']['steady_med'] * 1000:6.2f}), worker alone"
                   f" {out['alone']['mean'] * 1000:6.2f} ({out['alone']['med'] * 1000:6.2f}),"
                   f" in-process {out['inproc']['mean'] * 1000:6.2f}"
                   f" ({out['inproc']['med'] * 1000:6.2f}); load {load_avg()}", flush=True)
@@ -389,6 +400,8 @@ def main() -> int:
     rows = [('bare spawn: subprocess.run(["true"])', m("bare", "med"), m("bare", "mean")),
             ("pipeline: coordinator + 1 worker, steady state", m("pipe", "steady_med"),
              m("pipe", "steady")),
+            ("pipeline with [git] reuse = false (git per step)", m("noreuse", "steady_med"),
+             m("noreuse", "steady")),
             ("worker process alone (no coordinator)", m("alone", "med"), m("alone", "mean")),
             ("in-process Worker.process loop (no coordinator)", m("inproc", "med"),
              m("inproc", "mean"))]
@@ -410,6 +423,8 @@ def main() -> int:
           f" {over_mean:.2f} ms/item; target <= {TARGET_MS:g} ms:"
           f" {'PASS' if over <= TARGET_MS else 'FAIL'} (median),"
           f" {'PASS' if over_mean <= TARGET_MS else 'FAIL'} (mean)")
+    off = m("noreuse", "steady_med") - m("bare", "med")
+    print(f"with [git] reuse = false: {off:.2f} ms/item; reuse on / off = {over / off:.2f}x")
     if par[0] is not None:
         par_over = med(par) * 1000 - m("bare", "med")
         print(f"GNU parallel's overhead = per job - bare spawn: {par_over:.2f} ms/job; harness"

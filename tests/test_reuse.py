@@ -328,3 +328,11 @@ def test_the_pool_runs_no_git_per_no_change_item_unless_reuse_is_off(tmp_path, m
     assert off.get("update-ref", 0) >= items and "update-ref --stdin" not in off
     assert on.get("status", 0) + on.get("checkout", 0) + on.get("update-ref", 0) <= 6, on
     assert on.get("update-ref --stdin", 0) == 2, on  # one worker: its two streams, all along
+
+
+def test_a_stream_that_cannot_start_is_a_rejection_and_accept_says_why(repo, tmp_path, memo):
+    s = RefStream(tmp_path / "gone", "parallel-harness: test")
+    with pytest.raises(RefRejected, match="cannot start"):
+        s.update("refs/heads/x", "1" * 40, None)
+    with pytest.raises(worktrees.GitError):  # the process path then gives git's own error
+        worktrees.accept(repo, "harness/x", "1" * 40, reuse=memo)

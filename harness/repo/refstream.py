@@ -66,7 +66,10 @@ class RefStream:
     def apply(self, command: str) -> None:
         if "\n" in command:
             raise ValueError(f"one command, one line: {command!r}")
-        proc = self._proc or self._start()
+        try:
+            proc = self._proc or self._start()
+        except OSError as exc:  # git not installed, the directory gone
+            raise self._failed(f"cannot start git update-ref --stdin: {exc}") from exc
         try:
             proc.stdin.write(f"start\n{command}\nprepare\ncommit\n".encode())
             proc.stdin.flush()

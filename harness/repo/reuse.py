@@ -69,8 +69,11 @@ class Reuse:
         """Asked of git once per snapshot (``core.hooksPath`` lives in the config files the
         snapshot watches); True when git cannot say, so that the caller runs git."""
         if self._hook is None or self._hook[0] is not snap:
-            proc = subprocess.run(["git", "rev-parse", "--git-path", "hooks/post-checkout"],
-                                  cwd=wt, env=git_env(), capture_output=True, text=True)
+            try:
+                proc = subprocess.run(["git", "rev-parse", "--git-path", "hooks/post-checkout"],
+                                      cwd=wt, env=git_env(), capture_output=True, text=True)
+            except OSError:
+                return True  # git's own run will say what is wrong
             path = gitfiles.path_in(Path(wt), proc.stdout.strip())
             self._hook = (snap, proc.returncode != 0 or os.path.lexists(path))
         return self._hook[1]
