@@ -26,7 +26,9 @@ Peers, all measured in this run:
   GNU parallel      `parallel -j1 true ::: 1..N` (Debian's `parallel`), the peer the issue
                     names: per job = (wall of N jobs - wall of 1 job) / (N - 1), so its
                     Perl start-up is left out as the pipeline's is; its overhead = per job
-                    - bare spawn. Skipped (and said) where `parallel` is not installed
+                    - bare spawn. Also with --results DIR --joblog FILE (a file per job's
+                    output, as the harness keeps per attempt). Skipped (and said) where
+                    `parallel` is not installed (apt-get install parallel)
 
 Each round runs bare / pipeline / reuse off / worker alone / in-process once (--items items
 each), the order rotated from round to round; per round a peer's figure is the median item
@@ -57,6 +59,7 @@ import pstats
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -92,15 +95,22 @@ def bare_spawn(n: int) -> list[float]:
     return out
 
 
-def gnu_parallel(n: int) -> float | None:
-    """Seconds per job of `parallel -j1 true` over n jobs, start-up left out; None if absent."""
+def gnu_parallel(n: int, logs: Path | None = None) -> float | None:
+    """Seconds per job of `parallel -j1 true` over n jobs, start-up left out; None if absent.
+    With ``logs``, each job's output is kept (--results) and a job log written (--joblog),
+    the nearest GNU parallel comes to the harness's per-attempt files."""
     exe = shutil.which("parallel")
     if exe is None:
         return None
 
     def wall(jobs: int) -> float:
+        keep = []
+        if logs is not None:
+            run_dir = Path(tempfile.mkdtemp(dir=logs))
+            keep = ["--results", str(run_dir / "out"), "--joblog", str(run_dir / "joblog")]
         t0 = time.perf_counter()
-        subprocess.run([exe, "--will-cite", "-j1", "true", ":::", *map(str, range(jobs))],
+        subprocess.run([exe, "--will-cite", "-j1", *keep, "true", ":::",
+                        *map(str, range(jobs))],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return time.perf_counter() - t0
 
@@ -387,6 +397,7 @@ def main() -> int:
                   f" ({out['inproc']['med'] * 1000:6.2f}); load {load_avg()}", flush=True)
         raw, api = worktree_cycles(bench, cycles)
         par = [gnu_parallel(n) for _ in range(rounds)]
+        par_logs = [gnu_parallel(n, bench.tempdir("parallel-results")) for _ in range(rounds)]
         parts = components(bench, reps)
         prof = None if args.no_profile else profile(bench, n_prof, 25)
 
@@ -417,6 +428,7 @@ def main() -> int:
         print(f"{'GNU parallel -j1 true, per job':<50} (not installed: apt-get install parallel)")
     else:
         print(f"{'GNU parallel -j1 true, per job (start-up out)':<50} {med(par) * 1000:>8.2f}")
+        print(f"{'  the same with --results and --joblog':<50} {med(par_logs) * 1000:>8.2f}")
     over = m("pipe", "steady_med") - m("bare", "med")
     over_mean = m("pipe", "steady") - m("bare", "mean")
     print(f"\nharness overhead = pipeline - bare spawn: median {over:.2f} ms/item, mean"
@@ -430,6 +442,9 @@ def main() -> int:
         print(f"GNU parallel's overhead = per job - bare spawn: {par_over:.2f} ms/job; harness"
               f" / GNU parallel = {over / par_over:.2f}x; target < 1.0x:"
               f" {'PASS' if over < par_over else 'FAIL'}")
+        logs_over = med(par_logs) * 1000 - m("bare", "med")
+        print(f"GNU parallel keeping each job's output (--results, --joblog): {logs_over:.2f}"
+              f" ms/job; harness / that = {over / logs_over:.2f}x")
     print(f"(in-process loop - bare spawn: median {m('inproc', 'med') - m('bare', 'med'):.2f}"
           f" ms/item; a fresh worktree per item would add ~{med(raw) * 1000:.0f} ms of git"
           " worktree add+remove alone: the harness reuses one worktree per worker)")
