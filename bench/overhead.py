@@ -317,7 +317,18 @@ def components(bench: Bench, reps: int) -> dict[str, list[float]]:
         timed("event append (one O_APPEND write)", lambda: ws.log_event("bench", n=i))
         timed("one git process (git rev-parse HEAD)", lambda: subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=wt, capture_output=True))
+        timed("create a file (O_EXCL, 200 bytes, close)", lambda: os.close(_created(
+            logd / f"f{i}")))
+        timed("mkdir", lambda: os.mkdir(logd / f"d{i}"))
     return out
+
+
+def _created(path: Path) -> int:
+    """What each of the item's files costs the file system here (the disk's inode
+    allocation, not Python, dominates it on a disk that has just freed many inodes)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, b"x" * 200)
+    return fd
 
 
 def profile(bench: Bench, n: int, top: int) -> str:

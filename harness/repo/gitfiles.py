@@ -7,6 +7,7 @@ asks git. Nothing here knows of worktree slots, attempts or the queue.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,21 @@ UNKNOWN: Any = object()  # the files say nothing certain: ask git
 
 
 def read(path: Path) -> str | None:
-    """The file's text, stripped; None if it cannot be read."""
+    """The file's text, stripped; None if it cannot be read. (Raw reads: these files are a
+    line each, read several times per item.)"""
     try:
-        return path.read_text(encoding="utf-8", errors="surrogateescape").strip()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except (OSError, ValueError):
         return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8", "surrogateescape").strip()
 
 
 def path_in(base: Path, text: str) -> Path:
