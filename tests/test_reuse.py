@@ -167,14 +167,31 @@ def test_an_entry_changed_in_the_stamps_clock_tick_gets_no_snapshot(wt):
     assert not snap.holds("0" * 40)
 
 
-def test_nested_repository_or_too_many_entries_gets_no_snapshot(wt):
+def test_nested_repository_or_too_many_entries_is_unfit(wt):
     gitdir, common = worktrees.git_dirs(wt)
     head = git(wt, "rev-parse", "HEAD")
     time.sleep(0.05)
-    assert snapshot.take(wt, gitdir, common, lambda: head, max_entries=2) is None
+    with pytest.raises(snapshot.Unfit, match="more than 2 entries"):
+        snapshot.take(wt, gitdir, common, lambda: head, max_entries=2)
     git(wt / "src", "init", "-q")
     time.sleep(0.05)
-    assert snapshot.take(wt, gitdir, common, lambda: head) is None
+    with pytest.raises(snapshot.Unfit, match="nested repository"):
+        snapshot.take(wt, gitdir, common, lambda: head)
+
+
+def test_an_unfit_tree_is_not_walked_again_for_a_while(repo, wt, memo, monkeypatch):
+    takes = []
+    real = snapshot.take
+
+    def small_limit(*a, **kw):
+        takes.append(1)
+        return real(*a, **kw, max_entries=2)
+
+    monkeypatch.setattr(snapshot, "take", small_limit)
+    for n in range(5):
+        cycle(repo, wt, memo, n)
+    assert len(takes) == 1 and memo.clean is None  # found unfit once, then git alone
+    assert git(wt, "status", "--porcelain") == ""
 
 
 def test_a_post_checkout_hook_makes_the_switch_run_git(repo, wt, memo, tmp_path, gits):

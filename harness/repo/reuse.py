@@ -30,6 +30,7 @@ attempt" where git's says "branch: Created from ...".
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -49,10 +50,23 @@ class Reuse:
     One per worker, used by one thread; :meth:`close` ends the streams' processes.
     """
 
+    UNFIT_RETRY = 100  # statuses without a snapshot after a tree was found unfit for one
+
     def __init__(self) -> None:
         self.clean: Snapshot | None = None
         self._streams: dict[tuple[str, str], RefStream] = {}
         self._hook: tuple[Snapshot, bool] | None = None  # (for which snapshot, hook exists)
+        self._skip = 0  # snapshots not to try (a big tree would be walked for nothing)
+
+    def found_unfit(self) -> None:
+        self._skip = self.UNFIT_RETRY
+
+    def unfit(self) -> bool:
+        """True while the last tree found unfit is not to be tried again (counts down)."""
+        if self._skip:
+            self._skip -= 1
+            return True
+        return False
 
     def stream(self, cwd: Path, message: str) -> RefStream:
         key = (str(cwd), message)
@@ -131,8 +145,11 @@ def _point_head(gitdir: Path, branch: str, sha: str) -> bool:
         return False
     try:
         try:
+            st = os.lstat(head)
+            if not stat.S_ISREG(st.st_mode):  # a symlinked HEAD (core.preferSymlinkRefs)
+                raise OSError(f"{head} is not a regular file")  # is git's to write
             old = gitfiles.read(head) or ""
-            os.fchmod(fd, os.lstat(head).st_mode & 0o777)
+            os.fchmod(fd, st.st_mode & 0o777)
             os.write(fd, f"ref: refs/heads/{branch}\n".encode())
         finally:
             os.close(fd)

@@ -38,6 +38,11 @@ from pathlib import Path
 MAX_ENTRIES = 5000
 STAMP_NAME = "harness-clock"
 
+
+class Unfit(Exception):
+    """The tree is of a kind a snapshot cannot stand for (too many entries, a nested
+    repository or submodule): unlike a change in the clock tick, it will not pass soon."""
+
 _Stat = tuple[int, int, int, int, int]  # ino, mode, size, mtime_ns, ctime_ns
 
 
@@ -80,7 +85,7 @@ def _digest(path: Path) -> bytes | None:
 
 def _walk(root: str, limit: int) -> dict[str, _Stat] | None:
     """Every entry under ``root`` but the top ``.git``, symlinks not followed; None past
-    ``limit`` entries or at a nested repository."""
+    ``limit`` entries or at a nested repository (a ``.git`` below the top)."""
     out: dict[str, _Stat] = {}
     stack = [root]
     while stack:
@@ -128,7 +133,9 @@ class Snapshot:
 
 def take(wt: Path, gitdir: Path, common: Path, head: Callable[[], str | None], *,
          max_entries: int = MAX_ENTRIES) -> Snapshot | None:
-    """Record the worktree now; None if it cannot be trusted (see the module docstring).
+    """Record the worktree now; None if it cannot be trusted yet (an entry changed in the
+    stamp's clock tick, HEAD unresolved, a read error). Raises :class:`Unfit` for a tree
+    no snapshot will stand for (see the module docstring), so the caller stops trying.
 
     ``head`` resolves HEAD from git's files (None if they cannot tell). The stamp
     file is written before anything is read, so every entry must be older than it.
@@ -142,17 +149,17 @@ def take(wt: Path, gitdir: Path, common: Path, head: Callable[[], str | None], *
         finally:
             os.close(fd)
         sha = head()
-        if sha is None or (gitdir / "modules").exists() or (Path(wt) / ".gitmodules").exists():
-            return None
+        if (gitdir / "modules").exists() or (Path(wt) / ".gitmodules").exists():
+            raise Unfit("submodules")
+        tree = _walk(str(wt), max_entries)  # before the index: a big tree stops here
+        if tree is None:
+            raise Unfit(f"more than {max_entries} entries, or a nested repository")
         paths = tuple(_git_files(gitdir, common))
         files = tuple(_stat_or_none(p) for p in paths)
         index = _digest(gitdir / "index")
-        tree = _walk(str(wt), max_entries)
     except OSError:
         return None
-    if tree is None:
-        return None
-    if any(f is not None and f[4] >= now for f in files) or any(
+    if sha is None or any(f is not None and f[4] >= now for f in files) or any(
             s[4] >= now for s in tree.values()):
         return None  # changed in the stamp's clock tick: a later change could look the same
     return Snapshot(sha, index, files, tree, paths, str(wt), gitdir)

@@ -571,15 +571,19 @@ def _status_remembered(wt: Path, reuse: reuse_mod.Reuse) -> _Status:
     git looked, so a clean verdict holds for the tree they recorded (``reuse.clean``)."""
     reuse.clean = None
     gitdir = gitfiles.gitdir_of(wt)
-    if gitdir is None:
+    if gitdir is None or reuse.unfit():
         return _status(wt)
     common = gitfiles.common_of_gitdir(gitdir)
     head = functools.partial(gitfiles.head_in_files, gitdir)
-    before = snapshot.take(wt, gitdir, common, head)
-    st = _status(wt)
-    if before is None or st.dirty or st.oid != before.head:
-        return st
-    after = snapshot.take(wt, gitdir, common, head)
+    try:
+        before = snapshot.take(wt, gitdir, common, head)
+        st = _status(wt)
+        if before is None or st.dirty or st.oid != before.head:
+            return st
+        after = snapshot.take(wt, gitdir, common, head)
+    except snapshot.Unfit:
+        reuse.found_unfit()
+        return _status(wt)
     if after is not None and after.head == before.head and after.tree == before.tree:
         reuse.clean = after
     return st
