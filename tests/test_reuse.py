@@ -16,18 +16,9 @@ import pytest
 
 from harness.repo import locks, refstream, reuse, snapshot, worktrees
 from harness.repo.refstream import RefRejected, RefStream
+from tests.test_worktrees import IDENTITY, git
 
 pytestmark = pytest.mark.timeout(60)
-
-IDENTITY = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
-            "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.invalid"}
-
-
-def git(cwd: Path, *args: str, check: bool = True) -> str:
-    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
-    if check and proc.returncode:
-        raise AssertionError(f"git {' '.join(args)}: {proc.stderr}")
-    return proc.stdout.strip()
 
 
 @pytest.fixture
