@@ -18,11 +18,12 @@ attempt's branch) and ``git update-ref`` (record the result). With a
   HEAD by git's own lock-and-rename protocol, with the reflog line git writes.
   Not when a ``post-checkout`` hook exists (git would run it), and not for a
   branch that exists already (git decides about its commits).
-- *update-ref* — through the same long-lived ``git update-ref --stdin``.
+- *update-ref* — through a long-lived ``git update-ref --stdin`` too (one per
+  reflog message: this one's, and ``accept``'s).
 
-Every shortcut falls back to the git process on any doubt, and nothing here
-changes what the caller gets: the same branch, HEAD, refs and reflogs.
-Differences: ``branch.autoSetupMerge=always`` sets no upstream on a branch
+Every shortcut falls back to the git process on any doubt, and the caller gets
+what git's commands give: the same branch, HEAD, refs and reflogs. Two
+differences: ``branch.autoSetupMerge=always`` sets no upstream on a branch
 started this way, and the branch's reflog line says "parallel-harness: start
 attempt" where git's says "branch: Created from ...".
 """
