@@ -172,12 +172,15 @@ KILLED_MID_PUSH = ("test_remote.py::test_a_coordinator_killed_mid_push_delivers_
                    "_exactly_once_after_restart")
 ELSEWHERE = {
     "agent.spawned": "test_edges.py::test_an_agent_cannot_start_before_its_worker_recorded_it",
+    "reuse.branch-created": "test_reuse.py::test_a_worker_killed_between_branch_and_head_loses"
+                            "_nothing",
     "fetch.after": KILLED_MID_PUSH, "push.before": KILLED_MID_PUSH, "push.after": KILLED_MID_PUSH}
 
 
 def test_every_failpoint_has_a_scenario():
     import harness.agents.runner  # noqa: F401  (defines agent.spawned)
     import harness.repo.remote  # noqa: F401  (defines fetch.after, push.before, push.after)
+    import harness.repo.reuse  # noqa: F401  (defines reuse.branch-created)
 
     assert REGISTRY, "no failpoints registered: is harness.queue imported?"
     covered = set(SCENARIOS) | set(ELSEWHERE)

@@ -344,3 +344,46 @@ def test_a_stream_that_cannot_start_is_a_rejection_and_accept_says_why(repo, tmp
         s.update("refs/heads/x", "1" * 40, None)
     with pytest.raises(worktrees.GitError):  # the process path then gives git's own error
         worktrees.accept(repo, "harness/x", "1" * 40, reuse=memo)
+
+
+def test_a_worker_killed_between_branch_and_head_loses_nothing(tmp_path, monkeypatch):
+    """Failpoint reuse.branch-created: each worker is SIGKILLed on its first switch in place,
+    after git made the branch and before HEAD names it. The item is retried as the next
+    attempt, every item ends done, the killed attempt's branch is at the target, and no
+    git lock and no git process is left behind."""
+    import psutil
+
+    from harness.queue import names
+    from harness.queue.core import Queue
+    from harness.queue.invariants import check
+    from tests.wsutil import events, make_workspace, start_coordinator
+
+    ws = make_workspace(tmp_path / "ws", max_attempts=5)
+    ids = [f"k{i}" for i in range(4)]
+    for i in ids:
+        Queue(ws.queue_dir).enqueue({"id": i, "command": ["true"]})
+    monkeypatch.setenv("HARNESS_FAILPOINTS", "reuse.branch-created=kill")
+    coord = start_coordinator(ws, "--agents", "1")
+    try:
+        assert coord.wait(timeout=120) == 0, (ws.root / "coordinator.out").read_text()
+    finally:
+        if coord.poll() is None:
+            os.killpg(coord.pid, 9)  # the session it was started in, recorded by Popen
+            coord.wait()
+    generations = {e["generation"] for e in events(ws) if e["event"] == "worker-start"}
+    assert len(generations) >= 2, "the failpoint never fired"
+    assert check(ws.queue_dir, enqueued=ids, expect_finished=True) == []
+    done = [names.parse(e) for e in names.entries(ws.queue_dir / "done")]
+    assert sorted(n.id for n in done) == ids
+    retried = [n for n in done if n.attempt > 1]  # a killed attempt: taken over by the next
+    assert retried
+    main = git(ws.root, "rev-parse", "main")
+    for n in retried:  # the killed attempt's branch was made; HEAD never named it
+        assert git(ws.root, "rev-parse", f"harness-attempts/{n.id}/{n.attempt - 1}") == main
+    assert all(git(ws.root, "rev-parse", f"harness/{i}") == main for i in ids)
+    assert [p for p in (ws.root / ".git").rglob("*.lock")
+            if p.name != worktrees.LOCK_NAME] == []  # git's; ours is a flock, always there
+    git(ws.root, "fsck", "--no-progress")
+    left = [p.pid for p in psutil.process_iter(["cwd"])
+            if str(p.info.get("cwd") or "").startswith(str(tmp_path))]
+    assert left == []

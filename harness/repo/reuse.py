@@ -36,12 +36,15 @@ import subprocess
 import time
 from pathlib import Path
 
+from harness.queue import failpoints
 from harness.repo import gitfiles
 from harness.repo.gitenv import IDENTITY, git_env
 from harness.repo.refstream import RefRejected, RefStream
 from harness.repo.snapshot import Snapshot
 
 START_MESSAGE = "parallel-harness: start attempt"
+_fp_branch_created = failpoints.define(
+    "reuse.branch-created", "the attempt's branch exists (ref stream); HEAD does not name it yet")
 
 
 class Reuse:
@@ -129,9 +132,10 @@ def switch_in_place(reuse: Reuse, wt: Path, target: str, branch: str) -> str | N
     except RefRejected:
         return None
     # The branch first, HEAD after: git updating a branch that HEAD names would also log
-    # to HEAD and take HEAD.lock. Crash point here: the branch exists and HEAD is not on
-    # it; the fallback (and the next attempt after a crash) runs git checkout -B, which
-    # takes the branch over.
+    # to HEAD and take HEAD.lock. Failing here (HEAD.lock held): the caller's git checkout
+    # -b finds the branch and takes it over with -B. Crashing here: the branch stays at the
+    # target with no commit of its own; the retry is a new attempt on a branch of its own.
+    _fp_branch_created()
     return sha if _point_head(gitdir, branch, sha) else None
 
 
