@@ -19,10 +19,10 @@ a stamp file next to the index, and trusts no entry whose ctime is not strictly
 older than the stamp's (the same filesystem's clock, whatever its resolution).
 Such a tree gets no snapshot, and the caller asks git.
 
-What is not covered, and so makes :func:`take` return None: more entries than
-``max_entries`` (walking would cost more than git), a nested repository or a
-submodule (its HEAD and index live elsewhere), or a HEAD that the files alone
-cannot resolve. An ignore file outside this list (a ``core.excludesFile`` set to
+What is not covered: more entries than ``max_entries`` (walking would cost
+more than git), a nested repository or a submodule (its HEAD and index live
+elsewhere) make :func:`take` raise :class:`Unfit`; a HEAD that the files alone
+cannot resolve makes it return None. An ignore file outside this list (a ``core.excludesFile`` set to
 some other path) is not watched: a change to it that makes an ignored file
 count is missed until the next ``git status``; nothing is lost by it.
 """
