@@ -16,18 +16,14 @@ import pytest
 
 from harness.repo import locks, refstream, reuse, snapshot, worktrees
 from harness.repo.refstream import RefRejected, RefStream
-from tests.test_worktrees import IDENTITY, git
+from tests.test_worktrees import git, new_repo
 
 pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
 def repo(tmp_path, monkeypatch):
-    for k, v in IDENTITY.items():
-        monkeypatch.setenv(k, v)
-    r = tmp_path / "repo"
-    r.mkdir()
-    git(r, "init", "-q", "-b", "main")
+    r = new_repo(tmp_path, monkeypatch)
     (r / "src").mkdir()
     (r / "src" / "a.txt").write_text("v1\n")
     (r / "run.sh").write_text("#!/bin/sh\n")

@@ -34,13 +34,19 @@ def git(cwd: Path, *args: str, check: bool = True) -> str:
     return proc.stdout.strip()
 
 
-@pytest.fixture
-def repo(tmp_path, monkeypatch):
+def new_repo(tmp_path: Path, monkeypatch) -> Path:
+    """An empty repository on main at ``tmp_path/repo``, with a test identity set."""
     for k, v in IDENTITY.items():
         monkeypatch.setenv(k, v)
     r = tmp_path / "repo"
     r.mkdir()
     git(r, "init", "-q", "-b", "main")
+    return r
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    r = new_repo(tmp_path, monkeypatch)
     (r / "README.md").write_text("hello\n")
     (r / ".gitignore").write_text("*.log\n")
     git(r, "add", "-A")

@@ -100,10 +100,13 @@ class Reuse:
 def still_clean(reuse: Reuse, wt: Path) -> str | None:
     """HEAD's sha if nothing changed since git last found the tree clean; else None (and
     the snapshot is dropped: ask git)."""
+    return _still_clean_at(reuse, gitfiles.gitdir_of(Path(wt)))
+
+
+def _still_clean_at(reuse: Reuse, gitdir: Path | None) -> str | None:
     snap = reuse.clean
     if snap is None:
         return None
-    gitdir = gitfiles.gitdir_of(Path(wt))
     head = gitfiles.head_in_files(gitdir) if gitdir is not None else None
     if snap.holds(head):
         return head
@@ -116,8 +119,8 @@ def switch_in_place(reuse: Reuse, wt: Path, target: str, branch: str) -> str | N
     already at ``target``; return the sha, or None (nothing done that git will not
     redo) when that is not so or anything fails."""
     wt = Path(wt)
-    head = still_clean(reuse, wt)
     gitdir = gitfiles.gitdir_of(wt)
+    head = _still_clean_at(reuse, gitdir)
     if head is None or gitdir is None or reuse.clean is None:
         return None
     common = gitfiles.common_of_gitdir(gitdir)

@@ -577,13 +577,17 @@ def _status_remembered(wt: Path, reuse: reuse_mod.Reuse) -> _Status:
     head = functools.partial(gitfiles.head_in_files, gitdir)
     try:
         before = snapshot.take(wt, gitdir, common, head)
-        st = _status(wt)
-        if before is None or st.dirty or st.oid != before.head:
-            return st
-        after = snapshot.take(wt, gitdir, common, head)
     except snapshot.Unfit:
         reuse.found_unfit()
-        return _status(wt)
+        before = None
+    st = _status(wt)
+    if before is None or st.dirty or st.oid != before.head:
+        return st
+    try:
+        after = snapshot.take(wt, gitdir, common, head)
+    except snapshot.Unfit:  # it grew while git looked
+        reuse.found_unfit()
+        return st
     if after is not None and after.head == before.head and after.tree == before.tree:
         reuse.clean = after
     return st
