@@ -258,9 +258,13 @@ class Queue:
             raise DuplicateId(self.root / "ids" / name.id,
                               f"{source}: id {name.id!r} is already in the queue") from None
         _fp_enqueue_reserved()
+        # The reservation is on disk before the item can be seen: on a disk that does not
+        # journal directories a power loss then never leaves a name without its ids/ entry
+        # (which a second enqueue of the id would not see). No more fsyncs than after both.
+        self._sync("ids")
         state = "waiting" if name.due == names.DEP else "pending"
         os.link(staged, self.dir(state) / str(name))
-        self._sync("ids", state)
+        self._sync(state)
         _fp_enqueue_published()
         os.unlink(staged)
 
@@ -472,7 +476,7 @@ class Queue:
         except FileNotFoundError:
             raise Fenced(claim.path, f"attempt {claim.attempt} of {claim.id!r} was revoked;"
                          " its outcome is not recorded") from None
-        self._sync("claimed", dst.parent.name)
+        self._sync(dst.parent.name, "claimed")
 
     def backoff(self, attempt: int) -> float:
         """Seconds before attempt ``attempt + 1`` may start: exponential, capped."""
@@ -511,7 +515,7 @@ class Queue:
             os.rename(src, dst)
         except FileNotFoundError:
             return "lost"
-        self._sync("claimed", dst.parent.name)
+        self._sync(dst.parent.name, "claimed")
         _fp_revoke_after()
         if outcome == "failed":
             self.write_reason(dst, f"revoked after attempt {parsed.attempt}: {reason}")
@@ -528,7 +532,7 @@ class Queue:
             os.rename(src, dst)
         except FileNotFoundError:
             return False
-        self._sync("done", "failed")
+        self._sync("failed", "done")
         self.write_reason(dst, reason)
         return True
 
@@ -547,7 +551,7 @@ class Queue:
             os.rename(self.dir("failed") / str(name), self.dir("pending") / str(new))
         except FileNotFoundError:
             raise QueueError(self.dir("failed") / str(name), "moved by someone else") from None
-        self._sync("failed", "pending")
+        self._sync("pending", "failed")
         fsops.unlink_quiet(self.dir("failed") / (str(name) + names.REASON_SUFFIX))
         return new
 
@@ -597,7 +601,7 @@ class Queue:
                     os.rename(self.dir(state) / str(name), dst)
                 except FileNotFoundError:
                     raise QueueError(self.dir(state) / str(name), "moved by someone else") from None
-                self._sync(state, "done")
+                self._sync("done", state)
                 fsops.unlink_quiet(self.dir("failed") / (str(name) + names.REASON_SUFFIX))
                 return name.ready()
         pending = self.find(item_id, ("pending",))
@@ -705,7 +709,7 @@ class Queue:
                 continue
             promoted.append(name.ready())
         if promoted:
-            self._sync("waiting", "pending")
+            self._sync("pending", "waiting")
         return promoted
 
     def shift_due(self, seen: list[ItemName], seconds: float) -> int:
@@ -785,7 +789,7 @@ class Queue:
             os.rename(path, dst)
         except FileNotFoundError:
             return False
-        self._sync(path.parent.name, "failed")
+        self._sync("failed", path.parent.name)
         self.write_reason(dst, reason)
         return True
 
@@ -838,7 +842,7 @@ class Queue:
                 self._report_junk(f"cannot move {where} ({why}) to {JUNK}/: {exc.strerror};"
                                   " left in place, ignored")
             return False
-        self._sync(path.parent.name, JUNK)
+        self._sync(JUNK, path.parent.name)
         fsops.write_atomic(dst.with_name(dst.name + names.REASON_SUFFIX),
                            f"{where}: {why}\n".encode(), tmp_dir=self.root / "tmp",
                            durable=self.durable, mode=self.file_mode)
@@ -854,6 +858,10 @@ class Queue:
         return sum(1 for s in self.stuck if s.startswith(state + "/"))
 
     def _sync(self, *dirs: str) -> None:
+        """With ``durable``, fsync ``dirs`` in order. Callers name the directory that
+        gained the name first: on a disk that does not journal directories, a power loss
+        between the two syncs then keeps the new name (the old one, if it comes back too,
+        is a duplicate recover() resolves), never only the old one."""
         if self.durable:
             for d in dict.fromkeys(dirs):
                 fsops.fsync_dir(self.root / d)

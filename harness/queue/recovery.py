@@ -343,7 +343,9 @@ def _dead_letter_lost(queue: Queue, item_id: str, actions: list[str]) -> None:
         os.link(path, dst)
     except FileExistsError:
         return
-    queue.write_reason(dst, "lost: the item had no queue name left (removed by hand?);"
+    queue.write_reason(dst, "lost: the item had no queue name left (removed by hand, or a"
+                            " power loss during a move on a disk that does not journal"
+                            " directories);"
                             f" `parallel-harness retry {item_id}` requeues it")
     actions.append(f"dead-lettered lost item {item_id!r} as failed/{dst.name}")
 
