@@ -1,15 +1,15 @@
-"""What ``durable = true`` promises across a power loss, one test per promise.
+"""What ``durable = true`` promises across a power loss (docs/protocol.md §7).
 
-A run of the queue's transitions is recorded under tests/powerloss.py's model (a
-directory's changes persist in order and up to its last fsync; of the rest, any prefix
-per directory; unsynced file bytes may be lost). After every prefix of the run, a few
-states that model allows are written out, ``recover()`` runs on each as the coordinator
-would after the machine came back (no worker survived: ``revoke_claims``), and each
-promise of docs/protocol.md §7 is checked against the calls that had returned.
+A run through every queue transition is recorded (tests/powerloss.py). After every
+prefix of it, the states a disk could be left in are rebuilt under two models (with a
+journal: one prefix of the changes, renames whole; without: each directory on its own),
+``recover()`` runs on each as the coordinator would once the machine is back (no worker
+survived: ``revoke_claims``), and each promise is checked against the calls that had
+returned.
 
-Each promise rests on named fsyncs: its test also removes them and expects the promise
-to break in some state, so the test can fail and the fsync is shown to be needed.
-Without ``durable`` the same run breaks promises (what §7 says a power loss may do).
+Each promise rests on named fsyncs: a test leaves them out and expects the promise to
+break in some state, so the checks can fail and each fsync is shown to be needed.
+Without ``durable`` the same run breaks every promise (what §7 says a power loss may do).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from powerloss import JOURNAL, PER_DIRECTORY, Recorder, State, materialize
 SAMPLES = 2  # random per-directory choices per cut, besides "all lost" and "all kept"
 
 PROMISES = ("enqueue", "claim", "complete", "retry", "dead-letter", "promote", "requeue",
-            "consistent")
+            "revoke", "reject", "cancel", "consistent")
 
 
 def run_recorded(root: Path, clock, *, durable: bool) -> Recorder:
@@ -50,7 +50,7 @@ def run_recorded(root: Path, clock, *, durable: bool) -> Recorder:
 
     rec.install()
     try:
-        for item_id in ("a", "b", "c", "d"):
+        for item_id in ("a", "b", "c", "d", "e", "f"):
             rec.begin()
             q.enqueue({"id": item_id, "title": f"item {item_id}"})
             rec.ack("enqueue", item_id, (root / "ids" / item_id).read_bytes())
@@ -64,7 +64,7 @@ def run_recorded(root: Path, clock, *, durable: bool) -> Recorder:
         rec.ack("retry", "b", 1)
         c = claim("c", 1)
         rec.begin()
-        assert c.fail(REASON, retry=False) == "failed"
+        assert c.fail(REASONS["dead-letter"], retry=False) == "failed"
         rec.ack("dead-letter", "c", 1)
         clock.advance(3600)
         rec.begin()
@@ -79,62 +79,98 @@ def run_recorded(root: Path, clock, *, durable: bool) -> Recorder:
         rec.ack("requeue", "c", new.attempt)
         claim("c", new.attempt)  # both left claimed: their workers die with the power
         claim("d", 1)
+        c = claim("e", 1)
+        rec.begin()
+        assert q.revoke(c.name, "stale heartbeat") == "retry"
+        rec.ack("revoke", "e", 1)
+        c = claim("e", 2)
+        rec.begin()
+        c.complete()
+        rec.ack("complete", "e", 2)
+        rec.begin()
+        assert q.reject(c.name, REASONS["reject"])
+        rec.ack("reject", "e", 2)
+        rec.begin()
+        assert q.cancel_unclaimed("f", REASONS["cancel"])
+        rec.ack("cancel", "f", 1)
     finally:
         rec.uninstall()
     return rec
 
 
-REASON = "broken input"
+REASONS = {"dead-letter": "broken input", "reject": "merge conflict", "cancel": "cancelled"}
 
 
-def kept(kind: str, attempt: int, st: str, name: names.ItemName, q: Queue) -> bool:
+def kept(kind: str, attempt: int, st: str, name: names.ItemName, q: Queue,
+         finished: bool = True) -> bool:
     """Whether an item found at ``st``/``name`` after recovery keeps what the call
-    ``kind`` (on ``attempt``) did."""
-    settled = st in ("done", "failed")
+    ``kind`` (on ``attempt``) did; a call not ``finished`` may lack its reason."""
+    settled = st == "done" or st == "failed" and not q.failure_reason(name.id).startswith("lost:")
     return {
         "enqueue": True,
         "claim": settled or name.attempt > attempt,  # the attempt was counted
         "complete": st == "done",
         "retry": settled or name.attempt > attempt,
-        "promote": settled or name.attempt >= attempt,
-        "dead-letter": st == "failed" and q.failure_reason(name.id) == REASON,
+        "promote": settled or st == "pending" and name.attempt >= attempt,
+        "revoke": settled or name.attempt > attempt,
         "requeue": st != "failed" and name.attempt >= attempt,
-    }[kind]
+    }[kind] if kind not in REASONS else (
+        st == "failed" and (not finished or q.failure_reason(name.id) == REASONS[kind]))
 
 
-def broken_promises(state: State, dest: Path, clock, model: str) -> set[tuple[str, str]]:
-    """(promise, detail) for every promise ``state`` breaks once recovered. Under
-    PER_DIRECTORY the item whose move was in flight may also have lost every name (a
-    rename persisted at its source only): it is then held by ``ids/`` alone (or a stray
-    staging name) or already dead-lettered as lost; or, claimed and moving on, be back in
-    pending/ at the claimed attempt (the claim's source name came back). Nothing else may
-    differ."""
+def cut_short(places: list[tuple[str, names.ItemName]], claimed: set[int], q: Queue,
+              every_unsynced_lost: bool) -> bool:
+    """What a disk without a journal may also leave of the item whose move the power loss
+    cut (a rename can persist at its source only, or at both ends): both done/ and failed/;
+    and unless ``every_unsynced_lost`` (each move syncs its target before its source, so
+    then the new name is there wherever the old one is gone): no name (held by ``ids/``
+    alone or a stray staging name), a dead letter as lost, or pending/ at an attempt it
+    was claimed at (that claim's source name came back)."""
+    if sorted(st for st, _ in places) == ["done", "failed"]:
+        return True
+    if every_unsynced_lost:
+        return False
+    if not places:
+        return True
+    if len(places) != 1:
+        return False
+    st, name = places[0]
+    return (st == "failed" and q.failure_reason(name.id).startswith("lost:")
+            or st == "pending" and name.attempt in claimed)
+
+
+def broken_promises(state: State, dest: Path, clock, model: str, every_unsynced_lost: bool
+                    ) -> set[tuple[str, str]]:
+    """(promise, detail) for every promise ``state`` breaks once recovered; under
+    PER_DIRECTORY the item whose move was in flight may also be :func:`cut_short`."""
     materialize(state, dest)
     q = Queue(dest, durable=True, clock=clock, relist_interval=0, max_attempts=3)
     recover(q, revoke_claims=True)
     moving = state.in_flight[1] if state.in_flight and model == PER_DIRECTORY else None
     broken = {("consistent", str(v)) for v in check(dest)
-              if not (v.item == moving and v.code == "lost")}
+              if not (v.item == moving and v.code in (
+                  ("multiple-terminal",) if every_unsynced_lost else ("lost", "multiple-terminal")))}
     where: dict[str, list[tuple[str, names.ItemName]]] = {}
     for st, found in q.scan().items():
         for name in found:
             where.setdefault(name.id, []).append((st, name))
     last: dict[str, tuple[str, int]] = {}
     docs: dict[str, bytes] = {}
+    claimed_at: dict[str, set[int]] = {}
     for kind, item_id, arg in state.acked:
         if kind == "enqueue":
             docs[item_id] = arg
+        if kind == "claim":
+            claimed_at.setdefault(item_id, set()).add(arg)
         last[item_id] = (kind, 0 if kind == "enqueue" else arg)
     for item_id, (kind, attempt) in last.items():
         places = where.get(item_id, [])
-        if item_id == moving and (not places or places[0][0] == "failed" and q.failure_reason(
-                item_id).startswith("lost:")):
+        if item_id == moving and cut_short(places, claimed_at.get(item_id, set()), q,
+                                           every_unsynced_lost):
             continue
-        if item_id == moving and kind == "claim" and places[0][0] == "pending" and (
-                places[0][1].attempt == attempt):
-            continue  # the claim's source name came back: the attempt is run again, uncounted
-        if len(places) != 1:
-            broken.add(("enqueue", f"{item_id}: names {places} after an acknowledged enqueue"))
+        if len(places) != 1:  # breaks the enqueue's promise and that of the last call
+            for promise in {"enqueue", kind}:
+                broken.add((promise, f"{item_id}: names {places} after {kind}"))
             continue
         st, name = places[0]
         if (dest / st / str(name)).read_bytes() != docs[item_id]:
@@ -142,7 +178,7 @@ def broken_promises(state: State, dest: Path, clock, model: str) -> set[tuple[st
         if kept(kind, attempt, st, name, q):
             continue
         if state.in_flight and state.in_flight[1] == item_id and kept(
-                state.in_flight[0], state.in_flight[2], st, name, q):
+                state.in_flight[0], state.in_flight[2], st, name, q, finished=False):
             continue  # the next call on it had started: its outcome may be there instead
         broken.add((kind, f"{item_id}: {st}/{name} after {kind} of attempt {attempt}"))
     return broken
@@ -163,17 +199,18 @@ def scratch(tmp_path) -> Iterator[Path]:
         shutil.rmtree(path)
 
 
-def every_broken_promise(tmp_path: Path, clock, model: str, *, durable: bool
-                         ) -> dict[str, set[str]]:
+def every_broken_promise(tmp_path: Path, clock, model: str, *, durable: bool,
+                         samples: int = SAMPLES) -> dict[str, set[str]]:
     rec = run_recorded(tmp_path / "run", clock, durable=durable)
     out: dict[str, set[str]] = {p: set() for p in PROMISES}
     counter = itertools.count()
     seen: dict[object, set[tuple[str, str]]] = {}
-    for cut, how, state in rec.crash_states(model, SAMPLES):
-        key = state.key()  # many cuts leave the same state: recover and check it once
+    for cut, how, state in rec.crash_states(model, samples):
+        lost = how == "unsynced lost"
+        key = (state.key(), lost)  # many cuts leave the same state: check it once
         if key not in seen:
             dest = tmp_path / f"crash{next(counter)}"
-            seen[key] = broken_promises(state, dest, clock, model)
+            seen[key] = broken_promises(state, dest, clock, model, lost)
             shutil.rmtree(dest)
         for promise, detail in seen[key]:
             out[promise].add(f"cut {cut} ({how}): {detail}")
@@ -209,31 +246,28 @@ def test_durable_on_a_disk_without_a_journal_keeps_what_returned(scratch, clock)
     assert {p: sorted(d)[:3] for p, d in broken.items() if d} == {}
 
 
-@pytest.mark.parametrize("model", [JOURNAL, PER_DIRECTORY])
-def test_without_durable_a_power_loss_can_undo_what_returned(scratch, clock, model):
-    broken = every_broken_promise(scratch, clock, model, durable=False)
-    assert {p for p, d in broken.items() if d} >= {"enqueue", "claim", "complete", "retry",
-                                                   "dead-letter", "promote", "requeue"}
+def test_without_durable_a_power_loss_can_undo_what_returned(scratch, clock):
+    broken = every_broken_promise(scratch, clock, JOURNAL, durable=False)
+    assert {p for p, d in broken.items() if d} >= set(PROMISES) - {"consistent"}
 
 
-# Each promise and the fsyncs it rests on: without them (the rest of durable kept), some
-# crash state breaks it. Checked on the model without a journal, where one directory's
-# fsync does not also persist another's changes.
-RESTS_ON: dict[str, Callable[[], object]] = {
-    "enqueue: the item file's bytes": lambda: unsynced(files=True),
-    "enqueue: ids/": lambda: unsynced(("ids",)),
-    "claim: claimed/": lambda: unsynced(("claimed",)),
-    "complete: done/": lambda: unsynced(("done",)),
-    "retry: waiting/": lambda: unsynced(("waiting",)),
-    "dead-letter: failed/": lambda: unsynced(("failed",)),
-    "promote: pending/": lambda: unsynced(("pending",)),
-    "requeue: pending/": lambda: unsynced(("pending",)),
+# The fsyncs each promise rests on: without them (the rest of durable kept), some crash
+# state breaks it. Checked on the model without a journal, where one directory's fsync
+# does not also persist another's changes.
+RESTS_ON: dict[str, tuple[Callable[[], object], tuple[str, ...]]] = {
+    "the item file's bytes": (lambda: unsynced(files=True), ("enqueue",)),
+    "ids/": (lambda: unsynced(("ids",)), ("enqueue",)),
+    "claimed/": (lambda: unsynced(("claimed",)), ("claim",)),
+    "done/": (lambda: unsynced(("done",)), ("complete",)),
+    "waiting/": (lambda: unsynced(("waiting",)), ("retry",)),
+    "failed/": (lambda: unsynced(("failed",)), ("dead-letter", "reject", "cancel")),
+    "pending/": (lambda: unsynced(("pending",)), ("promote", "requeue", "revoke")),
 }
 
 
-@pytest.mark.parametrize("case", sorted(RESTS_ON))
-def test_each_promise_needs_its_fsync(scratch, clock, case):
-    promise = case.split(":")[0]
-    with RESTS_ON[case]():
-        broken = every_broken_promise(scratch, clock, PER_DIRECTORY, durable=True)
-    assert broken[promise], f"{case}: no crash state broke the promise without that fsync"
+@pytest.mark.parametrize("fsync", sorted(RESTS_ON))
+def test_each_promise_needs_its_fsyncs(scratch, clock, fsync):
+    leave_out, promises = RESTS_ON[fsync]
+    with leave_out():
+        broken = every_broken_promise(scratch, clock, PER_DIRECTORY, durable=True, samples=0)
+    assert [p for p in promises if not broken[p]] == [], f"kept without the fsync of {fsync}"
