@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ class Workspace:
     def _per_host(self, single: str, suffix: str) -> Path:
         return self.hosts_dir / f"{self.host}{suffix}" if self.host else self.state_dir / single
 
-    @property
+    @cached_property
     def hosts_dir(self) -> Path:
         return self.state_dir / "hosts"
 
@@ -64,31 +65,31 @@ class Workspace:
         commits harness.toml has no queue/ yet; ``run`` and ``enqueue`` make it)."""
         return self.config_file.is_file() or self.queue_dir.is_dir()
 
-    @property
+    @cached_property
     def config_file(self) -> Path:
         return self.root / "harness.toml"
 
-    @property
+    @cached_property
     def queue_dir(self) -> Path:
         return self.root / "queue"
 
-    @property
+    @cached_property
     def state_dir(self) -> Path:
         return self.root / "state"
 
-    @property
+    @cached_property
     def heartbeats_dir(self) -> Path:
         return self.state_dir / "heartbeats"
 
-    @property
+    @cached_property
     def locks_dir(self) -> Path:
         return self.state_dir / "workers"
 
-    @property
+    @cached_property
     def tmp_dir(self) -> Path:
         return self.state_dir / "tmp"
 
-    @property
+    @cached_property
     def events_file(self) -> Path:
         """This process's event log (one writer per file across hosts: O_APPEND is not
         atomic between NFS clients)."""
@@ -96,40 +97,40 @@ class Workspace:
             return self.state_dir / "events" / f"{self.host}.jsonl"
         return self.state_dir / "events.jsonl"
 
-    @property
+    @cached_property
     def interrupt_file(self) -> Path:
         return self.state_dir / "interrupt-request.txt"
 
-    @property
+    @cached_property
     def desired_workers_file(self) -> Path:
         return self._per_host("desired-workers", ".desired")
 
-    @property
+    @cached_property
     def coordinator_file(self) -> Path:
         """The coordinator's record; with a host, its lease (the counter advances every tick)."""
         return self._per_host("coordinator.json", ".json")
 
-    @property
+    @cached_property
     def coordinator_lock(self) -> Path:
         return self._per_host("coordinator.lock", ".lock")
 
-    @property
+    @cached_property
     def worktrees_dir(self) -> Path:
         return self.root / "worktrees"
 
-    @property
+    @cached_property
     def logs_dir(self) -> Path:
         return self.root / "logs"
 
-    @property
+    @cached_property
     def cancel_dir(self) -> Path:
         return self.state_dir / "cancel"
 
-    @property
+    @cached_property
     def run_file(self) -> Path:
         return self._per_host("run.json", ".run.json")
 
-    @property
+    @cached_property
     def metrics_file(self) -> Path:
         return self._per_host("metrics.prom", ".prom")
 

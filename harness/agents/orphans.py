@@ -80,6 +80,7 @@ def children() -> list[int]:
 def marked(root: Path, pids: Iterable[int] | None = None) -> list[Marked]:
     """The processes among ``pids`` (default: every process) marked for workspace ``root``."""
     want = str(root).encode()
+    entry = f"{ENV_WORKSPACE}=".encode() + want + b"\0"
     if pids is None:
         try:
             pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
@@ -89,7 +90,10 @@ def marked(root: Path, pids: Iterable[int] | None = None) -> list[Marked]:
     for pid in pids:
         if pid == os.getpid():
             continue
-        env = _environ(pid)
+        raw = _environ_bytes(pid)
+        if entry not in raw:  # most processes: no need to split their environment
+            continue
+        env = _parse_environ(raw)
         if env.get(ENV_WORKSPACE.encode()) != want:
             continue
         stat = _stat(pid)
@@ -140,12 +144,17 @@ def reap(pids: Iterable[int]) -> set[int]:
     return running
 
 
-def _environ(pid: int) -> dict[bytes, bytes]:
+def _environ_bytes(pid: int) -> bytes:
+    """/proc/<pid>/environ with a NUL after the last entry too; empty if unreadable."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
             raw = f.read()
     except OSError:  # gone, or another user's
-        return {}
+        return b""
+    return raw if raw.endswith(b"\0") else raw + b"\0"
+
+
+def _parse_environ(raw: bytes) -> dict[bytes, bytes]:
     env = {}
     for entry in raw.split(b"\0"):
         key, sep, value = entry.partition(b"=")

@@ -288,9 +288,10 @@ class Worker:
                   tokens=None, cost_usd=None, turns=None, last_tool=None)
         self._idle_unwritten = True
         # What left the agent's process group and lost its parent is now our child.
+        kids = orphans.children()
         self._kill_leftovers(f"escaped from {claim.id}~{claim.attempt}",
-                             orphans.marked(self.ws.root, orphans.children()))
-        orphans.reap(orphans.children())  # every subprocess of this worker has been waited for
+                             orphans.marked(self.ws.root, kids))
+        orphans.reap(kids)  # every subprocess of this worker has been waited for
 
     def _write_results(self, claim: Claim, att: Attempt, log_dir: Path, started: float,
                        queue_state: str) -> None:

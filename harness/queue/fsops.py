@@ -137,13 +137,15 @@ def write_atomic(path: Path, data: bytes, *, tmp_dir: Path, durable: bool,
     os.close(write_new(tmp, data, durable=durable, mode=mode))
     try:
         if replace:
-            os.rename(tmp, path)
+            os.rename(tmp, path)  # the staging name is gone with it
         else:
             os.link(tmp, path)
-    except FileExistsError:
-        return False
-    finally:
+            unlink_quiet(tmp)
+    except BaseException as exc:
         unlink_quiet(tmp)
+        if isinstance(exc, FileExistsError):
+            return False
+        raise
     if durable:
         fsync_dir(path.parent)
     return True

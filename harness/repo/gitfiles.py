@@ -16,22 +16,25 @@ SHA = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 UNKNOWN: Any = object()  # the files say nothing certain: ask git
 
 
-def read(path: Path) -> str | None:
+def read(path: Path | str) -> str | None:
     """The file's text, stripped; None if it cannot be read. (Raw reads: these files are a
     line each, read several times per item.)"""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return _read_bytes(path).decode("utf-8", "surrogateescape").strip()
     except (OSError, ValueError):
         return None
+
+
+def _read_bytes(path: Path | str) -> bytes:
+    """The whole file with raw reads; OSError as open/read raise it."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         chunks = []
         while chunk := os.read(fd, 65536):
             chunks.append(chunk)
-    except OSError:
-        return None
     finally:
         os.close(fd)
-    return b"".join(chunks).decode("utf-8", "surrogateescape").strip()
+    return b"".join(chunks)
 
 
 def path_in(base: Path, text: str) -> Path:
@@ -60,10 +63,11 @@ def ref_in_files(common: Path, ref: str) -> str | None | Any:
     packed-refs; None if it is in neither; ``UNKNOWN`` if the files cannot tell (a
     symbolic or odd ref, the reftable format, a read error). git writes a loose ref
     by renaming a whole file over it, so a read sees the old value or the new."""
-    if (common / "reftable").exists():
+    base = os.fspath(common)
+    if os.path.exists(f"{base}/reftable"):
         return UNKNOWN
     try:
-        text = (common / ref).read_bytes().decode("ascii").strip()
+        text = _read_bytes(f"{base}/{ref}").decode("ascii").strip()
     except FileNotFoundError:
         pass
     except (OSError, ValueError):
@@ -71,7 +75,7 @@ def ref_in_files(common: Path, ref: str) -> str | None | Any:
     else:
         return text if SHA.fullmatch(text) else UNKNOWN
     try:
-        packed = (common / "packed-refs").read_bytes().decode("utf-8", "surrogateescape")
+        packed = _read_bytes(f"{base}/packed-refs").decode("utf-8", "surrogateescape")
     except FileNotFoundError:
         return None
     except OSError:
