@@ -23,7 +23,9 @@ In both, a file's bytes written before its last ``fsync`` persist; later ones ma
 lost (the file comes back shorter or empty).
 
 :func:`materialize` writes such a state into a fresh directory (each inode once, its
-other names as hard links, so link counts are what a file system check would leave).
+other names as hard links, so link counts are what a file system check would leave), and
+:func:`judge` says which promises of docs/protocol.md §7 a recovered queue breaks, given the
+calls that had returned (bench/powerloss_lab.py judges real power cuts with it too).
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from harness.queue import names
+from harness.queue.core import Queue
+from harness.queue.invariants import check
 
 JOURNAL, PER_DIRECTORY = "journal", "per-directory"
 ROOT = 1  # the recorded root is the first inode the model numbers
@@ -340,6 +346,94 @@ class Recorder:
                 out.append((cut, f"sample {s}", self.crash_state(
                     cut, model, rng.randint, rng.random() < 0.5)))
         return out
+
+
+# -- the promises ------------------------------------------------------------------------
+
+REASONS = {"dead-letter": "broken input", "reject": "merge conflict", "cancel": "cancelled"}
+
+
+def kept(kind: str, attempt: int, st: str, name: names.ItemName, q: Queue,
+         finished: bool = True) -> bool:
+    """Whether an item found at ``st``/``name`` after recovery keeps what the call
+    ``kind`` (on ``attempt``) did; a call not ``finished`` may lack its reason."""
+    settled = st == "done" or st == "failed" and not q.failure_reason(name.id).startswith("lost:")
+    return {
+        "enqueue": True,
+        "claim": settled or name.attempt > attempt,  # the attempt was counted
+        "complete": st == "done",
+        "retry": settled or name.attempt > attempt,
+        "promote": settled or st == "pending" and name.attempt >= attempt,
+        "revoke": settled or name.attempt > attempt,
+        "requeue": st != "failed" and name.attempt >= attempt,
+    }[kind] if kind not in REASONS else (
+        st == "failed" and (not finished or q.failure_reason(name.id) == REASONS[kind]))
+
+
+def cut_short(places: list[tuple[str, names.ItemName]], claimed: set[int], q: Queue,
+              every_unsynced_lost: bool) -> bool:
+    """What a disk without a journal may also leave of the item whose move the power loss
+    cut (a rename can persist at its source only, or at both ends): both done/ and failed/;
+    and unless ``every_unsynced_lost`` (each move syncs its target before its source, so
+    then the new name is there wherever the old one is gone): no name (held by ``ids/``
+    alone or a stray staging name), a dead letter as lost, or pending/ at an attempt it
+    was claimed at (that claim's source name came back)."""
+    if sorted(st for st, _ in places) == ["done", "failed"]:
+        return True
+    if every_unsynced_lost:
+        return False
+    if not places:
+        return True
+    if len(places) != 1:
+        return False
+    st, name = places[0]
+    return (st == "failed" and q.failure_reason(name.id).startswith("lost:")
+            or st == "pending" and name.attempt in claimed)
+
+
+def judge(q: Queue, acked: list[tuple[Any, ...]], in_flight: tuple[Any, ...] | None, *,
+          journaled: bool, every_unsynced_lost: bool = False) -> set[tuple[str, str]]:
+    """(promise, detail) for every promise of docs/protocol.md §7 that the recovered queue
+    ``q`` breaks, given the calls ``acked`` (kind, id, arg) and the one ``in_flight`` when
+    the power went. Without a journal the item whose move was in flight may also be
+    :func:`cut_short`."""
+    dest = q.root
+    moving = in_flight[1] if in_flight and not journaled else None
+    broken = {("consistent", str(v)) for v in check(dest)
+              if not (v.item == moving and v.code in (
+                  ("multiple-terminal",) if every_unsynced_lost else ("lost", "multiple-terminal")))}
+    where: dict[str, list[tuple[str, names.ItemName]]] = {}
+    for st, found in q.scan().items():
+        for name in found:
+            where.setdefault(name.id, []).append((st, name))
+    last: dict[str, tuple[str, int]] = {}
+    docs: dict[str, bytes] = {}
+    claimed_at: dict[str, set[int]] = {}
+    for kind, item_id, arg in acked:
+        if kind == "enqueue":
+            docs[item_id] = arg
+        if kind == "claim":
+            claimed_at.setdefault(item_id, set()).add(arg)
+        last[item_id] = (kind, 0 if kind == "enqueue" else arg)
+    for item_id, (kind, attempt) in last.items():
+        places = where.get(item_id, [])
+        if item_id == moving and cut_short(places, claimed_at.get(item_id, set()), q,
+                                           every_unsynced_lost):
+            continue
+        if len(places) != 1:  # breaks the enqueue's promise and that of the last call
+            for promise in {"enqueue", kind}:
+                broken.add((promise, f"{item_id}: names {places} after {kind}"))
+            continue
+        st, name = places[0]
+        if (dest / st / str(name)).read_bytes() != docs[item_id]:
+            broken.add(("enqueue", f"{item_id}: its bytes changed ({st}/{name})"))
+        if kept(kind, attempt, st, name, q):
+            continue
+        if in_flight and in_flight[1] == item_id and kept(
+                in_flight[0], in_flight[2], st, name, q, finished=False):
+            continue  # the next call on it had started: its outcome may be there instead
+        broken.add((kind, f"{item_id}: {st}/{name} after {kind} of attempt {attempt}"))
+    return broken
 
 
 def materialize(state: State, dest: Path) -> None:

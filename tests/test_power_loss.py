@@ -24,11 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.queue import fsops, names
+from harness.queue import fsops
 from harness.queue.core import Queue
-from harness.queue.invariants import check
 from harness.queue.recovery import recover
-from powerloss import JOURNAL, PER_DIRECTORY, Recorder, State, materialize
+from powerloss import JOURNAL, PER_DIRECTORY, REASONS, Recorder, State, judge, materialize
 
 SAMPLES = 2  # random per-directory choices per cut, besides "all lost" and "all kept"
 
@@ -98,90 +97,14 @@ def run_recorded(root: Path, clock, *, durable: bool) -> Recorder:
     return rec
 
 
-REASONS = {"dead-letter": "broken input", "reject": "merge conflict", "cancel": "cancelled"}
-
-
-def kept(kind: str, attempt: int, st: str, name: names.ItemName, q: Queue,
-         finished: bool = True) -> bool:
-    """Whether an item found at ``st``/``name`` after recovery keeps what the call
-    ``kind`` (on ``attempt``) did; a call not ``finished`` may lack its reason."""
-    settled = st == "done" or st == "failed" and not q.failure_reason(name.id).startswith("lost:")
-    return {
-        "enqueue": True,
-        "claim": settled or name.attempt > attempt,  # the attempt was counted
-        "complete": st == "done",
-        "retry": settled or name.attempt > attempt,
-        "promote": settled or st == "pending" and name.attempt >= attempt,
-        "revoke": settled or name.attempt > attempt,
-        "requeue": st != "failed" and name.attempt >= attempt,
-    }[kind] if kind not in REASONS else (
-        st == "failed" and (not finished or q.failure_reason(name.id) == REASONS[kind]))
-
-
-def cut_short(places: list[tuple[str, names.ItemName]], claimed: set[int], q: Queue,
-              every_unsynced_lost: bool) -> bool:
-    """What a disk without a journal may also leave of the item whose move the power loss
-    cut (a rename can persist at its source only, or at both ends): both done/ and failed/;
-    and unless ``every_unsynced_lost`` (each move syncs its target before its source, so
-    then the new name is there wherever the old one is gone): no name (held by ``ids/``
-    alone or a stray staging name), a dead letter as lost, or pending/ at an attempt it
-    was claimed at (that claim's source name came back)."""
-    if sorted(st for st, _ in places) == ["done", "failed"]:
-        return True
-    if every_unsynced_lost:
-        return False
-    if not places:
-        return True
-    if len(places) != 1:
-        return False
-    st, name = places[0]
-    return (st == "failed" and q.failure_reason(name.id).startswith("lost:")
-            or st == "pending" and name.attempt in claimed)
-
-
 def broken_promises(state: State, dest: Path, clock, model: str, every_unsynced_lost: bool
                     ) -> set[tuple[str, str]]:
-    """(promise, detail) for every promise ``state`` breaks once recovered; under
-    PER_DIRECTORY the item whose move was in flight may also be :func:`cut_short`."""
+    """(promise, detail) for every promise ``state`` breaks once recovered."""
     materialize(state, dest)
     q = Queue(dest, durable=True, clock=clock, relist_interval=0, max_attempts=3)
     recover(q, revoke_claims=True)
-    moving = state.in_flight[1] if state.in_flight and model == PER_DIRECTORY else None
-    broken = {("consistent", str(v)) for v in check(dest)
-              if not (v.item == moving and v.code in (
-                  ("multiple-terminal",) if every_unsynced_lost else ("lost", "multiple-terminal")))}
-    where: dict[str, list[tuple[str, names.ItemName]]] = {}
-    for st, found in q.scan().items():
-        for name in found:
-            where.setdefault(name.id, []).append((st, name))
-    last: dict[str, tuple[str, int]] = {}
-    docs: dict[str, bytes] = {}
-    claimed_at: dict[str, set[int]] = {}
-    for kind, item_id, arg in state.acked:
-        if kind == "enqueue":
-            docs[item_id] = arg
-        if kind == "claim":
-            claimed_at.setdefault(item_id, set()).add(arg)
-        last[item_id] = (kind, 0 if kind == "enqueue" else arg)
-    for item_id, (kind, attempt) in last.items():
-        places = where.get(item_id, [])
-        if item_id == moving and cut_short(places, claimed_at.get(item_id, set()), q,
-                                           every_unsynced_lost):
-            continue
-        if len(places) != 1:  # breaks the enqueue's promise and that of the last call
-            for promise in {"enqueue", kind}:
-                broken.add((promise, f"{item_id}: names {places} after {kind}"))
-            continue
-        st, name = places[0]
-        if (dest / st / str(name)).read_bytes() != docs[item_id]:
-            broken.add(("enqueue", f"{item_id}: its bytes changed ({st}/{name})"))
-        if kept(kind, attempt, st, name, q):
-            continue
-        if state.in_flight and state.in_flight[1] == item_id and kept(
-                state.in_flight[0], state.in_flight[2], st, name, q, finished=False):
-            continue  # the next call on it had started: its outcome may be there instead
-        broken.add((kind, f"{item_id}: {st}/{name} after {kind} of attempt {attempt}"))
-    return broken
+    return judge(q, state.acked, state.in_flight, journaled=model == JOURNAL,
+                 every_unsynced_lost=every_unsynced_lost)
 
 
 @pytest.fixture
