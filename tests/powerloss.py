@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,13 @@ class Recorder:
 
     def ack(self, *what: Any) -> None:
         self.ops.append(Ack(what))
+
+    @contextmanager
+    def step(self, *what: Any) -> Iterator[None]:
+        """``begin``, the caller's call, then ``ack(*what)`` once it returned."""
+        self.begin()
+        yield
+        self.ack(*what)
 
     def _path(self, path: Any) -> str | None:
         if isinstance(path, int):

@@ -54,44 +54,35 @@ def run_recorded(root: Path, clock, *, durable: bool) -> Recorder:
             q.enqueue({"id": item_id, "title": f"item {item_id}"})
             rec.ack("enqueue", item_id, (root / "ids" / item_id).read_bytes())
         c = claim("a", 1)
-        rec.begin()
-        c.complete()
-        rec.ack("complete", "a", 1)
+        with rec.step("complete", "a", 1):
+            c.complete()
         c = claim("b", 1)
-        rec.begin()
-        assert c.fail("flaky", retry=True) == "retry"
-        rec.ack("retry", "b", 1)
+        with rec.step("retry", "b", 1):
+            assert c.fail("flaky", retry=True) == "retry"
         c = claim("c", 1)
-        rec.begin()
-        assert c.fail(REASONS["dead-letter"], retry=False) == "failed"
-        rec.ack("dead-letter", "c", 1)
+        with rec.step("dead-letter", "c", 1):
+            assert c.fail(REASONS["dead-letter"], retry=False) == "failed"
         clock.advance(3600)
-        rec.begin()
-        assert [n.id for n in q.promote()] == ["b"]
-        rec.ack("promote", "b", 2)
+        with rec.step("promote", "b", 2):
+            assert [n.id for n in q.promote()] == ["b"]
         c = claim("b", 2)
-        rec.begin()
-        c.complete()
-        rec.ack("complete", "b", 2)
+        with rec.step("complete", "b", 2):
+            c.complete()
         rec.begin()
         new = q.requeue_failed("c")
         rec.ack("requeue", "c", new.attempt)
         claim("c", new.attempt)  # both left claimed: their workers die with the power
         claim("d", 1)
         c = claim("e", 1)
-        rec.begin()
-        assert q.revoke(c.name, "stale heartbeat") == "retry"
-        rec.ack("revoke", "e", 1)
+        with rec.step("revoke", "e", 1):
+            assert q.revoke(c.name, "stale heartbeat") == "retry"
         c = claim("e", 2)
-        rec.begin()
-        c.complete()
-        rec.ack("complete", "e", 2)
-        rec.begin()
-        assert q.reject(c.name, REASONS["reject"])
-        rec.ack("reject", "e", 2)
-        rec.begin()
-        assert q.cancel_unclaimed("f", REASONS["cancel"])
-        rec.ack("cancel", "f", 1)
+        with rec.step("complete", "e", 2):
+            c.complete()
+        with rec.step("reject", "e", 2):
+            assert q.reject(c.name, REASONS["reject"])
+        with rec.step("cancel", "f", 1):
+            assert q.cancel_unclaimed("f", REASONS["cancel"])
     finally:
         rec.uninstall()
     return rec
