@@ -14,6 +14,10 @@ Peers (each claims every item of a freshly set-up store, nothing else):
                       = lost; re-list when the list is exhausted, until pending/ is empty
   raw-rename          the same bare loop with one os.rename(pending/x, claimed/x), ENOENT =
                       lost: the ceiling of the harness's current claim step
+  raw-rename-durable  raw-rename with an fsync of claimed/ (kept open) after each rename: the
+                      ceiling of harness-durable (what the disk gives a rename + directory
+                      fsync), so also how far a durable filesystem queue can go against
+                      sqlite-wal-durable here
   filelock-json       the old harness's design: one JSON file holding the whole list;
                       per claim take a filelock.FileLock, read + parse the file, mark the
                       first pending entry claimed, write temp + os.replace, release
@@ -65,6 +69,7 @@ from harness.queue import names  # noqa: E402
 from harness.queue.core import Queue  # noqa: E402
 
 PEERS = ("harness", "harness+read", "harness-durable", "raw-link", "raw-rename",
+         "raw-rename-durable",
          "filelock-json", "sqlite-wal", "sqlite-wal+body", "sqlite-wal-durable")
 
 
@@ -145,23 +150,36 @@ class RawLinkPeer(HarnessPeer):
 
 
 class RawRenamePeer(RawLinkPeer):
+    durable = False
+
     def opener(self, root: Path, owner: str):
         pend, clm = str(root / "pending"), str(root / "claimed")
-        rename, listdir, join = os.rename, os.listdir, os.path.join
+        rename, listdir, join, fsync = os.rename, os.listdir, os.path.join, os.fsync
+        durable = self.durable
 
         def run() -> list[str]:
             out = []
-            while True:
-                batch = listdir(pend)
-                if not batch:
-                    return out  # names; finish() maps them to ids after the clock stops
-                for x in batch:
-                    try:
-                        rename(join(pend, x), join(clm, x))
-                    except FileNotFoundError:
-                        continue
-                    out.append(x)
+            fd = os.open(clm, os.O_RDONLY | os.O_DIRECTORY)  # opened once: the bare ceiling
+            try:
+                while True:
+                    batch = listdir(pend)
+                    if not batch:
+                        return out  # names; finish() maps them to ids after the clock stops
+                    for x in batch:
+                        try:
+                            rename(join(pend, x), join(clm, x))
+                        except FileNotFoundError:
+                            continue
+                        if durable:
+                            fsync(fd)
+                        out.append(x)
+            finally:
+                os.close(fd)
         return run
+
+
+class RawRenameDurablePeer(RawRenamePeer):
+    durable = True
 
 
 class FilelockJsonPeer:
@@ -411,7 +429,8 @@ def print_ratios(results: list[Result], procs_list: list[int]) -> list[tuple[str
     by = {(r.peer, r.procs): r for r in results}
     pairs = [("harness", "raw-link"), ("harness", "raw-rename"), ("harness", "sqlite-wal"),
              ("harness+read", "sqlite-wal+body"), ("harness-durable", "sqlite-wal-durable"),
-             ("harness", "filelock-json")]
+             ("harness-durable", "raw-rename-durable"),
+             ("raw-rename-durable", "sqlite-wal-durable"), ("harness", "filelock-json")]
     labels = [f"{a}/{b}" for a, b in pairs]
     print("claims/s ratios (above 1: the harness is faster)")
     print(f"{'procs':>5}" + "".join(f"  {label}" for label in labels))
@@ -495,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
                      "harness+read": HarnessReadPeer(template),
                      "harness-durable": HarnessDurablePeer(template),
                      "raw-link": RawLinkPeer(template), "raw-rename": RawRenamePeer(template),
+                     "raw-rename-durable": RawRenameDurablePeer(template),
                      "filelock-json": FilelockJsonPeer(),
                      "sqlite-wal": SqliteWalPeer(), "sqlite-wal+body": SqliteWalBodyPeer(),
                      "sqlite-wal-durable": SqliteWalDurablePeer()}
