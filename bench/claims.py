@@ -57,6 +57,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,25 +126,29 @@ class HarnessDurablePeer(HarnessPeer):
     durable = True
 
 
+def _drain(pend: str, take: Callable[[str], bool]) -> list[str]:
+    """List pending/ until it is empty, trying ``take`` on every name; the names taken
+    (finish() maps them to ids after the clock stops)."""
+    out: list[str] = []
+    listdir = os.listdir
+    while batch := listdir(pend):
+        out += [x for x in batch if take(x)]
+    return out
+
+
 class RawLinkPeer(HarnessPeer):
     def opener(self, root: Path, owner: str):
         pend, clm = str(root / "pending"), str(root / "claimed")
-        link, unlink, listdir, join = os.link, os.unlink, os.listdir, os.path.join
+        link, unlink, join = os.link, os.unlink, os.path.join
 
-        def run() -> list[str]:
-            out = []
-            while True:
-                batch = listdir(pend)
-                if not batch:
-                    return out  # names; finish() maps them to ids after the clock stops
-                for x in batch:
-                    try:
-                        link(join(pend, x), join(clm, x))
-                    except (FileExistsError, FileNotFoundError):
-                        continue
-                    unlink(join(pend, x))
-                    out.append(x)
-        return run
+        def take(x: str) -> bool:
+            try:
+                link(join(pend, x), join(clm, x))
+            except (FileExistsError, FileNotFoundError):
+                return False
+            unlink(join(pend, x))
+            return True
+        return lambda: _drain(pend, take)
 
     def finish(self, out: list[str]) -> list[str]:
         return [names.parse(x).id for x in out]
@@ -154,25 +159,21 @@ class RawRenamePeer(RawLinkPeer):
 
     def opener(self, root: Path, owner: str):
         pend, clm = str(root / "pending"), str(root / "claimed")
-        rename, listdir, join, fsync = os.rename, os.listdir, os.path.join, os.fsync
-        durable = self.durable
+        rename, join, fsync, durable = os.rename, os.path.join, os.fsync, self.durable
 
         def run() -> list[str]:
-            out = []
             fd = os.open(clm, os.O_RDONLY | os.O_DIRECTORY)  # opened once: the bare ceiling
+
+            def take(x: str) -> bool:
+                try:
+                    rename(join(pend, x), join(clm, x))
+                except FileNotFoundError:
+                    return False
+                if durable:
+                    fsync(fd)
+                return True
             try:
-                while True:
-                    batch = listdir(pend)
-                    if not batch:
-                        return out  # names; finish() maps them to ids after the clock stops
-                    for x in batch:
-                        try:
-                            rename(join(pend, x), join(clm, x))
-                        except FileNotFoundError:
-                            continue
-                        if durable:
-                            fsync(fd)
-                        out.append(x)
+                return _drain(pend, take)
             finally:
                 os.close(fd)
         return run
